@@ -1,0 +1,47 @@
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.utils.dateparse import parse_datetime
+
+from apps.audit.selectors import AuditFilter, audit_event_list_for_user
+from apps.core.exceptions import ValidationFailed
+from apps.squads.permissions import VIEW_AUDIT
+from apps.squads.selectors import squad_get_for_user
+
+PAGE = 100
+
+
+def _when(request: HttpRequest, name: str) -> object:
+    raw = request.GET.get(name, "").strip()
+    if not raw:
+        return None
+    value = parse_datetime(raw)
+    if value is None:
+        raise ValidationFailed(f"'{raw}' is not a date and time (ISO 8601).", field=name)
+    return value
+
+
+@login_required
+def squad_audit(request: HttpRequest, slug: str) -> HttpResponse:
+    """The squad's audit log for its compliance leads, newest first, with export links."""
+    squad = squad_get_for_user(user=request.user, slug=slug, permission=VIEW_AUDIT)
+    filters = AuditFilter(
+        squad=squad.slug,
+        since=_when(request, "since"),
+        until=_when(request, "until"),
+        actor=request.GET.get("actor") or None,
+        action=request.GET.get("action") or None,
+    )
+    events = audit_event_list_for_user(user=request.user, filters=filters)
+    query = request.GET.urlencode()
+    return render(
+        request,
+        "audit/squad.html",
+        {
+            "squad": squad,
+            "events": events.order_by("-sequence")[:PAGE],
+            "filters": filters,
+            "query": query,
+            "page_size": PAGE,
+        },
+    )

@@ -1,0 +1,66 @@
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db.models import QuerySet
+from guardian.shortcuts import get_objects_for_user
+
+from apps.core.exceptions import NotFound
+from apps.squads.access import require_squad_permission
+from apps.squads.models import ApiToken, Membership, Squad
+from apps.squads.permissions import VIEW_SQUAD, SquadPermission
+
+User = AbstractBaseUser | AnonymousUser
+
+
+def squad_get_for_user(*, user: User, slug: str, permission: SquadPermission = VIEW_SQUAD) -> Squad:
+    """The squad, if the user holds `permission` on it; 404 for missing and hidden alike."""
+    squad = Squad.objects.filter(slug=slug).first()
+    if squad is None:
+        raise NotFound(f"Squad '{slug}' not found.")
+    require_squad_permission(user, squad, permission)
+    return squad
+
+
+def squad_list_for_user(*, user: User) -> QuerySet[Squad]:
+    if not user.is_authenticated:
+        return Squad.objects.none()
+    return get_objects_for_user(
+        user, VIEW_SQUAD.perm, klass=Squad, accept_global_perms=False
+    ).order_by("name")
+
+
+def membership_list(*, user: User, squad: Squad) -> QuerySet[Membership]:
+    require_squad_permission(user, squad, VIEW_SQUAD)
+    return squad.memberships.select_related("user").order_by("user__username")
+
+
+def membership_get(*, user: User, squad: Squad, username: str) -> Membership:
+    require_squad_permission(user, squad, VIEW_SQUAD)
+    membership = squad.memberships.select_related("user").filter(user__username=username).first()
+    if membership is None:
+        raise NotFound(f"'{username}' is not a member of squad '{squad.slug}'.", field="username")
+    return membership
+
+
+def memberships_of_user(*, user: User) -> dict[int, Membership]:
+    """The user's memberships keyed by squad id (for role badges)."""
+    if not user.is_authenticated:
+        return {}
+    return {m.squad_id: m for m in Membership.objects.filter(user=user)}
+
+
+def api_token_list_for_user(*, user: User) -> QuerySet[ApiToken]:
+    return ApiToken.objects.filter(user=user).order_by("-created_at")
+
+
+def api_token_get_for_user(*, user: User, token_id: int) -> ApiToken:
+    token = ApiToken.objects.filter(user=user, pk=token_id).first()
+    if token is None:
+        raise NotFound(f"Token {token_id} not found.")
+    return token
+
+
+def user_get_by_username(*, username: str) -> AbstractBaseUser:
+    user = get_user_model().objects.filter(username=username, is_active=True).first()
+    if user is None:
+        raise NotFound(f"No active user named '{username}'.", field="username")
+    return user

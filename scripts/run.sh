@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# `make run`: migrate, seed the demo squad, start the web server and one worker
+# (both queues) on the embedded defaults. Ctrl-C stops both.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+HOST=${STUDIO_HOST:-127.0.0.1}
+PORT=${STUDIO_PORT:-8000}
+
+$PY manage.py migrate --noinput
+$PY manage.py seed_demo
+
+.venv/bin/celery -A studio worker -Q default,gpu --concurrency 1 --loglevel INFO &
+WORKER=$!
+.venv/bin/gunicorn studio.wsgi:application --bind "$HOST:$PORT" --workers 2 --access-logfile - &
+WEB=$!
+trap 'kill $WORKER $WEB 2>/dev/null; wait 2>/dev/null; echo stopped' INT TERM EXIT
+
+sleep 2
+echo
+echo "Studio is running at http://$HOST:$PORT/  (API docs: http://$HOST:$PORT/api/v1/docs)"
+echo "Sign in as one of the demo users above; Ctrl-C stops the web server and the worker."
+wait -n $WORKER $WEB

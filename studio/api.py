@@ -1,0 +1,106 @@
+"""The REST API (django-ninja), mounted at /api/v1/.
+
+Authentication: `Authorization: Bearer <token>` (personal API tokens), or the
+browser session, which must carry the CSRF token on unsafe methods. Errors are
+JSON: `{"detail": "...", "field": "..."}`; 401 says why authentication failed.
+"""
+
+from django.http import Http404, HttpRequest, HttpResponse
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.security import HttpBearer
+from ninja.utils import check_csrf
+
+from apps.audit.api import router as audit_router
+from apps.core.exceptions import ApplicationError, AuthenticationFailed, PermissionDenied
+from apps.squads.api import router as squads_router
+from apps.squads.api import tokens_router
+from apps.squads.services import api_token_authenticate
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+
+
+class BearerOrSession(HttpBearer):
+    """A bearer token when the header is present, otherwise the signed-in session."""
+
+    def __call__(self, request: HttpRequest) -> object:
+        header = request.headers.get("Authorization")
+        if header is not None:
+            scheme, _, raw = header.partition(" ")
+            if scheme.lower() != "bearer" or not raw.strip():
+                raise AuthenticationFailed(
+                    "Malformed Authorization header; expected 'Bearer <token>'."
+                )
+            return self.authenticate(request, raw.strip())
+        user = getattr(request, "user", None)
+        if user is not None and user.is_authenticated:
+            if request.method not in SAFE_METHODS and check_csrf(request) is not None:
+                raise PermissionDenied(
+                    "CSRF verification failed: send the X-CSRFToken header with session "
+                    "requests, or use a bearer token."
+                )
+            return user
+        raise AuthenticationFailed(
+            "Authentication required: send 'Authorization: Bearer <token>' or sign in."
+        )
+
+    def authenticate(self, request: HttpRequest, token: str) -> object:
+        user = api_token_authenticate(raw=token)
+        request.user = user
+        return user
+
+
+api = NinjaAPI(
+    title="Studio API",
+    version="1",
+    description=__doc__ or "",
+    auth=BearerOrSession(),
+    urls_namespace="api",
+)
+
+
+@api.exception_handler(ApplicationError)
+def application_error(request: HttpRequest, exc: ApplicationError) -> HttpResponse:
+    response = api.create_response(request, exc.as_dict(), status=exc.status_code)
+    if isinstance(exc, AuthenticationFailed):
+        response["WWW-Authenticate"] = 'Bearer realm="studio"'
+    return response
+
+
+@api.exception_handler(Http404)
+def not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
+    return api.create_response(request, {"detail": str(exc) or "Not found."}, status=404)
+
+
+@api.exception_handler(AuthenticationError)
+def authentication_error(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    return api.create_response(request, {"detail": "Authentication required."}, status=401)
+
+
+@api.exception_handler(ValidationError)
+def validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    errors = [
+        {
+            "field": ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "payload")),
+            "message": e.get("msg", "invalid"),
+        }
+        for e in exc.errors
+    ]
+    summary = "; ".join(f"{e['field'] or 'body'}: {e['message']}" for e in errors)
+    return api.create_response(
+        request, {"detail": f"Invalid request: {summary}", "errors": errors}, status=422
+    )
+
+
+@api.exception_handler(HttpError)
+def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    detail = str(exc)
+    if isinstance(exc.__cause__, ValueError):
+        # ninja hides why the body did not parse; say where it broke.
+        detail = f"Malformed JSON body: {exc.__cause__}"
+    return api.create_response(request, {"detail": detail}, status=exc.status_code)
+
+
+api.add_router("/", squads_router)
+api.add_router("/tokens", tokens_router)
+api.add_router("/audit", audit_router)

@@ -1,0 +1,1 @@
+"""GPU-queue task entry points and the torch runtime (imported lazily)."""
