@@ -1,5 +1,5 @@
 from django.http import HttpRequest, StreamingHttpResponse
-from ninja import Query, Router
+from ninja import Query, Router, Status
 from ninja.pagination import LimitOffsetPagination, paginate
 
 from apps.audit import export, selectors, services
@@ -35,9 +35,9 @@ def event_export(request: HttpRequest, params: Query[AuditExportIn]) -> Streamin
 
 
 @router.post("/verifications", response={202: ChainVerificationOut})
-def verification_request(request: HttpRequest) -> tuple[int, object]:
+def verification_request(request: HttpRequest) -> Status:
     """Queue a verification of the whole chain on a worker (staff)."""
-    return 202, services.chain_verification_request(actor=request.auth)
+    return Status(202, services.chain_verification_request(actor=request.auth))
 
 
 @router.get("/verifications/{verification_id}", response=ChainVerificationOut)

@@ -6,6 +6,7 @@ from django.db.models import QuerySet
 
 from apps.audit.models import AuditEvent, ChainVerification
 from apps.core.exceptions import NotFound, PermissionDenied, ValidationFailed
+from apps.squads.models import Squad
 from apps.squads.permissions import VIEW_AUDIT
 from apps.squads.selectors import squad_get_for_user
 
@@ -21,12 +22,22 @@ class AuditFilter:
     action: str | None = None
 
 
+def audit_squad_get_for_user(*, user: User, slug: str) -> Squad:
+    """The squad whose audit log the user may read: its compliance leads, or staff."""
+    if user.is_authenticated and user.is_staff:
+        squad = Squad.objects.filter(slug=slug).first()
+        if squad is None:
+            raise NotFound(f"Squad '{slug}' not found.")
+        return squad
+    return squad_get_for_user(user=user, slug=slug, permission=VIEW_AUDIT)
+
+
 def audit_event_list_for_user(*, user: User, filters: AuditFilter) -> QuerySet[AuditEvent]:
     """Events the user may read, filtered. A squad's compliance leads read that squad's
     events; staff read everything, including events outside any squad."""
     events = AuditEvent.objects.all()
     if filters.squad:
-        squad = squad_get_for_user(user=user, slug=filters.squad, permission=VIEW_AUDIT)
+        squad = audit_squad_get_for_user(user=user, slug=filters.squad)
         events = events.filter(squad_id=squad.pk)
     elif not user.is_staff:
         raise PermissionDenied(

@@ -3,10 +3,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils.dateparse import parse_datetime
 
-from apps.audit.selectors import AuditFilter, audit_event_list_for_user
+from apps.audit.selectors import AuditFilter, audit_event_list_for_user, audit_squad_get_for_user
 from apps.core.exceptions import ValidationFailed
-from apps.squads.permissions import VIEW_AUDIT
-from apps.squads.selectors import squad_get_for_user
 
 PAGE = 100
 
@@ -24,7 +22,7 @@ def _when(request: HttpRequest, name: str) -> object:
 @login_required
 def squad_audit(request: HttpRequest, slug: str) -> HttpResponse:
     """The squad's audit log for its compliance leads, newest first, with export links."""
-    squad = squad_get_for_user(user=request.user, slug=slug, permission=VIEW_AUDIT)
+    squad = audit_squad_get_for_user(user=request.user, slug=slug)
     filters = AuditFilter(
         squad=squad.slug,
         since=_when(request, "since"),

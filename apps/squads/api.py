@@ -1,5 +1,5 @@
 from django.http import HttpRequest
-from ninja import Router
+from ninja import Router, Status
 
 from apps.squads import selectors, services
 from apps.squads.access import has_squad_permission
@@ -66,9 +66,9 @@ def squad_list(request: HttpRequest) -> list[dict]:
 
 
 @router.post("/squads", response={201: SquadOut})
-def squad_create(request: HttpRequest, payload: SquadCreateIn) -> tuple[int, dict]:
+def squad_create(request: HttpRequest, payload: SquadCreateIn) -> Status:
     squad = services.squad_create(actor=request.auth, request=request, **payload.dict())
-    return 201, _squad_out(request, squad)
+    return Status(201, _squad_out(request, squad))
 
 
 @router.get("/squads/{slug}", response=SquadOut)
@@ -93,13 +93,13 @@ def member_list(request: HttpRequest, slug: str) -> list[dict]:
 
 
 @router.post("/squads/{slug}/members", response={201: MemberOut})
-def member_add(request: HttpRequest, slug: str, payload: MemberAddIn) -> tuple[int, dict]:
+def member_add(request: HttpRequest, slug: str, payload: MemberAddIn) -> Status:
     squad = selectors.squad_get_for_user(user=request.auth, slug=slug)
     user = selectors.user_get_by_username(username=payload.username)
     membership = services.membership_add(
         actor=request.auth, squad=squad, user=user, roles=payload.roles, request=request
     )
-    return 201, _member_out(membership)
+    return Status(201, _member_out(membership))
 
 
 @router.patch("/squads/{slug}/members/{username}", response=MemberOut)
@@ -115,11 +115,11 @@ def member_set_roles(
 
 
 @router.delete("/squads/{slug}/members/{username}", response={204: None})
-def member_remove(request: HttpRequest, slug: str, username: str) -> tuple[int, None]:
+def member_remove(request: HttpRequest, slug: str, username: str) -> Status:
     squad = selectors.squad_get_for_user(user=request.auth, slug=slug)
     membership = selectors.membership_get(user=request.auth, squad=squad, username=username)
     services.membership_remove(actor=request.auth, membership=membership, request=request)
-    return 204, None
+    return Status(204, None)
 
 
 @tokens_router.get("", response=list[TokenOut])
@@ -128,11 +128,11 @@ def token_list(request: HttpRequest) -> list:
 
 
 @tokens_router.post("", response={201: TokenCreatedOut})
-def token_create(request: HttpRequest, payload: TokenCreateIn) -> tuple[int, dict]:
+def token_create(request: HttpRequest, payload: TokenCreateIn) -> Status:
     token, secret = services.api_token_create(
         actor=request.auth, name=payload.name, expires_at=payload.expires_at, request=request
     )
-    return 201, {**TokenOut.from_orm(token).dict(), "token": secret}
+    return Status(201, {**TokenOut.from_orm(token).dict(), "token": secret})
 
 
 @tokens_router.delete("/{token_id}", response=TokenOut)

@@ -110,7 +110,9 @@ def squad_roles_sync_all(*, using: str = "default") -> None:
         squad_roles_sync(squad=squad)
 
 
-def _set_role_groups(*, squad: Squad, user: User, roles: Iterable[str]) -> None:
+def _set_role_groups(
+    *, squad: Squad, user: User, roles: Iterable[str], actor: User | None = None
+) -> None:
     wanted = {role_group_name(squad.pk, r) for r in roles}
     all_groups = Group.objects.filter(name__in=[role_group_name(squad.pk, r) for r in Role])
     for group in all_groups:
@@ -119,6 +121,9 @@ def _set_role_groups(*, squad: Squad, user: User, roles: Iterable[str]) -> None:
         else:
             group.user_set.remove(user)
     forget_permissions(user)
+    if actor is not None:
+        # The actor may be the same person through another object (self-service).
+        forget_permissions(actor)
 
 
 # --- squads -----------------------------------------------------------------
@@ -224,7 +229,7 @@ def _membership_add(
             field="username",
         )
     membership = Membership.objects.create(squad=squad, user=user, roles=roles)
-    _set_role_groups(squad=squad, user=user, roles=roles)
+    _set_role_groups(squad=squad, user=user, roles=roles, actor=actor)
     audit_log(
         actor=actor,
         action="squad.member_added",
@@ -281,7 +286,7 @@ def membership_set_roles(
     membership.roles = roles
     membership.updated_at = timezone.now()
     membership.save(update_fields=["roles", "updated_at"])
-    _set_role_groups(squad=squad, user=membership.user, roles=roles)
+    _set_role_groups(squad=squad, user=membership.user, roles=roles, actor=actor)
     audit_log(
         actor=actor,
         action="squad.member_roles_changed",
@@ -307,7 +312,7 @@ def membership_remove(
             "a squad always keeps at least one owner.",
             field="username",
         )
-    _set_role_groups(squad=squad, user=membership.user, roles=[])
+    _set_role_groups(squad=squad, user=membership.user, roles=[], actor=actor)
     audit_log(
         actor=actor,
         action="squad.member_removed",

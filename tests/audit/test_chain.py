@@ -1,0 +1,138 @@
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import IntegrityError, InternalError, ProgrammingError, connection, transaction
+
+from apps.audit.models import AuditEvent
+from apps.audit.services import audit_log, chain_verify
+from tests.factories import UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def events(db):
+    actor = UserFactory(username="auditor")
+    with transaction.atomic():
+        for i in range(1, 8):
+            audit_log(
+                actor=actor,
+                action="test.event",
+                target_type="thing",
+                target_id=i,
+                data={"n": i, "text": "héllo ✓", "nested": {"b": [1, 2.5, None]}},
+            )
+    return actor
+
+
+def _tamper(sql: str, params: list) -> None:
+    """Change rows behind the application's back. On PostgreSQL the append-only
+    trigger is switched off for this transaction, as an attacker with superuser
+    rights could; the chain must still give them away."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SET LOCAL session_replication_role = replica")
+        cursor.execute(sql, params)
+        if connection.vendor == "postgresql":
+            cursor.execute("SET LOCAL session_replication_role = origin")
+
+
+def _verify_fails_at(sequence: int) -> str:
+    with pytest.raises(CommandError) as info:
+        call_command("audit_verify")
+    message = str(info.value)
+    assert f"BROKEN at sequence {sequence}:" in message
+    return message
+
+
+def test_intact_chain_verifies(events, capsys):
+    call_command("audit_verify")
+    assert "audit chain intact: 7 events" in capsys.readouterr().out
+    first, second = AuditEvent.objects.order_by("sequence")[:2]
+    assert first.prev_hash == "0" * 64
+    assert second.prev_hash == first.hash
+
+
+def test_edited_row_is_detected(events):
+    _tamper("UPDATE audit_auditevent SET data = %s WHERE sequence = 4", ['{"n": 40}'])
+    assert "altered" in _verify_fails_at(4)
+
+
+def test_edited_actor_is_detected(events):
+    _tamper("UPDATE audit_auditevent SET actor_label = 'someone' WHERE sequence = 2", [])
+    _verify_fails_at(2)
+
+
+def test_deleted_row_is_detected(events):
+    _tamper("DELETE FROM audit_auditevent WHERE sequence = 5", [])
+    assert "missing" in _verify_fails_at(5)
+
+
+def test_deleted_tail_is_not_detectable_without_an_anchor(events):
+    """Truncating the newest events leaves a valid shorter chain: the verification
+    result (events_checked) must be compared with an earlier count or export.
+    This test pins that limit down so nobody assumes otherwise."""
+    _tamper("DELETE FROM audit_auditevent WHERE sequence = 7", [])
+    report = chain_verify()
+    assert report.intact and report.events_checked == 6
+
+
+def test_swapped_pair_is_detected(events):
+    # Swap the sequence numbers of rows 3 and 6 (through a free number).
+    _tamper("UPDATE audit_auditevent SET sequence = -3 WHERE sequence = 3", [])
+    _tamper("UPDATE audit_auditevent SET sequence = 3 WHERE sequence = 6", [])
+    _tamper("UPDATE audit_auditevent SET sequence = 6 WHERE sequence = -3", [])
+    assert "does not follow" in _verify_fails_at(3)
+
+
+def test_rewritten_row_with_recomputed_hash_breaks_the_next_link(events):
+    """An attacker who edits a row and recomputes its own hash still breaks the
+    next row's prev_hash link."""
+    from apps.audit import chain
+
+    row = AuditEvent.objects.get(sequence=3)
+    fields = {
+        "sequence": 3,
+        "created_at": row.created_at,
+        "actor_id": row.actor_id,
+        "actor_label": row.actor_label,
+        "squad_id": row.squad_id,
+        "action": row.action,
+        "target_type": row.target_type,
+        "target_id": row.target_id,
+        "data": {"n": 999},
+        "ip": row.ip,
+    }
+    new_hash = chain.event_hash(row.prev_hash, chain.canonical(**fields))
+    _tamper(
+        "UPDATE audit_auditevent SET data = %s, hash = %s WHERE sequence = 3",
+        ['{"n": 999}', new_hash],
+    )
+    assert "does not follow" in _verify_fails_at(4)
+
+
+def test_audit_log_requires_a_transaction(transactional_db):
+    with pytest.raises(RuntimeError, match="inside the transaction"):
+        audit_log(actor=None, action="test.outside")
+
+
+def test_sequence_is_unique(events):
+    with pytest.raises(IntegrityError), transaction.atomic():
+        AuditEvent.objects.create(sequence=1, action="x", prev_hash="0" * 64, hash="f" * 64)
+
+
+@pytest.mark.postgres
+def test_trigger_rejects_update_and_delete(events):
+    for statement in (
+        "UPDATE audit_auditevent SET action = 'x' WHERE sequence = 1",
+        "DELETE FROM audit_auditevent WHERE sequence = 1",
+    ):
+        with pytest.raises((InternalError, ProgrammingError), match="append-only"):
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(statement)
+    # The ORM is refused the same way.
+    with pytest.raises((InternalError, ProgrammingError), match="append-only"):
+        with transaction.atomic():
+            AuditEvent.objects.filter(sequence=2).delete()
+    assert AuditEvent.objects.count() == 7
+    call_command("audit_verify")

@@ -1,0 +1,64 @@
+import json
+from collections.abc import Callable
+
+import pytest
+from django.db import connection
+from django.test import Client
+
+from apps.squads import services
+from tests.factories import UserFactory, make_squad
+
+
+@pytest.fixture
+def squad(db):
+    """Squad 'acme' with one member per role: owner, engineer, sme, compliance, viewer;
+    plus 'outsider', a user in no squad."""
+    UserFactory(username="outsider")
+    owner = UserFactory(username="owner")
+    return make_squad(
+        owner=owner,
+        members={
+            "engineer": ["prompt_engineer"],
+            "sme": ["sme"],
+            "compliance": ["compliance"],
+            "viewer": ["viewer"],
+        },
+    )
+
+
+class ApiClient:
+    """Django's test client speaking JSON with a bearer token."""
+
+    def __init__(self, token: str | None):
+        self.client = Client()
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def call(self, method: str, path: str, body: object = None, raw: str | None = None):
+        kwargs = {"headers": self.headers}
+        if raw is not None or body is not None:
+            kwargs["data"] = raw if raw is not None else json.dumps(body)
+            kwargs["content_type"] = "application/json"
+        return getattr(self.client, method.lower())(path, **kwargs)
+
+
+@pytest.fixture
+def api_as() -> Callable[[str], ApiClient]:
+    """api_as("owner") -> an ApiClient with a fresh token of that user."""
+
+    def make(username: str) -> ApiClient:
+        user = UserFactory(username=username)
+        _, secret = services.api_token_create(actor=user, name="test")
+        return ApiClient(secret)
+
+    return make
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "postgres" in item.keywords:
+            item.add_marker(
+                pytest.mark.skipif(
+                    connection.vendor != "postgresql",
+                    reason="needs PostgreSQL (set DATABASE_URL)",
+                )
+            )

@@ -1,0 +1,194 @@
+"""Role × action matrix: every action, every role, through the API and the HTML views.
+
+Each row names the roles allowed; every other role must be refused — with 404
+when the caller cannot see the squad (outsiders) and 403 when they can (members
+without the permission). Later issues add their actions to ACTIONS.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+from django.test import Client
+
+from apps.squads import services
+from apps.squads.models import ApiToken
+from tests.conftest import ApiClient
+from tests.factories import PASSWORD, UserFactory
+
+ROLES = ("owner", "engineer", "sme", "compliance", "viewer", "outsider", "staff")
+MEMBERS = ("owner", "engineer", "sme", "compliance", "viewer")
+EVERYONE = frozenset(ROLES)
+
+
+@dataclass(frozen=True)
+class Action:
+    name: str
+    allowed: frozenset[str]
+    api: Callable[[ApiClient], object] | None
+    view: Callable[[Client], object] | None
+    # Who sees 404 rather than 403 when refused: those who cannot see the squad.
+    hidden_from: frozenset[str] = frozenset({"outsider", "staff"})
+
+
+def _other_token_id() -> int:
+    other = UserFactory(username="token-owner")
+    token, _ = services.api_token_create(actor=other, name="theirs")
+    return token.pk
+
+
+ACTIONS = [
+    Action(
+        "squad.view",
+        frozenset(MEMBERS),
+        api=lambda c: c.call("GET", "/api/v1/squads/acme"),
+        view=lambda c: c.get("/squads/acme/"),
+    ),
+    Action(
+        "squad.update",
+        frozenset({"owner"}),
+        api=lambda c: c.call("PATCH", "/api/v1/squads/acme", {"description": "new"}),
+        view=lambda c: c.post("/squads/acme/settings", {"name": "Acme", "description": "new"}),
+    ),
+    Action(
+        "member.list",
+        frozenset(MEMBERS),
+        api=lambda c: c.call("GET", "/api/v1/squads/acme/members"),
+        view=lambda c: c.get("/squads/acme/members/"),
+    ),
+    Action(
+        "member.add",
+        frozenset({"owner"}),
+        api=lambda c: c.call(
+            "POST", "/api/v1/squads/acme/members", {"username": "newbie", "roles": ["sme"]}
+        ),
+        view=lambda c: c.post("/squads/acme/members/", {"username": "newbie", "roles": ["sme"]}),
+    ),
+    Action(
+        "member.set_roles",
+        frozenset({"owner"}),
+        api=lambda c: c.call("PATCH", "/api/v1/squads/acme/members/sme", {"roles": ["viewer"]}),
+        view=lambda c: c.post("/squads/acme/members/sme", {"roles": ["viewer"]}),
+    ),
+    Action(
+        "member.remove",
+        frozenset({"owner"}),
+        api=lambda c: c.call("DELETE", "/api/v1/squads/acme/members/sme"),
+        view=lambda c: c.post("/squads/acme/members/sme/remove"),
+    ),
+    Action(
+        "audit.read",
+        frozenset({"compliance", "staff"}),
+        api=lambda c: c.call("GET", "/api/v1/audit/events?squad=acme"),
+        view=lambda c: c.get("/audit/acme/"),
+        hidden_from=frozenset({"outsider"}),
+    ),
+    Action(
+        "audit.export",
+        frozenset({"compliance", "staff"}),
+        api=lambda c: c.call("GET", "/api/v1/audit/export?squad=acme&format=csv"),
+        view=None,
+        hidden_from=frozenset({"outsider"}),
+    ),
+    Action(
+        "audit.read_all",
+        frozenset({"staff"}),
+        api=lambda c: c.call("GET", "/api/v1/audit/events"),
+        view=None,
+        hidden_from=frozenset(),
+    ),
+    Action(
+        "audit.verify_chain",
+        frozenset({"staff"}),
+        api=lambda c: c.call("POST", "/api/v1/audit/verifications"),
+        view=None,
+        hidden_from=frozenset(),
+    ),
+    Action(
+        "squad.create",
+        EVERYONE,
+        api=lambda c: c.call("POST", "/api/v1/squads", {"name": "New", "slug": "new-squad"}),
+        view=lambda c: c.post("/", {"name": "New", "slug": "new-squad"}),
+    ),
+    Action(
+        "token.create",
+        EVERYONE,
+        api=lambda c: c.call("POST", "/api/v1/tokens", {"name": "ci"}),
+        view=lambda c: c.post("/account/tokens/", {"name": "ci"}),
+    ),
+    Action(
+        "token.revoke_other_users",
+        frozenset(),
+        api=lambda c: c.call("DELETE", f"/api/v1/tokens/{_other_token_id()}"),
+        view=lambda c: c.post(f"/account/tokens/{_other_token_id()}/revoke"),
+        hidden_from=EVERYONE,
+    ),
+]
+
+
+def _user(role: str):
+    if role == "staff":
+        return UserFactory(username="staffer", is_staff=True)
+    return UserFactory(username=role)
+
+
+def _expected_denial(action: Action, role: str) -> int:
+    return 404 if role in action.hidden_from else 403
+
+
+CASES = [
+    pytest.param(action, role, channel, id=f"{action.name}-{role}-{channel}")
+    for action in ACTIONS
+    for role in ROLES
+    for channel in ("api", "view")
+    if getattr(action, channel) is not None
+]
+
+
+@pytest.mark.parametrize(("action", "role", "channel"), CASES)
+def test_role_action_matrix(squad, action: Action, role: str, channel: str) -> None:
+    UserFactory(username="newbie")
+    user = _user(role)
+    if channel == "api":
+        _, secret = services.api_token_create(actor=user, name="matrix")
+        response = action.api(ApiClient(secret))
+        allowed_status = range(200, 300)
+    else:
+        client = Client()
+        assert client.login(username=user.username, password=PASSWORD)
+        response = action.view(client)
+        allowed_status = range(200, 400)
+    if role in action.allowed:
+        assert response.status_code in allowed_status, (
+            f"{role} should be allowed {action.name} via {channel}: "
+            f"{response.status_code} {getattr(response, 'content', b'')[:300]}"
+        )
+    else:
+        expected = _expected_denial(action, role)
+        assert response.status_code == expected, (
+            f"{role} should be refused {action.name} via {channel} with {expected}: "
+            f"{response.status_code} {getattr(response, 'content', b'')[:300]}"
+        )
+
+
+def test_matrix_covers_every_registered_permission() -> None:
+    """A permission added to the registry without a row here fails this test."""
+    from apps.squads.permissions import REGISTRY
+
+    covered = {
+        "view_squad": "squad.view",
+        "change_squad": "squad.update",
+        "manage_members": "member.add",
+        "view_audit": "audit.read",
+    }
+    assert {p.codename for p in REGISTRY} == set(covered)
+    names = {a.name for a in ACTIONS}
+    assert set(covered.values()) <= names
+
+
+def test_revoked_token_of_other_user_is_untouched(squad) -> None:
+    victim = UserFactory(username="victim")
+    token, _ = services.api_token_create(actor=victim, name="mine")
+    _, secret = services.api_token_create(actor=UserFactory(username="sme"), name="x")
+    ApiClient(secret).call("DELETE", f"/api/v1/tokens/{token.pk}")
+    assert ApiToken.objects.get(pk=token.pk).revoked_at is None
