@@ -13,8 +13,12 @@ class UserFactory(factory.django.DjangoModelFactory):
         skip_postgeneration_save = True
 
     username = factory.Sequence(lambda n: f"user{n}")
+
     @factory.post_generation
     def password(self, create: bool, extracted: str | None, **kwargs: object) -> None:
+        # get_or_create returns existing users too: keep their password (and sessions).
+        if self.password and not extracted:
+            return
         self.set_password(extracted or PASSWORD)
         if create:
             self.save(update_fields=["password"])

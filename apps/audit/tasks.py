@@ -1,11 +1,9 @@
 from celery import shared_task
 
-from studio.celery import Queue
 
-
+# Routed to the default queue (studio.celery routes only workers.* to gpu).
 @shared_task(
     name="audit.chain_verify",
-    queue=Queue.DEFAULT.value,
     max_retries=0,
     soft_time_limit=3600,
     time_limit=3700,

@@ -59,7 +59,8 @@ def test_create_squad_from_dashboard(page, login, live_server):
     nav = page.get_by_role("navigation", name="Squads")
     link = nav.get_by_role("link", name="Demo squad")
     expect(link).to_have_attribute("aria-current", "page")
-    expect(nav.get_by_role("listitem").filter(has=link).locator(".badge")).to_have_text(["owner"])
+    item = nav.get_by_role("listitem").filter(has=page.get_by_role("link", name="Demo squad"))
+    expect(item.locator(".badge")).to_have_text(["owner"])
     expect(nav.get_by_role("link", name="Taken")).to_have_count(0)
     assert Membership.objects.get(squad__slug="demo").user == owner
 

@@ -155,7 +155,7 @@ def test_concurrent_demotions_keep_one_owner():
         barrier.wait()
         try:
             services.membership_set_roles(actor=actor, membership=target, roles=["viewer"])
-        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+        except Exception as exc:
             errors.append(exc)
         finally:
             connection.close()

@@ -116,9 +116,7 @@ def test_session_auth_needs_csrf_for_unsafe_methods():
     client = Client(enforce_csrf_checks=True)
     assert client.login(username="browser", password=PASSWORD)
     assert client.get("/api/v1/me").status_code == 200
-    refused = client.post(
-        "/api/v1/tokens", data={"name": "x"}, content_type="application/json"
-    )
+    refused = client.post("/api/v1/tokens", data={"name": "x"}, content_type="application/json")
     assert refused.status_code == 403
     assert "CSRF" in refused.json()["detail"]
     client.get("/account/tokens/")  # sets the CSRF cookie

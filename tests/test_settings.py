@@ -1,0 +1,75 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from studio.celery import Queue
+from studio.celery import app as celery_app
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _manage(*args: str, **env: str) -> subprocess.CompletedProcess:
+    clean = {
+        k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "DJANGO_SETTINGS_MODULE")
+    }
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_production_refuses_to_start_without_a_real_secret_key():
+    result = _manage("check", "--settings=studio.settings.production")
+    assert result.returncode != 0
+    assert "SECRET_KEY must be set" in result.stderr
+
+
+def test_check_deploy_prints_no_warnings(tmp_path):
+    result = _manage(
+        "check",
+        "--deploy",
+        "--fail-level=WARNING",
+        "--settings=studio.settings.production",
+        SECRET_KEY="k" + "x9Qz7-pL2!mR4vT8" * 4,
+        STUDIO_DATA_DIR=str(tmp_path),
+        ALLOWED_HOSTS="studio.example.org",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues" in result.stdout
+
+
+def test_celery_reliability_settings():
+    conf = celery_app.conf
+    assert {q.value for q in Queue} == {"default", "gpu"}
+    assert conf.task_acks_late is True
+    assert conf.task_reject_on_worker_lost is True
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.task_default_queue == "default"
+    router = celery_app.amqp.router
+    assert router.route({}, "workers.finetune.train")["queue"].name == "gpu"
+    assert router.route({}, "audit.chain_verify")["queue"].name == "default"
+    from django.conf import settings
+
+    visibility = conf.broker_transport_options["visibility_timeout"]
+    assert visibility > settings.GPU_TASK_TIME_LIMIT
+
+
+def test_web_settings_never_import_torch():
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import django, os, sys; os.environ['DJANGO_SETTINGS_MODULE']='studio.settings.base';"
+            "django.setup(); import studio.urls; print('torch' in sys.modules)",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.stdout.strip() == "False", result.stderr
