@@ -370,6 +370,12 @@ def parse_args() -> argparse.Namespace:
         help="alternating baseline/api rounds; the median is reported (default 3)",
     )
     parser.add_argument(
+        "--client",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="load generator: wrk when installed (auto), or the Python fallback",
+    )
+    parser.add_argument(
         "--warmup", type=int, default=3, help="seconds of warm-up per endpoint (default 3)"
     )
     args = parser.parse_args()
@@ -383,9 +389,15 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    wrk = shutil.which("wrk")
+    wrk = shutil.which("wrk") if args.client != "python" else None
+    if args.client == "wrk" and wrk is None:
+        raise BenchError("wrk not found: apt-get install -y wrk, or use --client python.")
     load = run_wrk if wrk else run_python_client
-    client = wrk or "Python client (threads + http.client): wrk not found, figures are lower"
+    if wrk:
+        client = wrk
+    else:
+        reason = "requested" if args.client == "python" else "wrk not found"
+        client = f"Python client (threads + http.client; {reason}): figures are lower than wrk's"
 
     with tempfile.TemporaryDirectory(prefix="studio-bench-") as tmp:
         data_dir = Path(tmp)

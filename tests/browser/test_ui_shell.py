@@ -10,21 +10,40 @@ from django.contrib.auth import get_user_model
 from playwright.sync_api import expect
 
 from apps.squads import services
-from apps.squads.models import ApiToken, Membership
+from apps.squads.models import ApiToken, Membership, Squad
 
 pytestmark = pytest.mark.browser
 
 OWNER, OWNER_PW = "olivia", "pw-olivia-123"
+
+# Known application bugs. strict=True: once a bug is fixed the test XPASSes, which
+# fails the run, so the marker gets removed and the test guards the fix.
+HTMX_4XX_NOT_SWAPPED = pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "app bug: htmx 2 does not swap 4xx responses by default (responseHandling), so the "
+        "inline error partials the views return with 409/422 never reach the page; "
+        "fix: an htmx-config meta in templates/base.html that swaps 4xx"
+    ),
+)
+HTMX_REDIRECT_SWAPPED_INLINE = pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "app bug: apps/squads/views.py dashboard() answers a successful htmx create with a "
+        "302; the XHR follows it and htmx swaps the whole squad page into #create-squad, "
+        "the URL stays /; fix: HttpResponseClientRedirect when request.htmx"
+    ),
+)
 
 
 def make_user(username: str, password: str | None = None):
     return get_user_model().objects.create_user(username, password=password or f"pw-{username}-123")
 
 
-def test_create_squad_from_dashboard(page, login, live_server):
-    owner = make_user(OWNER, OWNER_PW)
-    other = make_user("oscar")
-    services.squad_create(actor=other, name="Taken", slug="taken")
+@HTMX_4XX_NOT_SWAPPED
+def test_duplicate_slug_shows_inline_error_without_reload(page, login, live_server):
+    make_user(OWNER, OWNER_PW)
+    services.squad_create(actor=make_user("oscar"), name="Taken", slug="taken")
 
     login(page, OWNER, OWNER_PW)
     expect(page.get_by_text("You are not in any squad yet.")).to_be_visible()
@@ -38,34 +57,43 @@ def test_create_squad_from_dashboard(page, login, live_server):
     create.get_by_label("Description").fill("Where demos live.")
     create.get_by_role("button", name="Create squad").click()
 
-    error = page.locator("#create-squad #create-error")
-    expect(error).to_have_text("A squad with slug 'taken' already exists.")
+    expect(page.locator("#create-squad #create-error")).to_have_text(
+        "A squad with slug 'taken' already exists."
+    )
     assert page.url == f"{live_server.url}/"
     assert page.evaluate("window.__sameDocument === true")
-    create = page.locator("#create-squad")  # the section was swapped
     expect(create.get_by_label("Slug")).to_have_attribute("aria-invalid", "true")
     expect(create.get_by_label("Name")).to_have_value("Demo squad")  # input is kept
     expect(create.get_by_label("Description")).to_have_value("Where demos live.")
+    assert not Squad.objects.filter(name="Demo squad").exists()
 
+
+@HTMX_REDIRECT_SWAPPED_INLINE
+def test_create_squad_lands_on_squad_page_with_owner_badge(page, login, live_server):
+    owner = make_user(OWNER, OWNER_PW)
+    services.squad_create(actor=make_user("oscar"), name="Taken", slug="taken")
+
+    login(page, OWNER, OWNER_PW)
+    create = page.locator("#create-squad")
+    create.get_by_label("Name").fill("Demo squad")
     create.get_by_label("Slug").fill("demo")
     create.get_by_role("button", name="Create squad").click()
 
-    page.wait_for_url(f"{live_server.url}/squads/demo/")
+    expect(page).to_have_url(f"{live_server.url}/squads/demo/")
     expect(page.get_by_role("heading", level=1)).to_have_text("Demo squad demo")
     expect(page.locator("main p").filter(has_text="Your roles").locator(".badge")).to_have_text(
         ["owner"]
     )
     # The navigation lists the new squad, marked current, with the owner badge.
     nav = page.get_by_role("navigation", name="Squads")
-    link = nav.get_by_role("link", name="Demo squad")
-    expect(link).to_have_attribute("aria-current", "page")
+    expect(nav.get_by_role("link", name="Demo squad")).to_have_attribute("aria-current", "page")
     item = nav.get_by_role("listitem").filter(has=page.get_by_role("link", name="Demo squad"))
     expect(item.locator(".badge")).to_have_text(["owner"])
     expect(nav.get_by_role("link", name="Taken")).to_have_count(0)
     assert Membership.objects.get(squad__slug="demo").user == owner
 
 
-def test_owner_manages_members(page, login, live_server):
+def test_owner_adds_changes_and_removes_member(page, login, live_server):
     owner = make_user(OWNER, OWNER_PW)
     make_user("sam")
     squad = services.squad_create(actor=owner, name="Demo", slug="demo")
@@ -104,15 +132,7 @@ def test_owner_manages_members(page, login, live_server):
     ]
     page.screenshot(path="/tmp/members.png", full_page=True)
 
-    # The last owner cannot remove themselves; the error shows in their row.
-    olivia_row = page.locator("#member-olivia")
-    olivia_row.get_by_role("button", name="Remove").click()
-    expect(olivia_row.get_by_role("alert")).to_have_text(
-        "'olivia' is the last owner of squad 'demo'; a squad always keeps at least one owner."
-    )
-    assert Membership.objects.filter(squad=squad, user=owner).exists()
-
-    # Removing sam takes the row away.
+    # Removing sam (after the confirm dialog) takes the row away.
     dialogs: list[str] = []
     page.on("dialog", lambda dialog: dialogs.append(dialog.message))
     page.locator("#member-sam").get_by_role("button", name="Remove").click()
@@ -120,6 +140,25 @@ def test_owner_manages_members(page, login, live_server):
     expect(page.locator("#member-olivia")).to_have_count(1)
     assert dialogs == ["Remove sam from Demo?"]
     assert not Membership.objects.filter(squad=squad, user__username="sam").exists()
+    assert Membership.objects.filter(squad=squad, user=owner).exists()
+
+
+@HTMX_4XX_NOT_SWAPPED
+def test_last_owner_cannot_remove_themselves(page, login, live_server):
+    owner = make_user(OWNER, OWNER_PW)
+    squad = services.squad_create(actor=owner, name="Demo", slug="demo")
+    services.membership_add(actor=owner, squad=squad, user=make_user("sam"), roles=["sme"])
+    page.on("dialog", lambda dialog: dialog.accept())
+
+    login(page, OWNER, OWNER_PW)
+    page.goto("/squads/demo/members/")
+    olivia_row = page.locator("#member-olivia")
+    olivia_row.get_by_role("button", name="Remove").click()
+    expect(olivia_row.get_by_role("alert")).to_have_text(
+        "'olivia' is the last owner of squad 'demo'; a squad always keeps at least one owner."
+    )
+    expect(olivia_row.get_by_label("Owner")).to_be_checked()
+    assert Membership.objects.filter(squad=squad, user=owner).exists()
 
 
 def test_api_token_create_use_revoke(page, login, live_server):
