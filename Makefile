@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 # pip on this kind of machine warns about optional local indexes it cannot find.
-QUIET_PIP := grep -v -E '^(WARNING: Location|DEPRECATION)' || true
+QUIET_PIP := { grep -v -E '^(WARNING: Location|DEPRECATION)' || true; }
 
 .PHONY: help install run test lint format browser migrate bench
 

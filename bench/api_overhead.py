@@ -420,11 +420,14 @@ def main() -> int:
         database = describe_database(env["DATABASE_URL"])
         print(f"database:   {setup['vendor']} {setup['version']} ({database})")
         print(f"client:     {client}")
+        threads = f"{args.threads} threads, " if wrk else ""
         print(
-            f"load:       {args.connections} connections, {args.threads} threads, "
+            f"load:       {args.connections} connections, {threads}"
             f"{args.duration}s x {args.rounds} rounds per endpoint (alternating), "
             f"{args.warmup}s warm-up"
         )
+        # Other processes on the machine skew both figures; say how busy it was.
+        print(f"host:       {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
         print(f"baseline:   GET {BASELINE_PATH}")
         print(f"api:        GET {api_path}  (Authorization: Bearer ...)")
         sys.stdout.flush()

@@ -13,6 +13,7 @@ from ninja.utils import check_csrf
 
 from apps.audit.api import router as audit_router
 from apps.core.exceptions import ApplicationError, AuthenticationFailed, PermissionDenied
+from apps.prompts.api import router as prompts_router
 from apps.squads.api import router as squads_router
 from apps.squads.api import tokens_router
 from apps.squads.services import api_token_authenticate
@@ -104,3 +105,4 @@ def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
 api.add_router("/", squads_router)
 api.add_router("/tokens", tokens_router)
 api.add_router("/audit", audit_router)
+api.add_router("/", prompts_router)

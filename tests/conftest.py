@@ -9,6 +9,17 @@ from apps.squads import services
 from tests.factories import UserFactory, make_squad
 
 
+@pytest.fixture(autouse=True)
+def _clear_cache():
+    """Cached tokens, permissions and prompts must not outlive a test's database rows
+    (SQLite reuses primary keys after a rollback)."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
 @pytest.fixture
 def squad(db):
     """Squad 'acme' with one member per role: owner, engineer, sme, compliance, viewer;

@@ -1,43 +1,93 @@
-"""Permission checks against the registry, through django-guardian."""
+"""Permission checks against the registry.
+
+The truth is django-guardian's object permissions (role groups on the squad,
+plus any direct grant from the admin console). The set of codenames a user
+holds on a squad is read in one query and cached: per request on the user
+object and in the shared cache for PERMISSIONS_TTL seconds. Membership changes
+and role syncs drop the cached sets at once; a direct grant made in guardian's
+admin page takes effect within PERMISSIONS_TTL.
+"""
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from guardian.core import ObjectPermissionChecker
+from django.contrib.contenttypes.models import ContentType
+from django.core.cache import cache
+from django.db import transaction
+from guardian.models import GroupObjectPermission, UserObjectPermission
 
 from apps.core.exceptions import NotFound, PermissionDenied
 from apps.squads.models import Squad
-from apps.squads.permissions import VIEW_SQUAD, SquadPermission
+from apps.squads.permissions import REGISTRY, VIEW_SQUAD, SquadPermission
 
 User = AbstractBaseUser | AnonymousUser
+PERMISSIONS_TTL = 300
+ALL_CODENAMES = frozenset(p.codename for p in REGISTRY)
 
 
-def _checker(user: User) -> ObjectPermissionChecker:
-    # One checker per user object: guardian caches what it fetched, so a
-    # request that checks several permissions on one squad queries once.
-    checker = getattr(user, "_studio_perm_checker", None)
-    if checker is None:
-        checker = ObjectPermissionChecker(user)
-        user._studio_perm_checker = checker  # type: ignore[union-attr]
-    return checker
+def _cache_key(user_id: int, squad_id: int) -> str:
+    return f"perm:{user_id}:{squad_id}"
 
 
-def forget_permissions(user: User) -> None:
-    """Drop the cached checker after the user's roles changed."""
-    if hasattr(user, "_studio_perm_checker"):
-        del user._studio_perm_checker  # type: ignore[union-attr]
+def _load(user_id: int, squad_id: int) -> frozenset[str]:
+    ct = ContentType.objects.get_for_model(Squad)
+    via_groups = GroupObjectPermission.objects.filter(
+        group__user=user_id, content_type=ct, object_pk=str(squad_id)
+    ).values_list("permission__codename", flat=True)
+    direct = UserObjectPermission.objects.filter(
+        user=user_id, content_type=ct, object_pk=str(squad_id)
+    ).values_list("permission__codename", flat=True)
+    return frozenset(via_groups.union(direct))
+
+
+def squad_permissions(user: User, squad_id: int) -> frozenset[str]:
+    """Codenames `user` holds on the squad (all of them for active superusers)."""
+    if not user.is_authenticated or not user.is_active:
+        return frozenset()
+    if user.is_superuser:
+        return ALL_CODENAMES
+    local: dict[int, frozenset[str]] = user.__dict__.setdefault("_studio_perms", {})
+    if squad_id not in local:
+        key = _cache_key(user.pk, squad_id)
+        perms = cache.get(key)
+        if perms is None:
+            perms = _load(user.pk, squad_id)
+            cache.set(key, perms, PERMISSIONS_TTL)
+        local[squad_id] = perms
+    return local[squad_id]
+
+
+def forget_permissions(*users: User, squad_id: int) -> None:
+    """Drop cached permission sets after role changes (now, and again at commit so a
+    request that re-read the old groups meanwhile does not leave them behind)."""
+    keys = []
+    for user in users:
+        if user is None or not user.is_authenticated:
+            continue
+        user.__dict__.get("_studio_perms", {}).pop(squad_id, None)
+        keys.append(_cache_key(user.pk, squad_id))
+    forget_permissions_by_key(keys)
+
+
+def forget_permissions_by_key(keys: list[str]) -> None:
+    if keys:
+        cache.delete_many(keys)
+        transaction.on_commit(lambda: cache.delete_many(keys))
+
+
+def forget_squad_permissions(squad_id: int, user_ids: list[int]) -> None:
+    forget_permissions_by_key([_cache_key(uid, squad_id) for uid in user_ids])
 
 
 def has_squad_permission(user: User, squad: Squad, permission: SquadPermission) -> bool:
-    if not user.is_authenticated or not user.is_active:
-        return False
-    return _checker(user).has_perm(permission.perm, squad)
+    return permission.codename in squad_permissions(user, squad.pk)
 
 
 def require_squad_permission(user: User, squad: Squad, permission: SquadPermission) -> None:
     """Raise NotFound when the user may not see the squad (or the permission is hidden),
     PermissionDenied when they see it but may not do this."""
-    if has_squad_permission(user, squad, permission):
+    perms = squad_permissions(user, squad.pk)
+    if permission.codename in perms:
         return
-    if permission.hidden or not has_squad_permission(user, squad, VIEW_SQUAD):
+    if permission.hidden or VIEW_SQUAD.codename not in perms:
         raise NotFound(f"Squad '{squad.slug}' not found.")
     raise PermissionDenied(
         f"You do not have permission to {permission.description[0].lower()}"

@@ -30,6 +30,7 @@ def _squad_out(request: HttpRequest, squad: Squad) -> dict:
         "name": squad.name,
         "description": squad.description,
         "created_at": squad.created_at,
+        "protected_labels": squad.protected_labels,
         "my_roles": membership.roles if membership else [],
         "my_permissions": [
             p.codename for p in REGISTRY if has_squad_permission(request.auth, squad, p)

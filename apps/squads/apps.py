@@ -16,4 +16,18 @@ class SquadsConfig(AppConfig):
             if sender.label == self.label:
                 squad_roles_sync_all(using=str(kwargs.get("using", "default")))
 
-        post_migrate.connect(_sync, dispatch_uid="squads_roles_sync")
+        post_migrate.connect(_sync, dispatch_uid="squads_roles_sync", weak=False)
+
+        from django.contrib.auth import get_user_model
+        from django.db.models.signals import post_save
+
+        from apps.squads.services import user_changed
+
+        def _user_saved(sender: type, instance: object, created: bool, **kwargs: object) -> None:
+            # Deactivation or a staff change must reach cached token entries at once.
+            if not created:
+                user_changed(user=instance)
+
+        post_save.connect(
+            _user_saved, sender=get_user_model(), dispatch_uid="squads_user_saved", weak=False
+        )

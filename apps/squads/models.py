@@ -10,6 +10,10 @@ SLUG_MAX = 50
 NAME_MAX = 100
 
 
+def default_protected_labels() -> list[str]:
+    return ["production"]
+
+
 class Squad(models.Model):
     """A workspace: members with roles, and everything the squad owns."""
 
@@ -20,6 +24,8 @@ class Squad(models.Model):
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # Label names that only a gated move may point elsewhere (see prompts.services.label_move).
+    protected_labels = models.JSONField(default=default_protected_labels)
 
     class Meta:
         ordering = ["name"]

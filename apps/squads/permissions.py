@@ -51,7 +51,26 @@ VIEW_AUDIT = SquadPermission(
     "view_audit", "Browse and export the squad's audit events", frozenset({Role.COMPLIANCE})
 )
 
-REGISTRY: tuple[SquadPermission, ...] = (VIEW_SQUAD, CHANGE_SQUAD, MANAGE_MEMBERS, VIEW_AUDIT)
+EDIT_PROMPTS = SquadPermission(
+    "edit_prompts",
+    "Create prompt templates and versions and move unprotected labels",
+    frozenset({Role.OWNER, Role.PROMPT_ENGINEER}),
+)
+# Until the review workflow gates protected labels, owners alone move them.
+MOVE_PROTECTED_LABELS = SquadPermission(
+    "move_protected_labels",
+    "Move protected labels such as production",
+    frozenset({Role.OWNER}),
+)
+
+REGISTRY: tuple[SquadPermission, ...] = (
+    VIEW_SQUAD,
+    CHANGE_SQUAD,
+    MANAGE_MEMBERS,
+    VIEW_AUDIT,
+    EDIT_PROMPTS,
+    MOVE_PROTECTED_LABELS,
+)
 BY_CODENAME: dict[str, SquadPermission] = {p.codename: p for p in REGISTRY}
 
 # Model Meta.permissions for Squad.

@@ -15,6 +15,9 @@ class SquadCreateIn(Schema):
 class SquadUpdateIn(Schema):
     name: str | None = Field(None, max_length=NAME_MAX)
     description: str | None = Field(None, max_length=2000)
+    protected_labels: list[str] | None = Field(
+        None, description="Label names only a gated move may change (default: production)"
+    )
 
 
 class SquadOut(Schema):
@@ -22,6 +25,7 @@ class SquadOut(Schema):
     name: str
     description: str
     created_at: datetime
+    protected_labels: list[str]
     my_roles: list[Role]
     my_permissions: list[str]
 

@@ -2,10 +2,13 @@ import re
 import secrets
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, Group
 from django.contrib.contenttypes.models import ContentType
+from django.core.cache import cache
 from django.db import transaction
 from django.http import HttpRequest
 from django.utils import timezone
@@ -18,7 +21,11 @@ from apps.core.exceptions import (
     PermissionDenied,
     ValidationFailed,
 )
-from apps.squads.access import forget_permissions, require_squad_permission
+from apps.squads.access import (
+    forget_permissions,
+    forget_squad_permissions,
+    require_squad_permission,
+)
 from apps.squads.models import NAME_MAX, SLUG_MAX, ApiToken, Membership, Squad
 from apps.squads.permissions import (
     CHANGE_SQUAD,
@@ -30,6 +37,7 @@ from apps.squads.permissions import (
 
 User = AbstractBaseUser
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+LABEL_RE = re.compile(r"^[a-z0-9]+(?:[-_][a-z0-9]+)*$")
 
 
 # --- validation -------------------------------------------------------------
@@ -61,6 +69,19 @@ def _clean_slug(value: str) -> str:
             field="slug",
         )
     return value
+
+
+def _clean_label_names(labels: Iterable[str]) -> list[str]:
+    clean = []
+    for label in labels:
+        label = str(label).strip()
+        if not LABEL_RE.match(label) or len(label) > 50:
+            raise ValidationFailed(
+                f"'{label}' is not a label name (lowercase letters, digits, '-' or '_').",
+                field="protected_labels",
+            )
+        clean.append(label)
+    return sorted(set(clean))
 
 
 def _clean_roles(roles: Iterable[str]) -> list[str]:
@@ -103,6 +124,9 @@ def squad_roles_sync(*, squad: Squad) -> None:
                 for pid in wanted - have
             ]
         )
+    forget_squad_permissions(
+        squad.pk, list(Membership.objects.filter(squad=squad).values_list("user_id", flat=True))
+    )
 
 
 def squad_roles_sync_all(*, using: str = "default") -> None:
@@ -120,10 +144,8 @@ def _set_role_groups(
             group.user_set.add(user)
         else:
             group.user_set.remove(user)
-    forget_permissions(user)
-    if actor is not None:
-        # The actor may be the same person through another object (self-service).
-        forget_permissions(actor)
+    # The actor may be the same person through another object (self-service).
+    forget_permissions(user, *([actor] if actor is not None else []), squad_id=squad.pk)
 
 
 # --- squads -----------------------------------------------------------------
@@ -178,6 +200,7 @@ def squad_update(
     squad: Squad,
     name: str | None = None,
     description: str | None = None,
+    protected_labels: list[str] | None = None,
     request: HttpRequest | None = None,
 ) -> Squad:
     require_squad_permission(actor, squad, CHANGE_SQUAD)
@@ -192,6 +215,11 @@ def squad_update(
         if description != squad.description:
             changes["description"] = [squad.description, description]
             squad.description = description
+    if protected_labels is not None:
+        labels = _clean_label_names(protected_labels)
+        if labels != squad.protected_labels:
+            changes["protected_labels"] = [squad.protected_labels, labels]
+            squad.protected_labels = labels
     if changes:
         squad.save(update_fields=list(changes))
         audit_log(
@@ -377,6 +405,7 @@ def api_token_revoke(
         return token
     token.revoked_at = timezone.now()
     token.save(update_fields=["revoked_at"])
+    api_token_forget(token.key_hash)
     audit_log(
         actor=actor,
         action="token.revoked",
@@ -387,21 +416,89 @@ def api_token_revoke(
     return token
 
 
+TOKEN_CACHE_TTL = 300
+
+
+def _token_cache_key(key_hash: str) -> str:
+    return f"auth:token:{key_hash}"
+
+
+def api_token_forget(*key_hashes: str) -> None:
+    """Drop cached token entries (revocation, user changes): now and at commit."""
+    keys = [_token_cache_key(h) for h in key_hashes]
+    if keys:
+        cache.delete_many(keys)
+        transaction.on_commit(lambda: cache.delete_many(keys))
+
+
+def _token_entry(key_hash: str) -> dict[str, Any] | None:
+    token = ApiToken.objects.select_related("user").filter(key_hash=key_hash).first()
+    if token is None:
+        return None
+    user = token.user
+    return {
+        "token_id": token.pk,
+        "revoked": token.revoked_at is not None,
+        "expires_at": token.expires_at,
+        "last_used_at": token.last_used_at,
+        "user": {
+            "id": user.pk,
+            "username": user.get_username(),
+            "is_active": user.is_active,
+            "is_staff": user.is_staff,
+            "is_superuser": user.is_superuser,
+        },
+    }
+
+
 def api_token_authenticate(*, raw: str) -> User:
-    """The user behind a bearer token, or AuthenticationFailed with the reason."""
+    """The user behind a bearer token, or AuthenticationFailed with the reason.
+
+    The token's state and its user's flags are cached for TOKEN_CACHE_TTL seconds
+    (revocation and user changes drop the entry), so a warm request costs no query.
+    The returned user is built from that entry: enough for permission checks,
+    audit and ownership, not for editing the user.
+    """
     if not raw.startswith(ApiToken.PREFIX):
         raise AuthenticationFailed("Invalid token.")
-    token = ApiToken.objects.select_related("user").filter(key_hash=ApiToken.hash_key(raw)).first()
-    if token is None:
-        raise AuthenticationFailed("Invalid token.")
+    key_hash = ApiToken.hash_key(raw)
+    key = _token_cache_key(key_hash)
+    entry = cache.get(key)
+    if entry is None:
+        entry = _token_entry(key_hash)
+        if entry is None:
+            raise AuthenticationFailed("Invalid token.")
+        cache.set(key, entry, TOKEN_CACHE_TTL)
     now = timezone.now()
-    if token.revoked_at is not None:
+    if entry["revoked"]:
         raise AuthenticationFailed("Token revoked.")
-    if token.expires_at is not None and token.expires_at <= now:
+    if entry["expires_at"] is not None and entry["expires_at"] <= now:
         raise AuthenticationFailed("Token expired.")
-    if not token.user.is_active:
+    if not entry["user"]["is_active"]:
         raise AuthenticationFailed("The token's user is inactive.")
+    last_used = entry["last_used_at"]
     resolution = settings.STUDIO_TOKEN_LAST_USED_RESOLUTION
-    if token.last_used_at is None or (now - token.last_used_at).total_seconds() >= resolution:
-        ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
-    return token.user
+    if last_used is None or (now - last_used).total_seconds() >= resolution:
+        ApiToken.objects.filter(pk=entry["token_id"]).update(last_used_at=now)
+        entry["last_used_at"] = now
+        cache.set(key, entry, TOKEN_CACHE_TTL)
+    return _detached_user(entry["user"])
+
+
+def _detached_user(fields: dict[str, Any]) -> User:
+    user_model = get_user_model()
+    user = user_model(
+        pk=fields["id"],
+        **{user_model.USERNAME_FIELD: fields["username"]},
+        is_active=fields["is_active"],
+        is_staff=fields["is_staff"],
+        is_superuser=fields["is_superuser"],
+    )
+    user._state.adding = False
+    user._state.db = "default"
+    return user
+
+
+def user_changed(*, user: User) -> None:
+    """A user's flags changed (deactivated, staff): their cached tokens must be re-read."""
+    api_token_forget(*ApiToken.objects.filter(user=user).values_list("key_hash", flat=True))

@@ -3,8 +3,10 @@ from datetime import UTC
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils.dateparse import parse_datetime
 from django.views.decorators.http import require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRedirect
 
 from apps.core.exceptions import ApplicationError
 from apps.squads import selectors, services
@@ -35,6 +37,9 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         except ApplicationError as exc:
             error = exc
         else:
+            if request.htmx:
+                # A 302 would be followed inside the XHR and swapped into the form.
+                return HttpResponseClientRedirect(reverse("squads:detail", args=[squad.slug]))
             return redirect("squads:detail", slug=squad.slug)
     template = "squads/dashboard.html#create-form" if request.htmx else "squads/dashboard.html"
     return render(

@@ -34,6 +34,7 @@ INSTALLED_APPS = [
     "apps.core",
     "apps.squads",
     "apps.audit",
+    "apps.prompts",
 ]
 
 MIDDLEWARE = [
@@ -84,7 +85,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
 
-CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://studio")}
+# The embedded default is a file cache: shared by the web workers and the Celery
+# worker on one machine, so a revoked token or a moved label is seen by all of them.
+CACHES = {"default": env.cache_url("CACHE_URL", default=f"filecache://{DATA_DIR / 'cache'}")}
 if CACHES["default"]["BACKEND"] == "django_redis.cache.RedisCache":
     # Django ships a Redis backend; django-redis is not needed.
     CACHES["default"]["BACKEND"] = "django.core.cache.backends.redis.RedisCache"

@@ -4,23 +4,10 @@ Playwright never downloads a browser here (no `playwright install`); we launch
 /usr/bin/chromium, which `make test` installs (`make browser`).
 """
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-# Playwright's sync API runs an asyncio event loop in the main thread (inside a
-# greenlet) from `sync_playwright().start()` until `.stop()`, and
-# `asyncio.get_running_loop()` reports it as running the whole time. Django's
-# ORM sees that running loop and raises SynchronousOnlyOperation for every
-# query made from the test thread (creating users and squads, reading rows back),
-# although nothing here is actually async: the loop only waits on the browser's
-# pipe while a Playwright call is in progress. The browser is session-scoped, so
-# the loop stays "running" until the session ends, which also covers the
-# non-browser tests that run after these in the same process; that is why the
-# flag is set when this conftest is imported rather than per test.
-os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -34,10 +21,13 @@ CHROMIUM_ARGS = [
 DEFAULT_TIMEOUT_MS = 10_000
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[object]:
-    """One chromium for the whole session. launch() gives it a fresh temporary profile
-    (Playwright makes and deletes the user-data dir itself; it refuses --user-data-dir)."""
+    """One chromium for all the browser tests. launch() gives it a fresh temporary
+    profile (Playwright makes and deletes the user-data dir; it refuses --user-data-dir).
+
+    Package scope, not session: the Playwright driver must stop when the last browser
+    test is done, before the rest of the suite runs (see below)."""
     if not CHROMIUM.exists():
         pytest.skip(
             f"{CHROMIUM} not found: install Debian's chromium (`make browser`, or "
@@ -45,15 +35,27 @@ def browser() -> Iterator[object]:
         )
     from playwright.sync_api import sync_playwright
 
-    pw = sync_playwright().start()
-    try:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+    with pytest.MonkeyPatch.context() as env:
+        # Playwright's sync API runs an asyncio event loop in this thread (inside a
+        # greenlet) from `sync_playwright().start()` until `.stop()`, and
+        # `asyncio.get_running_loop()` reports it as running the whole time, also while
+        # test code runs. Django's ORM sees that loop and raises SynchronousOnlyOperation
+        # for every query made from the test thread (test database setup and flushes,
+        # creating users and squads, reading rows back), although nothing here is async:
+        # the loop only waits on the browser's pipe during a Playwright call. The live
+        # server answers in its own thread, where no loop runs, so it needs no flag.
+        # The flag is set only while the driver runs, not for the whole process: child
+        # processes inherit it (`manage.py check --deploy` reports async.E001 for it).
+        env.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        pw = sync_playwright().start()
         try:
-            yield browser
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                yield browser
+            finally:
+                browser.close()
         finally:
-            browser.close()
-    finally:
-        pw.stop()
+            pw.stop()
 
 
 @pytest.fixture

@@ -15,32 +15,14 @@ from apps.squads.models import ApiToken, Membership, Squad
 pytestmark = pytest.mark.browser
 
 OWNER, OWNER_PW = "olivia", "pw-olivia-123"
-
-# Known application bugs. strict=True: once a bug is fixed the test XPASSes, which
-# fails the run, so the marker gets removed and the test guards the fix.
-HTMX_4XX_NOT_SWAPPED = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "app bug: htmx 2 does not swap 4xx responses by default (responseHandling), so the "
-        "inline error partials the views return with 409/422 never reach the page; "
-        "fix: an htmx-config meta in templates/base.html that swaps 4xx"
-    ),
-)
-HTMX_REDIRECT_SWAPPED_INLINE = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "app bug: apps/squads/views.py dashboard() answers a successful htmx create with a "
-        "302; the XHR follows it and htmx swaps the whole squad page into #create-squad, "
-        "the URL stays /; fix: HttpResponseClientRedirect when request.htmx"
-    ),
-)
+# Once the server's answer is in, htmx swaps it within milliseconds.
+SWAP_TIMEOUT_MS = 2_000
 
 
 def make_user(username: str, password: str | None = None):
     return get_user_model().objects.create_user(username, password=password or f"pw-{username}-123")
 
 
-@HTMX_4XX_NOT_SWAPPED
 def test_duplicate_slug_shows_inline_error_without_reload(page, login, live_server):
     make_user(OWNER, OWNER_PW)
     services.squad_create(actor=make_user("oscar"), name="Taken", slug="taken")
@@ -55,10 +37,14 @@ def test_duplicate_slug_shows_inline_error_without_reload(page, login, live_serv
     create.get_by_label("Name").fill("Demo squad")
     create.get_by_label("Slug").fill("taken")
     create.get_by_label("Description").fill("Where demos live.")
-    create.get_by_role("button", name="Create squad").click()
+    with page.expect_response(
+        lambda r: r.request.method == "POST" and r.url == f"{live_server.url}/"
+    ) as response:
+        create.get_by_role("button", name="Create squad").click()
+    assert response.value.status == 409
 
     expect(page.locator("#create-squad #create-error")).to_have_text(
-        "A squad with slug 'taken' already exists."
+        "A squad with slug 'taken' already exists.", timeout=SWAP_TIMEOUT_MS
     )
     assert page.url == f"{live_server.url}/"
     assert page.evaluate("window.__sameDocument === true")
@@ -68,7 +54,6 @@ def test_duplicate_slug_shows_inline_error_without_reload(page, login, live_serv
     assert not Squad.objects.filter(name="Demo squad").exists()
 
 
-@HTMX_REDIRECT_SWAPPED_INLINE
 def test_create_squad_lands_on_squad_page_with_owner_badge(page, login, live_server):
     owner = make_user(OWNER, OWNER_PW)
     services.squad_create(actor=make_user("oscar"), name="Taken", slug="taken")
@@ -143,7 +128,6 @@ def test_owner_adds_changes_and_removes_member(page, login, live_server):
     assert Membership.objects.filter(squad=squad, user=owner).exists()
 
 
-@HTMX_4XX_NOT_SWAPPED
 def test_last_owner_cannot_remove_themselves(page, login, live_server):
     owner = make_user(OWNER, OWNER_PW)
     squad = services.squad_create(actor=owner, name="Demo", slug="demo")
@@ -153,9 +137,12 @@ def test_last_owner_cannot_remove_themselves(page, login, live_server):
     login(page, OWNER, OWNER_PW)
     page.goto("/squads/demo/members/")
     olivia_row = page.locator("#member-olivia")
-    olivia_row.get_by_role("button", name="Remove").click()
+    with page.expect_response(lambda r: r.url.endswith("/members/olivia/remove")) as response:
+        olivia_row.get_by_role("button", name="Remove").click()
+    assert response.value.status == 409
     expect(olivia_row.get_by_role("alert")).to_have_text(
-        "'olivia' is the last owner of squad 'demo'; a squad always keeps at least one owner."
+        "'olivia' is the last owner of squad 'demo'; a squad always keeps at least one owner.",
+        timeout=SWAP_TIMEOUT_MS,
     )
     expect(olivia_row.get_by_label("Owner")).to_be_checked()
     assert Membership.objects.filter(squad=squad, user=owner).exists()

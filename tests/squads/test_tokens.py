@@ -56,14 +56,18 @@ def test_token_created_through_api_is_shown_once():
     assert ApiClient(body["token"]).call("GET", "/api/v1/me").status_code == 200
 
 
-def test_expired_token_is_refused_with_reason():
+def test_expired_token_is_refused_with_reason(monkeypatch):
     user = UserFactory(username="temp")
-    token, secret = services.api_token_create(
+    services.api_token_create(
+        actor=user, name="short", expires_at=timezone.now() + timedelta(minutes=5)
+    )
+    _, secret = services.api_token_create(
         actor=user, name="short", expires_at=timezone.now() + timedelta(minutes=5)
     )
     client = ApiClient(secret)
-    assert client.call("GET", "/api/v1/me").status_code == 200
-    ApiToken.objects.filter(pk=token.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert client.call("GET", "/api/v1/me").status_code == 200  # now cached as valid
+    later = timezone.now() + timedelta(minutes=6)
+    monkeypatch.setattr(services.timezone, "now", lambda: later)
     response = client.call("GET", "/api/v1/me")
     assert response.status_code == 401
     assert response.json() == {"detail": "Token expired."}
@@ -89,6 +93,7 @@ def test_401_reasons(header, reason):
 def test_inactive_users_token_is_refused():
     user = UserFactory(username="leaver")
     _, secret = services.api_token_create(actor=user, name="old")
+    assert ApiClient(secret).call("GET", "/api/v1/me").status_code == 200  # cached
     user.is_active = False
     user.save()
     response = ApiClient(secret).call("GET", "/api/v1/me")
@@ -139,3 +144,29 @@ def test_last_used_is_written_at_most_once_per_resolution(django_assert_max_num_
     with django_assert_max_num_queries(1):
         client.call("GET", "/api/v1/me")
     assert ApiToken.objects.get(user=user).last_used_at == first
+
+
+def test_warm_token_and_permission_checks_cost_no_query(squad, django_assert_num_queries):
+    _, secret = services.api_token_create(actor=UserFactory(username="sme"), name="hot")
+    client = ApiClient(secret)
+    client.call("GET", "/api/v1/squads/acme/members")
+    # squad by slug and the member list remain; token and permissions come from the cache.
+    with django_assert_num_queries(2):
+        client.call("GET", "/api/v1/squads/acme/members")
+
+
+def test_revocation_and_role_changes_reach_cached_entries_at_once(squad):
+    owner = UserFactory(username="owner")
+    sme = UserFactory(username="sme")
+    token, secret = services.api_token_create(actor=sme, name="hot")
+    client = ApiClient(secret)
+    assert client.call("PATCH", "/api/v1/squads/acme", {"description": "x"}).status_code == 403
+    from apps.squads.models import Membership
+
+    membership = Membership.objects.get(squad=squad, user=sme)
+    services.membership_set_roles(actor=owner, membership=membership, roles=["owner", "sme"])
+    assert client.call("PATCH", "/api/v1/squads/acme", {"description": "x"}).status_code == 200
+    services.membership_remove(actor=owner, membership=membership)
+    assert client.call("GET", "/api/v1/squads/acme").status_code == 404
+    services.api_token_revoke(actor=sme, token=token)
+    assert client.call("GET", "/api/v1/me").json() == {"detail": "Token revoked."}

@@ -1,0 +1,192 @@
+"""Prompt contracts: JSON Schemas for inputs and outputs, and sandboxed rendering.
+
+Messages are Jinja2 templates rendered in a SandboxedEnvironment with
+StrictUndefined: a template cannot reach Python internals (`__class__`,
+`__globals__`, …) and a variable that was not passed is an error, never an
+empty string. Literal braces (for example a JSON example inside a prompt) go
+in a raw block:
+
+    Answer like this: {% raw %}{"label": "...", "score": 0.9}{% endraw %}
+"""
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, meta
+from jinja2.sandbox import SandboxedEnvironment
+
+from apps.core.exceptions import ValidationFailed
+
+ROLES = ("system", "user", "assistant")
+MAX_MESSAGES = 50
+MAX_CONTENT = 100_000
+MAX_RENDERED = 1_000_000
+SchemaValidator = jsonschema.Draft202012Validator
+
+_env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+
+
+@dataclass
+class ContractReport:
+    """What a save found: errors refuse the save, warnings are kept on the version."""
+
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+    variables: set[str] = field(default_factory=set)
+
+    def error(self, where: str, message: str, **extra: Any) -> None:
+        self.errors.append({"where": where, "message": message, **extra})
+
+    def warn(self, where: str, message: str, **extra: Any) -> None:
+        self.warnings.append({"where": where, "message": message, **extra})
+
+    def raise_if_errors(self) -> None:
+        if self.errors:
+            first = self.errors[0]
+            more = f" (and {len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
+            raise ValidationFailed(
+                f"{first['where']}: {first['message']}{more}",
+                field=first["where"],
+                extra=self.errors,
+            )
+
+
+def _column(source: str, lineno: int, message: str) -> int:
+    """Jinja reports only the line; point at the tag that most likely broke it."""
+    lines = source.split("\n")
+    line = lines[lineno - 1] if 0 < lineno <= len(lines) else ""
+    quoted = re.search(r"unexpected '([^']+)'", message)
+    if quoted and quoted.group(1) in line:
+        return line.rindex(quoted.group(1)) + 1
+    named = re.search(r"(?:filter|test|tag) named '([^']+)'|unknown tag '([^']+)'", message)
+    if named:
+        word = named.group(1) or named.group(2)
+        if word in line:
+            return line.index(word) + 1
+    openers = [line.rfind(o) for o in ("{{", "{%", "{#")]
+    best = max(openers)
+    return best + 1 if best >= 0 else max(len(line), 1)
+
+
+def check_json_schema(schema: Any, where: str, report: ContractReport) -> bool:
+    if not isinstance(schema, dict):
+        report.error(where, "must be a JSON object (a JSON Schema)")
+        return False
+    try:
+        SchemaValidator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        path = "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in exc.path)
+        report.error(f"{where}{path}", f"invalid JSON Schema: {exc.message}")
+        return False
+    return True
+
+
+def check_messages(messages: Any, report: ContractReport) -> list[dict[str, str]]:
+    """Shape of the message list; returns it normalised."""
+    if not isinstance(messages, list) or not messages:
+        report.error("messages", "at least one message is required")
+        return []
+    if len(messages) > MAX_MESSAGES:
+        report.error("messages", f"{len(messages)} messages; the limit is {MAX_MESSAGES}")
+    clean = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            report.error(where, "must be an object with 'role' and 'content'")
+            continue
+        unknown = set(message) - {"role", "content"}
+        if unknown:
+            report.error(where, f"unknown field(s): {', '.join(sorted(unknown))}")
+        role, content = message.get("role"), message.get("content")
+        if role not in ROLES:
+            report.error(f"{where}.role", f"must be one of {', '.join(ROLES)} (got {role!r})")
+        if not isinstance(content, str) or not content.strip():
+            report.error(f"{where}.content", "must be non-empty text")
+            continue
+        if len(content) > MAX_CONTENT:
+            report.error(
+                f"{where}.content", f"{len(content)} characters; the limit is {MAX_CONTENT}"
+            )
+        clean.append({"role": role, "content": content})
+    return clean
+
+
+def check_templates(
+    messages: list[dict[str, str]], input_schema: dict | None, report: ContractReport
+) -> None:
+    """Parse every message; compare the variables used with those the schema declares."""
+    used: set[str] = set()
+    for i, message in enumerate(messages):
+        try:
+            ast = _env.parse(message["content"])
+        except TemplateSyntaxError as exc:
+            lineno = exc.lineno or 1
+            report.error(
+                f"messages[{i}].content",
+                f"template syntax error at line {lineno}, column "
+                f"{_column(message['content'], lineno, exc.message or '')}: {exc.message}",
+                line=lineno,
+                column=_column(message["content"], lineno, exc.message or ""),
+            )
+            continue
+        used |= meta.find_undeclared_variables(ast)
+    report.variables = used
+    if input_schema is None:
+        return
+    declared = set((input_schema.get("properties") or {}).keys())
+    for name in sorted(used - declared):
+        report.error(
+            "input_schema",
+            f"variable '{name}' is used in the messages but not declared in the input schema",
+        )
+    for name in sorted(set(input_schema.get("required") or []) - used):
+        report.warn(
+            "input_schema",
+            f"required variable '{name}' is never used in the messages",
+        )
+
+
+def validate_variables(schema: dict, variables: Any) -> list[dict[str, str]]:
+    """Every schema error, each with its JSON path ($.customer.name)."""
+    validator = SchemaValidator(schema, format_checker=SchemaValidator.FORMAT_CHECKER)
+    errors = sorted(validator.iter_errors(variables), key=lambda e: list(e.absolute_path))
+    return [{"path": e.json_path, "message": e.message} for e in errors]
+
+
+class RenderFailed(ValidationFailed):
+    pass
+
+
+def render_messages(
+    messages: list[dict[str, str]], input_schema: dict, variables: Any
+) -> list[dict[str, str]]:
+    """Validate variables against the input schema, then render each message."""
+    errors = validate_variables(input_schema, variables)
+    if errors:
+        raise RenderFailed(
+            f"{len(errors)} variable error(s): "
+            + "; ".join(f"{e['path']}: {e['message']}" for e in errors[:5]),
+            field="variables",
+            extra=errors,
+        )
+    rendered = []
+    total = 0
+    for i, message in enumerate(messages):
+        try:
+            text = _env.from_string(message["content"]).render(**variables)
+        except TemplateError as exc:
+            raise RenderFailed(
+                f"messages[{i}] could not be rendered: {exc}",
+                field=f"messages[{i}].content",
+                extra=[{"path": f"messages[{i}]", "message": str(exc)}],
+            ) from exc
+        total += len(text)
+        if total > MAX_RENDERED:
+            raise RenderFailed(
+                f"the rendered prompt exceeds {MAX_RENDERED} characters",
+                field=f"messages[{i}].content",
+            )
+        rendered.append({"role": message["role"], "content": text})
+    return rendered

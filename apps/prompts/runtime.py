@@ -1,0 +1,152 @@
+"""The hot path: what production apps call on every request.
+
+A fetch resolves (squad slug, prompt slug, label or version) to a serialised
+JSON body and its ETag. Bodies are cached (the Django cache: Redis in
+production, a file cache on the embedded default) under the squad's id;
+version bodies never change, label bodies are dropped when the label moves
+(`forget_label`, at once and again at commit). Squad ids are cached by slug
+(slugs never change). With a warm cache a fetch runs no query for the prompt;
+authentication and permissions have caches of their own (squads.services,
+squads.access).
+"""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.core.cache import cache
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import transaction
+
+from apps.core.exceptions import NotFound, ValidationFailed
+from apps.prompts.models import Label, PromptTemplate, PromptVersion
+from apps.squads.access import require_squad_permission
+from apps.squads.models import Squad
+from apps.squads.permissions import VIEW_SQUAD
+
+User = AbstractBaseUser | AnonymousUser
+LABEL_TTL = 300
+VERSION_TTL = 24 * 3600
+SQUAD_TTL = 24 * 3600
+
+
+@dataclass(frozen=True)
+class Fetched:
+    etag: str
+    body: bytes
+
+    def payload(self) -> dict[str, Any]:
+        return json.loads(self.body)
+
+
+def _squad_key(squad_slug: str) -> str:
+    return f"squad:id:{squad_slug}"
+
+
+def _payload_key(
+    squad_id: int | str, template_slug: str, label: str | None, version: int | None
+) -> str:
+    ref = f"label:{label}" if label is not None else f"v:{version}"
+    return f"prompt:{squad_id}:{template_slug}:{ref}"
+
+
+def forget_label(*, squad_id: int, template_slug: str, label: str) -> None:
+    """Drop a label's cached body: now, and at commit (a reader may have re-cached it)."""
+    key = _payload_key(squad_id, template_slug, label, None)
+    cache.delete(key)
+    transaction.on_commit(lambda: cache.delete(key))
+
+
+def payload_for(version: PromptVersion, *, squad_slug: str, label: str | None) -> dict[str, Any]:
+    return {
+        "squad": squad_slug,
+        "prompt": version.template.slug,
+        "label": label,
+        "version": version.number,
+        "content_hash": version.content_hash,
+        "messages": version.messages,
+        "input_schema": version.input_schema,
+        "output_schema": version.output_schema,
+        "output_format": version.output_format,
+        "model": version.model_settings,
+        "fallback_target": version.fallback_target or None,
+        "created_at": version.created_at,
+        "commit_message": version.commit_message,
+    }
+
+
+def _serialise(payload: dict[str, Any]) -> Fetched:
+    body = json.dumps(payload, cls=DjangoJSONEncoder, ensure_ascii=False, separators=(",", ":"))
+    data = body.encode()
+    return Fetched(etag=f'"{hashlib.sha256(data).hexdigest()[:32]}"', body=data)
+
+
+def _not_found(
+    user: User, squad_slug: str, template_slug: str, label: str | None, version: int | None
+) -> NotFound:
+    """Say precisely what is missing — but only to someone who may see the squad."""
+    squad = Squad.objects.filter(slug=squad_slug).first()
+    if squad is None:
+        return NotFound(f"Squad '{squad_slug}' not found.")
+    require_squad_permission(user, squad, VIEW_SQUAD)
+    template = PromptTemplate.objects.filter(squad=squad, slug=template_slug).first()
+    if template is None:
+        return NotFound(f"Prompt '{template_slug}' not found in squad '{squad_slug}'.")
+    if label is not None:
+        return NotFound(f"Prompt '{template_slug}' has no label '{label}'.", field="label")
+    return NotFound(f"Prompt '{template_slug}' has no version {version}.", field="version")
+
+
+def fetch(
+    *,
+    user: User,
+    squad_slug: str,
+    template_slug: str,
+    label: str | None = None,
+    version: int | None = None,
+) -> Fetched:
+    """The body of a prompt by label or version number; 404 for missing and forbidden alike."""
+    if (label is None) == (version is None):
+        raise ValidationFailed("Ask for exactly one of 'label' or 'version'.", field="label")
+    squad_key = _squad_key(squad_slug)
+    squad_id = cache.get(squad_key)
+    if squad_id is not None:
+        key = _payload_key(squad_id, template_slug, label, version)
+        cached = cache.get(key)
+        if cached is not None:
+            require_squad_permission(user, Squad(pk=squad_id, slug=squad_slug), VIEW_SQUAD)
+            return Fetched(*cached)
+    # One query: the version with its template and squad.
+    if label is not None:
+        row = (
+            Label.objects.select_related("version__template__squad")
+            .filter(template__squad__slug=squad_slug, template__slug=template_slug, name=label)
+            .first()
+        )
+        found = row.version if row else None
+    else:
+        found = (
+            PromptVersion.objects.select_related("template__squad")
+            .filter(template__squad__slug=squad_slug, template__slug=template_slug, number=version)
+            .first()
+        )
+    if found is None:
+        raise _not_found(user, squad_slug, template_slug, label, version)
+    squad = found.template.squad
+    require_squad_permission(user, squad, VIEW_SQUAD)
+    fetched = _serialise(payload_for(found, squad_slug=squad_slug, label=label))
+    key = _payload_key(squad.pk, template_slug, label, version)
+    cache.set_many({squad_key: squad.pk}, SQUAD_TTL)
+    cache.set(key, (fetched.etag, fetched.body), LABEL_TTL if label is not None else VERSION_TTL)
+    return fetched
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    candidates = [c.strip().removeprefix("W/") for c in if_none_match.split(",")]
+    return etag in candidates
