@@ -24,5 +24,6 @@ urlpatterns = [
     ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("audit/", include("apps.audit.urls")),
+    path("squads/<slug:squad>/prompts/", include("apps.prompts.urls")),
     path("", include("apps.squads.urls")),
 ]

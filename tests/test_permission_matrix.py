@@ -37,6 +37,15 @@ def _other_token_id() -> int:
     return token.pk
 
 
+P = "/api/v1/squads/acme/prompts"
+
+
+def _new_version_body() -> dict:
+    from tests.prompts.factories import content
+
+    return content(commit_message="v2", model={"temperature": 0.1})
+
+
 ACTIONS = [
     Action(
         "squad.view",
@@ -117,6 +126,70 @@ ACTIONS = [
         view=lambda c: c.post("/account/tokens/", {"name": "ci"}),
     ),
     Action(
+        "prompt.list",
+        frozenset(MEMBERS),
+        api=lambda c: c.call("GET", P),
+        view=None,
+    ),
+    Action(
+        "prompt.fetch",
+        frozenset(MEMBERS),
+        api=lambda c: c.call("GET", f"{P}/support?label=production"),
+        view=None,
+    ),
+    Action(
+        "prompt.render",
+        frozenset(MEMBERS),
+        api=lambda c: c.call(
+            "POST",
+            f"{P}/support/render",
+            {"variables": {"customer": {"name": "A"}, "question": "q"}},
+        ),
+        view=None,
+    ),
+    Action(
+        "prompt.versions_and_diff",
+        frozenset(MEMBERS),
+        api=lambda c: c.call("GET", f"{P}/support/diff?from_version=1&to_version=1"),
+        view=None,
+    ),
+    Action(
+        "prompt.create",
+        frozenset({"owner", "engineer"}),
+        api=lambda c: c.call("POST", P, {"slug": "fresh"}),
+        view=None,
+    ),
+    Action(
+        "prompt.update",
+        frozenset({"owner", "engineer"}),
+        api=lambda c: c.call("PATCH", f"{P}/support", {"description": "new"}),
+        view=None,
+    ),
+    Action(
+        "prompt.version_create",
+        frozenset({"owner", "engineer"}),
+        api=lambda c: c.call("POST", f"{P}/support/versions", _new_version_body()),
+        view=None,
+    ),
+    Action(
+        "label.move",
+        frozenset({"owner", "engineer"}),
+        api=lambda c: c.call("PUT", f"{P}/support/labels/staging", {"version": 1}),
+        view=None,
+    ),
+    Action(
+        "label.move_protected",
+        frozenset({"owner"}),
+        api=lambda c: c.call("PUT", f"{P}/support/labels/production", {"version": 2}),
+        view=None,
+    ),
+    Action(
+        "squad.set_protected_labels",
+        frozenset({"owner"}),
+        api=lambda c: c.call("PATCH", "/api/v1/squads/acme", {"protected_labels": ["prod"]}),
+        view=None,
+    ),
+    Action(
         "token.revoke_other_users",
         frozenset(),
         api=lambda c: c.call("DELETE", f"/api/v1/tokens/{_other_token_id()}"),
@@ -124,6 +197,20 @@ ACTIONS = [
         hidden_from=EVERYONE,
     ),
 ]
+
+
+def _prompt_with_two_versions(squad) -> None:
+    from apps.prompts import services as prompts
+    from tests.prompts.factories import make_prompt
+
+    owner = UserFactory(username="owner")
+    template = make_prompt(squad, owner)
+    prompts.label_move(
+        actor=owner, template=template, name="production", version=template.latest_version
+    )
+    prompts.prompt_version_create(
+        actor=owner, template=template, **{**_new_version_body(), "model": {"seed": 3}}
+    )
 
 
 def _user(role: str):
@@ -148,6 +235,7 @@ CASES = [
 @pytest.mark.parametrize(("action", "role", "channel"), CASES)
 def test_role_action_matrix(squad, action: Action, role: str, channel: str) -> None:
     UserFactory(username="newbie")
+    _prompt_with_two_versions(squad)
     user = _user(role)
     if channel == "api":
         _, secret = services.api_token_create(actor=user, name="matrix")
@@ -180,6 +268,8 @@ def test_matrix_covers_every_registered_permission() -> None:
         "change_squad": "squad.update",
         "manage_members": "member.add",
         "view_audit": "audit.read",
+        "edit_prompts": "prompt.version_create",
+        "move_protected_labels": "label.move_protected",
     }
     assert {p.codename for p in REGISTRY} == set(covered)
     names = {a.name for a in ACTIONS}

@@ -3,7 +3,8 @@
 Messages are Jinja2 templates rendered in a SandboxedEnvironment with
 StrictUndefined: a template cannot reach Python internals (`__class__`,
 `__globals__`, …) and a variable that was not passed is an error, never an
-empty string. Literal braces (for example a JSON example inside a prompt) go
+empty string: an optional variable is guarded with `{% if x is defined %}` or
+`{{ x | default("…") }}`. Literal braces (for example a JSON example inside a prompt) go
 in a raw block:
 
     Answer like this: {% raw %}{"label": "...", "score": 0.9}{% endraw %}
@@ -121,6 +122,8 @@ def check_templates(
     for i, message in enumerate(messages):
         try:
             ast = _env.parse(message["content"])
+            # Unknown filters and tests surface only when compiling.
+            _env.compile(ast)
         except TemplateSyntaxError as exc:
             lineno = exc.lineno or 1
             report.error(
