@@ -84,8 +84,8 @@ def check_json_schema(schema: Any, where: str, report: ContractReport) -> bool:
     return True
 
 
-def check_messages(messages: Any, report: ContractReport) -> list[dict[str, str]]:
-    """Shape of the message list; returns it normalised."""
+def check_messages(messages: Any, report: ContractReport) -> list[tuple[int, dict[str, str]]]:
+    """Shape of the message list; returns the well-formed messages with their positions."""
     if not isinstance(messages, list) or not messages:
         report.error("messages", "at least one message is required")
         return []
@@ -110,16 +110,16 @@ def check_messages(messages: Any, report: ContractReport) -> list[dict[str, str]
             report.error(
                 f"{where}.content", f"{len(content)} characters; the limit is {MAX_CONTENT}"
             )
-        clean.append({"role": role, "content": content})
+        clean.append((i, {"role": role, "content": content}))
     return clean
 
 
 def check_templates(
-    messages: list[dict[str, str]], input_schema: dict | None, report: ContractReport
+    messages: list[tuple[int, dict[str, str]]], input_schema: dict | None, report: ContractReport
 ) -> None:
     """Parse every message; compare the variables used with those the schema declares."""
     used: set[str] = set()
-    for i, message in enumerate(messages):
+    for i, message in messages:
         try:
             ast = _env.parse(message["content"])
             # Unknown filters and tests surface only when compiling.
@@ -179,7 +179,8 @@ def render_messages(
     for i, message in enumerate(messages):
         try:
             text = _env.from_string(message["content"]).render(**variables)
-        except TemplateError as exc:
+        except (TemplateError, TypeError, ValueError, ArithmeticError, LookupError) as exc:
+            # Template code can fail like any expression ({{ name + 1 }}, {{ 1/0 }}).
             raise RenderFailed(
                 f"messages[{i}] could not be rendered: {exc}",
                 field=f"messages[{i}].content",

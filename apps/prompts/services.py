@@ -110,7 +110,8 @@ def check_content(
 ) -> tuple[dict[str, Any], contracts.ContractReport]:
     """Validate a version's content without saving; returns the normalised content."""
     report = contracts.ContractReport()
-    clean_messages = contracts.check_messages(messages, report)
+    indexed_messages = contracts.check_messages(messages, report)
+    clean_messages = [message for _, message in indexed_messages]
     input_ok = contracts.check_json_schema(input_schema, "input_schema", report)
     if input_ok and input_schema.get("type") != "object":
         report.error("input_schema", 'the input schema must have "type": "object"')
@@ -127,7 +128,7 @@ def check_content(
         report.error("fallback_target", "must be at most 100 characters")
     if fallback_target and fallback_target == clean_model.get("target"):
         report.error("fallback_target", "must differ from the model target")
-    contracts.check_templates(clean_messages, input_schema if input_ok else None, report)
+    contracts.check_templates(indexed_messages, input_schema if input_ok else None, report)
     content = {
         "messages": clean_messages,
         "input_schema": input_schema,

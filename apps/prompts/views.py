@@ -231,10 +231,6 @@ def _preview(parsed: ParsedContent) -> dict[str, Any]:
         )
     except RenderFailed as exc:
         preview["render_errors"] = exc.extra or [{"path": exc.field, "message": exc.message}]
-    except (TypeError, ValueError, ArithmeticError) as exc:
-        # Jinja lets Python errors of an expression through ({{ name + 1 }} on a string);
-        # render_messages does not turn them into RenderFailed yet.
-        preview["render_errors"] = [{"path": "messages", "message": f"cannot render: {exc}"}]
     return preview
 
 

@@ -171,3 +171,16 @@ def test_invalid_content_is_refused_with_where(kwargs, where):
     _, report = check_content(**{**base, **kwargs})
     assert report.errors, kwargs
     assert report.errors[0]["where"] == where, report.errors
+
+
+@pytest.mark.parametrize("template", ["{{ q + 1 }}", "{{ 1 / 0 }}", "{{ q[5] }}"])
+def test_expression_errors_are_render_errors_not_crashes(template):
+    schema = {"type": "object", "properties": {"q": {"type": "string"}}}
+    with pytest.raises(RenderFailed, match="could not be rendered"):
+        render_messages([{"role": "user", "content": template}], schema, {"q": "ab"})
+
+
+def test_errors_point_at_the_original_message_position():
+    messages = [{"role": "user", "content": ""}, {"role": "user", "content": "{{ x"}]
+    _, report = check_content(messages=messages, input_schema={"type": "object"})
+    assert [e["where"] for e in report.errors] == ["messages[0].content", "messages[1].content"]
