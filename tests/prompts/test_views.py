@@ -216,7 +216,7 @@ def test_preview_survives_python_errors_in_expressions(squad):
     sums = [{"role": "user", "content": "{{ name + 1 }}"}]
     response = _client("engineer").post("/squads/acme/prompts/preview", _form(messages=sums))
     assert response.status_code == 200
-    assert b"could not be rendered" in response.content
+    assert b"can only concatenate str" in response.content
 
 
 def test_message_row_partial_and_remove(squad):
