@@ -48,6 +48,7 @@ TARGET_RATIO = 0.5
 # Runs inside `manage.py shell -c`: a request-free context, through the services.
 SETUP_CODE = """
 import json
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection
 from apps.squads.services import api_token_create, squad_create
@@ -59,6 +60,7 @@ print("BENCH-SETUP " + json.dumps({{
     "slug": squad.slug,
     "token": secret,
     "vendor": connection.vendor,
+    "cache": settings.CACHES["default"]["BACKEND"].rsplit(".", 1)[-1],
     "version": ".".join(str(p) for p in connection.Database.sqlite_version_info)
     if connection.vendor == "sqlite" else str(connection.pg_version),
 }}))
@@ -419,6 +421,7 @@ def main() -> int:
         print(f"workers:    {args.workers}")
         database = describe_database(env["DATABASE_URL"])
         print(f"database:   {setup['vendor']} {setup['version']} ({database})")
+        print(f"cache:      {setup['cache']}")
         print(f"client:     {client}")
         threads = f"{args.threads} threads, " if wrk else ""
         print(

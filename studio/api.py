@@ -13,6 +13,7 @@ from ninja.utils import check_csrf
 
 from apps.audit.api import router as audit_router
 from apps.core.exceptions import ApplicationError, AuthenticationFailed, PermissionDenied
+from apps.generation.api import router as generation_router
 from apps.prompts.api import router as prompts_router
 from apps.squads.api import router as squads_router
 from apps.squads.api import tokens_router
@@ -106,3 +107,4 @@ api.add_router("/", squads_router)
 api.add_router("/tokens", tokens_router)
 api.add_router("/audit", audit_router)
 api.add_router("/", prompts_router)
+api.add_router("/", generation_router)

@@ -63,6 +63,15 @@ MOVE_PROTECTED_LABELS = SquadPermission(
     frozenset({Role.OWNER}),
 )
 
+RUN_GENERATION = SquadPermission(
+    "run_generation",
+    "Run prompts in the playground, the generate API and batch jobs",
+    frozenset({Role.OWNER, Role.PROMPT_ENGINEER}),
+)
+MANAGE_TARGETS = SquadPermission(
+    "manage_targets", "Add and change the squad's model targets", frozenset({Role.OWNER})
+)
+
 REGISTRY: tuple[SquadPermission, ...] = (
     VIEW_SQUAD,
     CHANGE_SQUAD,
@@ -70,6 +79,8 @@ REGISTRY: tuple[SquadPermission, ...] = (
     VIEW_AUDIT,
     EDIT_PROMPTS,
     MOVE_PROTECTED_LABELS,
+    RUN_GENERATION,
+    MANAGE_TARGETS,
 )
 BY_CODENAME: dict[str, SquadPermission] = {p.codename: p for p in REGISTRY}
 

@@ -35,6 +35,7 @@ INSTALLED_APPS = [
     "apps.squads",
     "apps.audit",
     "apps.prompts",
+    "apps.generation",
 ]
 
 MIDDLEWARE = [

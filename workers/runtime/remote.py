@@ -387,9 +387,7 @@ class RemoteBackend:
             extra["model"] = served_model
         usage = getattr(output, "usage", None)
         prompt_tokens = getattr(usage, "prompt_tokens", None) if usage is not None else None
-        completion_tokens = (
-            getattr(usage, "completion_tokens", None) if usage is not None else None
-        )
+        completion_tokens = getattr(usage, "completion_tokens", None) if usage is not None else None
         if prompt_tokens is None or completion_tokens is None:
             extra["usage_missing"] = True
         return GenerationResult(

@@ -1,0 +1,88 @@
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from ninja import Field, Schema
+
+
+class TargetCreateIn(Schema):
+    name: str = Field(..., max_length=100)
+    kind: Literal["local", "remote"]
+    description: str = Field("", max_length=500)
+    base_model: str = ""
+    base_url: str = ""
+    remote_model: str = ""
+    token_env: str = Field("", description="NAME of the environment variable with the token")
+    adapter_id: str = ""
+    default_params: dict[str, Any] = {}
+    context_length: int = 8192
+    price_input_per_1k: Decimal = Decimal(0)
+    price_output_per_1k: Decimal = Decimal(0)
+    global_target: bool = Field(False, description="Staff: make it available to every squad")
+
+
+class TargetOut(Schema):
+    name: str
+    kind: str
+    scope: str
+    description: str
+    base_model: str
+    base_url: str
+    remote_model: str
+    token_env: str
+    adapter_id: str
+    default_params: dict[str, Any]
+    context_length: int
+    price_input_per_1k: Decimal
+    price_output_per_1k: Decimal
+    enabled: bool
+
+
+class GenerateIn(Schema):
+    variables: dict[str, Any] = {}
+    label: str | None = None
+    version: int | None = None
+    target: str | None = Field(None, description="Override the version's model target")
+    wait: bool = Field(False, description="Wait for the result (small calls)")
+    timeout: float = Field(30.0, gt=0, le=120)
+
+
+class GenerationOut(Schema):
+    id: int
+    status: str
+    prompt: str
+    version: int
+    target: str
+    target_used: str
+    variables: dict[str, Any]
+    output_text: str
+    output_json: Any
+    errors: list[dict[str, Any]]
+    attempts: list[dict[str, Any]]
+    input_tokens: int
+    output_tokens: int
+    latency_ms: int
+    cost: Decimal
+    source: str
+    created_at: datetime
+    finished_at: datetime | None
+    poll_url: str
+
+
+class BatchJobOut(Schema):
+    id: int
+    status: str
+    prompt: str
+    version: int
+    target: str
+    rows_total: int
+    rows_done: int
+    batch_size: int
+    output_tokens: int
+    tokens_per_second: float
+    eta_seconds: float | None
+    cancel_requested: bool
+    error: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None

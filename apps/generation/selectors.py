@@ -1,0 +1,52 @@
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db.models import Q, QuerySet
+
+from apps.core.exceptions import NotFound
+from apps.generation.models import BatchJob, Generation, ModelTarget
+from apps.squads.access import require_squad_permission
+from apps.squads.models import Squad
+from apps.squads.permissions import VIEW_SQUAD
+
+User = AbstractBaseUser | AnonymousUser
+
+
+def model_target_list_for_user(*, user: User, squad: Squad) -> QuerySet[ModelTarget]:
+    """The squad's own targets and the global ones."""
+    require_squad_permission(user, squad, VIEW_SQUAD)
+    return ModelTarget.objects.filter(Q(squad=squad) | Q(squad__isnull=True)).order_by(
+        "name", "squad_id"
+    )
+
+
+def generation_get_for_user(*, user: User, squad: Squad, generation_id: int) -> Generation:
+    require_squad_permission(user, squad, VIEW_SQUAD)
+    generation = (
+        Generation.objects.select_related("prompt_version__template", "target", "requested_by")
+        .filter(squad=squad, pk=generation_id)
+        .first()
+    )
+    if generation is None:
+        raise NotFound(f"Generation {generation_id} not found.")
+    return generation
+
+
+def batch_job_list_for_user(*, user: User, squad: Squad) -> QuerySet[BatchJob]:
+    require_squad_permission(user, squad, VIEW_SQUAD)
+    return BatchJob.objects.filter(squad=squad).select_related(
+        "prompt_version__template", "target", "created_by"
+    )
+
+
+def batch_job_get_for_user(*, user: User, squad: Squad, job_id: int) -> BatchJob:
+    job = batch_job_list_for_user(user=user, squad=squad).filter(pk=job_id).first()
+    if job is None:
+        raise NotFound(f"Batch job {job_id} not found.")
+    return job
+
+
+def batch_results(*, user: User, job: BatchJob, status: str | None = None) -> QuerySet[Generation]:
+    require_squad_permission(user, job.squad, VIEW_SQUAD)
+    results = job.generations.order_by("row_index")
+    if status:
+        results = results.filter(status=status)
+    return results

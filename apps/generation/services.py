@@ -1,0 +1,634 @@
+"""Generation: single calls (playground, API) and batch jobs, run on the gpu queue.
+
+Web side: `generation_request` and `batch_job_create` validate everything first
+(variables against the input schema, every uploaded row), store the work and
+enqueue it at commit. Worker side: `generation_run` and `batch_job_run` render,
+call the runtime (workers.runtime, imported lazily), enforce the output contract
+(one repair attempt, then the fallback target) and record the results.
+"""
+
+import csv
+import hashlib
+import io
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.http import HttpRequest
+from django.utils import timezone
+
+from apps.audit.services import audit_log
+from apps.core.exceptions import Conflict, ValidationFailed
+from apps.generation import structured
+from apps.generation.models import BatchJob, Generation, ModelTarget
+from apps.generation.targets import clean_target_fields, target_resolve
+from apps.prompts.contracts import render_messages, validate_variables
+from apps.prompts.models import PromptVersion
+from apps.squads.access import require_squad_permission
+from apps.squads.models import Squad
+from apps.squads.permissions import MANAGE_TARGETS, RUN_GENERATION
+
+User = AbstractBaseUser
+MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+MAX_ROWS = 100_000
+MAX_REPORTED_ERRORS = 100
+STALE_AFTER = timedelta(seconds=int(os.environ.get("STUDIO_JOB_STALE_SECONDS", "120")))
+
+
+# --- targets ---------------------------------------------------------------------------
+
+
+@transaction.atomic
+def model_target_create(
+    *,
+    actor: User,
+    squad: Squad | None,
+    name: str,
+    request: HttpRequest | None = None,
+    **fields: Any,
+) -> ModelTarget:
+    """A squad's target (owners) or a global one (staff)."""
+    if squad is None:
+        if not actor.is_staff:
+            raise ValidationFailed("Only staff can create global model targets.", field="squad")
+    else:
+        require_squad_permission(actor, squad, MANAGE_TARGETS)
+    from apps.prompts.services import _clean_slug
+
+    name = _clean_slug(name, field="name", limit=100)
+    data = clean_target_fields(dict(fields))
+    if ModelTarget.objects.filter(squad=squad, name=name).exists():
+        raise Conflict(f"A model target named '{name}' already exists here.", field="name")
+    target = ModelTarget.objects.create(squad=squad, name=name, **data)
+    audit_log(
+        actor=actor,
+        action="generation.target_created",
+        squad=squad,
+        target=target,
+        data={"name": name, "kind": target.kind, "base_url": target.base_url},
+        request=request,
+    )
+    return target
+
+
+# --- shared execution ----------------------------------------------------------------
+
+
+def _spec(target: ModelTarget):  # -> TargetSpec (imported lazily: workers.runtime)
+    from workers.runtime.backends import TargetSpec
+
+    return TargetSpec(
+        name=target.name,
+        kind=target.kind,
+        base_model=target.base_model,
+        base_url=target.base_url,
+        remote_model=target.remote_model,
+        token_env=target.token_env,
+        adapter_id=target.adapter_id,
+    )
+
+
+def _params(version: PromptVersion, target: ModelTarget):
+    from workers.runtime import GenerationParams
+
+    merged = {**(target.default_params or {}), **version.model_settings}
+    return GenerationParams(
+        max_new_tokens=int(merged["max_new_tokens"]),
+        temperature=float(merged["temperature"]),
+        top_p=float(merged["top_p"]),
+        stop=tuple(merged.get("stop") or ()),
+        seed=merged.get("seed"),
+    )
+
+
+def _cost(target: ModelTarget, input_tokens: int, output_tokens: int) -> Decimal:
+    return (
+        Decimal(input_tokens) / 1000 * target.price_input_per_1k
+        + Decimal(output_tokens) / 1000 * target.price_output_per_1k
+    )
+
+
+@dataclass
+class RowOutcome:
+    status: str
+    target: ModelTarget
+    output_text: str = ""
+    output_json: Any = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: Decimal = Decimal(0)
+    latency_ms: int = 0
+
+
+def execute_rows(
+    version: PromptVersion,
+    target: ModelTarget,
+    conversations: list[list[dict[str, str]]],
+    *,
+    batch_size: int = 8,
+    on_progress: Callable[[int], None] | None = None,
+) -> list[RowOutcome]:
+    """Run rendered conversations; enforce the output contract; fall back when configured.
+
+    Pass 1 runs every row on the target in batches. JSON prompts whose answer does not
+    parse or validate get one repair request (the errors fed back), batched. Rows still
+    invalid, or failed, run once on the fallback target when the version names one.
+    """
+    from workers.runtime import BackendError
+    from workers.runtime.backends import run_conversations
+
+    wants_json = version.output_format == PromptVersion.OutputFormat.JSON
+    schema = version.output_schema
+    outcomes = [RowOutcome(status=Generation.Status.FAILED, target=target) for _ in conversations]
+
+    def run(t: ModelTarget, convs: list[list[dict[str, str]]], progress=None) -> list[Any]:
+        started = time.monotonic()
+        results = run_conversations(
+            _spec(t), convs, _params(version, t), batch_size=batch_size, on_progress=progress
+        )
+        per_row_ms = int((time.monotonic() - started) * 1000 / max(len(convs), 1))
+        return [(r, per_row_ms) for r in results]
+
+    def record(i: int, t: ModelTarget, kind: str, result: Any, ms: int) -> bool:
+        """Store one attempt on row i; True when the row is done (ok)."""
+        o = outcomes[i]
+        o.latency_ms += ms
+        if isinstance(result, BackendError):
+            o.attempts.append({"target": t.name, "kind": kind, "error": str(result)})
+            o.status, o.target = Generation.Status.FAILED, t
+            o.errors = [{"path": "", "message": str(result)}]
+            return False
+        o.input_tokens += result.input_tokens
+        o.output_tokens += result.output_tokens
+        o.cost += _cost(t, result.input_tokens, result.output_tokens)
+        o.output_text, o.target = result.text, t
+        attempt = {"target": t.name, "kind": kind, "finish_reason": result.finish_reason}
+        if not wants_json:
+            o.status, o.errors = Generation.Status.OK, []
+            o.attempts.append(attempt)
+            return True
+        value, errors = structured.check_output(result.text, schema)
+        attempt["errors"] = errors
+        o.attempts.append(attempt)
+        if errors:
+            o.status, o.errors, o.output_json = Generation.Status.INVALID, errors, None
+            return False
+        o.status, o.errors, o.output_json = Generation.Status.OK, [], value
+        return True
+
+    first = run(target, conversations, on_progress)
+    pending = [i for i, (r, ms) in enumerate(first) if not record(i, target, "first", r, ms)]
+    repairable = [i for i in pending if outcomes[i].status == Generation.Status.INVALID]
+    if repairable:
+        repairs = [
+            structured.repair_conversation(
+                conversations[i], outcomes[i].output_text, outcomes[i].errors, schema
+            )
+            for i in repairable
+        ]
+        for i, (r, ms) in zip(repairable, run(target, repairs), strict=True):
+            record(i, target, "repair", r, ms)
+    still = [i for i in pending if outcomes[i].status != Generation.Status.OK]
+    if still and version.fallback_target:
+        try:
+            fallback = target_resolve(
+                squad_id=version.template.squad_id, name=version.fallback_target
+            )
+        except Exception as exc:
+            for i in still:
+                outcomes[i].attempts.append(
+                    {"target": version.fallback_target, "kind": "fallback", "error": str(exc)}
+                )
+        else:
+            rows = [conversations[i] for i in still]
+            for i, (r, ms) in zip(still, run(fallback, rows), strict=True):
+                record(i, fallback, "fallback", r, ms)
+    return outcomes
+
+
+def _render(version: PromptVersion, variables: dict[str, Any]) -> tuple[list[dict], str]:
+    messages = render_messages(version.messages, version.input_schema, variables)
+    digest = hashlib.sha256(
+        json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()
+    ).hexdigest()
+    return messages, digest
+
+
+def _apply(generation: Generation, outcome: RowOutcome) -> None:
+    generation.status = outcome.status
+    generation.target_used = outcome.target.name
+    generation.output_text = outcome.output_text
+    generation.output_json = outcome.output_json
+    generation.errors = outcome.errors
+    generation.attempts = outcome.attempts
+    generation.input_tokens = outcome.input_tokens
+    generation.output_tokens = outcome.output_tokens
+    generation.cost = outcome.cost
+    generation.latency_ms = outcome.latency_ms
+    generation.finished_at = timezone.now()
+
+
+# --- single generations -----------------------------------------------------------------
+
+
+@transaction.atomic
+def generation_request(
+    *,
+    actor: User,
+    version: PromptVersion,
+    variables: dict[str, Any],
+    source: str = Generation.Source.API,
+    target_name: str | None = None,
+    request: HttpRequest | None = None,
+) -> Generation:
+    """Queue one generation on the gpu queue. Variables are checked now (422 with every
+    error), so a queued generation can only fail for reasons of the model."""
+    squad = version.template.squad
+    require_squad_permission(actor, squad, RUN_GENERATION)
+    if source not in (Generation.Source.PLAYGROUND, Generation.Source.API):
+        raise ValidationFailed("source must be playground or api.", field="source")
+    target = target_resolve(squad_id=squad.pk, name=target_name or version.model_settings["target"])
+    _, digest = _render(version, variables)  # RenderFailed (422) lists every variable error
+    generation = Generation.objects.create(
+        squad=squad,
+        prompt_version=version,
+        target=target,
+        variables=variables,
+        rendered_hash=digest,
+        source=source,
+        requested_by=actor,
+    )
+    from workers.tasks import run_generation
+
+    transaction.on_commit(lambda: run_generation.delay(generation.pk))
+    return generation
+
+
+def generation_run(*, generation_id: int) -> Generation:
+    """Worker side. Idempotent: a finished generation is left as it is."""
+    with transaction.atomic():
+        generation = (
+            Generation.objects.select_for_update()
+            .select_related("prompt_version__template", "target")
+            .get(pk=generation_id)
+        )
+        if generation.finished:
+            return generation
+        generation.status = Generation.Status.RUNNING
+        generation.save(update_fields=["status"])
+    version = generation.prompt_version
+    try:
+        messages, _ = _render(version, generation.variables)
+        outcome = execute_rows(version, generation.target, [messages], batch_size=1)[0]
+    except Exception as exc:
+        # Never leave a generation "running": record why it could not finish.
+        generation.status = Generation.Status.FAILED
+        generation.errors = [{"path": "", "message": f"{type(exc).__name__}: {exc}"}]
+        generation.finished_at = timezone.now()
+        generation.save(update_fields=["status", "errors", "finished_at"])
+        raise
+    _apply(generation, outcome)
+    generation.save()
+    return generation
+
+
+# --- batch jobs -----------------------------------------------------------------------------
+
+
+def parse_rows(content: bytes, filename: str) -> tuple[list[tuple[int, Any]], list[dict]]:
+    """(rows with their line numbers, errors) from JSONL (one object per line) or CSV (a
+    header row; values that parse as JSON — numbers, true/false, objects — are taken as
+    such). Refuses outright only what cannot be read at all."""
+    if len(content) > MAX_UPLOAD_BYTES:
+        raise ValidationFailed(
+            f"The file is {len(content)} bytes; the limit is {MAX_UPLOAD_BYTES}.", field="file"
+        )
+    try:
+        text = content.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValidationFailed(f"The file is not UTF-8 ({exc}).", field="file") from exc
+    errors: list[dict[str, Any]] = []
+    rows: list[tuple[int, Any]] = []
+    if filename.lower().endswith(".csv"):
+        reader = csv.DictReader(io.StringIO(text))
+        if not reader.fieldnames:
+            raise ValidationFailed("The CSV file has no header row.", field="file")
+        for line_no, record in enumerate(reader, start=2):
+            if None in record:
+                errors.append({"row": line_no, "message": "more values than header columns"})
+                continue
+            rows.append((line_no, {k: _csv_value(v) for k, v in record.items()}))
+    elif filename.lower().endswith((".jsonl", ".ndjson", ".json")):
+        for line_no, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((line_no, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                errors.append(
+                    {"row": line_no, "message": f"not JSON: {exc.msg} (column {exc.colno})"}
+                )
+    else:
+        raise ValidationFailed("Upload a .jsonl or .csv file.", field="file")
+    if not rows and not errors:
+        raise ValidationFailed("The file has no rows.", field="file")
+    if len(rows) > MAX_ROWS:
+        raise ValidationFailed(f"{len(rows)} rows; the limit is {MAX_ROWS}.", field="file")
+    return rows, errors
+
+
+def _csv_value(value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except (json.JSONDecodeError, ValueError):
+        return value
+
+
+def _refuse(errors: list[dict[str, Any]]) -> None:
+    shown = errors[:MAX_REPORTED_ERRORS]
+    summary = "; ".join(f"row {e['row']}: {e['message']}" for e in shown[:5])
+    more = f" ({len(errors)} rows in all)" if len(errors) > 5 else ""
+    raise ValidationFailed(
+        f"{len(errors)} row(s) refused — nothing was stored. {summary}{more}",
+        field="file",
+        extra=shown,
+    )
+
+
+def validate_rows(
+    version: PromptVersion, rows: list[tuple[int, Any]], errors: list[dict[str, Any]]
+) -> None:
+    """Check every row against the input schema; refuse with all problems, by row."""
+    errors = list(errors)
+    for line_no, row in rows:
+        for error in validate_variables(version.input_schema, row):
+            errors.append({"row": line_no, "path": error["path"], "message": error["message"]})
+    if errors:
+        _refuse(sorted(errors, key=lambda e: e["row"]))
+
+
+@transaction.atomic
+def batch_job_create(
+    *,
+    actor: User,
+    version: PromptVersion,
+    content: bytes,
+    filename: str,
+    target_name: str | None = None,
+    batch_size: int = 8,
+    request: HttpRequest | None = None,
+) -> BatchJob:
+    """Validate every row against the input schema, store the rows, queue the job.
+    Any bad row refuses the whole upload (first 100 errors listed), storing nothing."""
+    squad = version.template.squad
+    require_squad_permission(actor, squad, RUN_GENERATION)
+    if not 1 <= batch_size <= 128:
+        raise ValidationFailed("batch_size must be 1 to 128.", field="batch_size")
+    target = target_resolve(squad_id=squad.pk, name=target_name or version.model_settings["target"])
+    numbered, errors = parse_rows(content, filename)
+    validate_rows(version, numbered, errors)
+    rows = [row for _, row in numbered]
+    normalised = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
+    data = normalised.encode()
+    job = BatchJob.objects.create(
+        squad=squad,
+        prompt_version=version,
+        target=target,
+        created_by=actor,
+        source_name=filename[:255],
+        rows_path="",
+        rows_sha256=hashlib.sha256(data).hexdigest(),
+        rows_total=len(rows),
+        batch_size=batch_size,
+    )
+    path = Path(settings.DATA_DIR) / "batches" / f"{job.pk}" / "rows.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    try:
+        job.rows_path = str(path)
+        job.save(update_fields=["rows_path"])
+        _audit_batch_start(actor, job, version, target, len(rows), request)
+    except BaseException:
+        path.unlink(missing_ok=True)  # the rollback takes the row; take the file too
+        raise
+    from workers.tasks import run_batch_job
+
+    transaction.on_commit(lambda: run_batch_job.delay(job.pk))
+    return job
+
+
+def _audit_batch_start(
+    actor: User,
+    job: BatchJob,
+    version: PromptVersion,
+    target: ModelTarget,
+    rows: int,
+    request: HttpRequest | None,
+) -> None:
+    squad = job.squad
+    audit_log(
+        actor=actor,
+        action="generation.batch_started",
+        squad=squad,
+        target=job,
+        data={
+            "prompt": version.template.slug,
+            "version": version.number,
+            "target": target.name,
+            "rows": rows,
+            "sha256": job.rows_sha256,
+        },
+        request=request,
+    )
+
+
+@transaction.atomic
+def batch_job_cancel(*, actor: User, job: BatchJob, request: HttpRequest | None = None) -> BatchJob:
+    require_squad_permission(actor, job.squad, RUN_GENERATION)
+    job = BatchJob.objects.select_for_update().get(pk=job.pk)
+    if job.finished:
+        raise Conflict(f"Batch {job.pk} already {job.status}.", field="status")
+    job.cancel_requested = True
+    if job.status == BatchJob.Status.QUEUED:
+        job.status = BatchJob.Status.CANCELLED
+        job.finished_at = timezone.now()
+    job.save(update_fields=["cancel_requested", "status", "finished_at"])
+    audit_log(
+        actor=actor,
+        action="generation.batch_cancel_requested",
+        squad=job.squad,
+        target=job,
+        data={"rows_done": job.rows_done, "rows_total": job.rows_total},
+        request=request,
+    )
+    return job
+
+
+def _worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _claim(job_id: int) -> BatchJob | None:
+    """Take the job if nobody live holds it (no heartbeat within STALE_AFTER)."""
+    with transaction.atomic():
+        job = (
+            BatchJob.objects.select_for_update()
+            .select_related("prompt_version__template", "target", "squad")
+            .get(pk=job_id)
+        )
+        if job.finished:
+            return None
+        now = timezone.now()
+        held = (
+            job.status == BatchJob.Status.RUNNING
+            and job.worker != _worker_name()
+            and job.heartbeat_at is not None
+            and now - job.heartbeat_at < STALE_AFTER
+        )
+        if held:
+            return None
+        job.status = BatchJob.Status.RUNNING
+        job.worker = _worker_name()
+        job.heartbeat_at = now
+        job.attempts += 1
+        job.started_at = job.started_at or now
+        job.save(update_fields=["status", "worker", "heartbeat_at", "attempts", "started_at"])
+        return job
+
+
+def _finish(job: BatchJob, status: str, error: str = "") -> None:
+    with transaction.atomic():
+        BatchJob.objects.filter(pk=job.pk).update(
+            status=status,
+            error=error[:5000],
+            finished_at=timezone.now(),
+            heartbeat_at=timezone.now(),
+        )
+        job.refresh_from_db()
+        audit_log(
+            actor=None,
+            action="generation.batch_finished",
+            squad=job.squad,
+            target=job,
+            data={
+                "status": status,
+                "rows_done": job.rows_done,
+                "rows_total": job.rows_total,
+                "error": error[:500],
+            },
+        )
+
+
+def batch_job_run(*, job_id: int) -> BatchJob | None:
+    """Worker side. Resumable and idempotent: rows that already have a Generation are
+    skipped, and the unique (job, row) constraint makes a second writer harmless."""
+    job = _claim(job_id)
+    if job is None:
+        return None
+    version, target = job.prompt_version, job.target
+    try:
+        with open(job.rows_path, encoding="utf-8") as handle:
+            rows = [json.loads(line) for line in handle if line.strip()]
+    except OSError as exc:
+        _finish(job, BatchJob.Status.FAILED, f"rows file unreadable: {exc}")
+        return job
+    done = set(job.generations.values_list("row_index", flat=True))
+    todo = []
+    for index, variables in enumerate(rows):
+        if index in done:
+            continue
+        messages, digest = _render(version, variables)
+        todo.append((index, variables, messages, digest))
+    # Length-sorted: rows of similar length share a batch, so little padding is wasted.
+    todo.sort(key=lambda item: sum(len(m["content"]) for m in item[2]))
+    chunk_size = job.batch_size * 4
+    try:
+        for start in range(0, len(todo), chunk_size):
+            if BatchJob.objects.filter(pk=job.pk, cancel_requested=True).exists():
+                _finish(job, BatchJob.Status.CANCELLED)
+                return job
+            chunk = todo[start : start + chunk_size]
+            began = time.monotonic()
+            outcomes = execute_rows(
+                version, target, [c[2] for c in chunk], batch_size=job.batch_size
+            )
+            elapsed = time.monotonic() - began
+            _store_chunk(job, chunk, outcomes, elapsed)
+    except Exception as exc:
+        _finish(job, BatchJob.Status.FAILED, f"{type(exc).__name__}: {exc}")
+        raise
+    _finish(job, BatchJob.Status.SUCCEEDED)
+    return job
+
+
+def _store_chunk(
+    job: BatchJob, chunk: list[tuple], outcomes: list[RowOutcome], elapsed: float
+) -> None:
+    generations = []
+    for (index, variables, _messages, digest), outcome in zip(chunk, outcomes, strict=True):
+        generation = Generation(
+            squad_id=job.squad_id,
+            prompt_version_id=job.prompt_version_id,
+            target_id=job.target_id,
+            variables=variables,
+            rendered_hash=digest,
+            source=Generation.Source.BATCH,
+            requested_by_id=job.created_by_id,
+            batch_job_id=job.pk,
+            row_index=index,
+        )
+        _apply(generation, outcome)
+        generations.append(generation)
+    tokens = sum(g.output_tokens for g in generations)
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                Generation.objects.bulk_create(generations)
+        except IntegrityError:
+            # Another run wrote some of these rows: keep theirs, add the rest.
+            existing = set(
+                Generation.objects.filter(
+                    batch_job=job, row_index__in=[g.row_index for g in generations]
+                ).values_list("row_index", flat=True)
+            )
+            Generation.objects.bulk_create([g for g in generations if g.row_index not in existing])
+        rows_done = Generation.objects.filter(batch_job=job).count()
+        BatchJob.objects.filter(pk=job.pk).update(
+            rows_done=rows_done,
+            output_tokens=job.output_tokens + tokens,
+            generation_seconds=job.generation_seconds + elapsed,
+            heartbeat_at=timezone.now(),
+        )
+    job.output_tokens += tokens
+    job.generation_seconds += elapsed
+
+
+def batch_jobs_recover() -> list[int]:
+    """Requeue running jobs whose worker stopped beating (killed, machine lost)."""
+    from workers.tasks import run_batch_job
+
+    cutoff = timezone.now() - STALE_AFTER
+    stale = list(
+        BatchJob.objects.filter(
+            status=BatchJob.Status.RUNNING, heartbeat_at__lt=cutoff
+        ).values_list("pk", flat=True)
+    )
+    for job_id in stale:
+        run_batch_job.delay(job_id)
+    return stale

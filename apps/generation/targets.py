@@ -1,0 +1,67 @@
+"""Model target resolution and validation."""
+
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import urlparse
+
+from apps.core.exceptions import NotFound, ValidationFailed
+from apps.generation.models import ModelTarget
+
+LOCAL_MODELS = {"smollm2-135m-instruct": {"context_length": 8192}}
+ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
+def target_resolve(*, squad_id: int, name: str) -> ModelTarget:
+    """The squad's own target of that name, else the global one."""
+    enabled = ModelTarget.objects.filter(name=name, enabled=True)
+    target = enabled.filter(squad_id=squad_id).first() or enabled.filter(squad__isnull=True).first()
+    if target is None:
+        raise NotFound(f"No enabled model target named '{name}'.", field="target")
+    return target
+
+
+def clean_target_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """Validate a target's fields; secrets are never accepted, only the NAME of a variable."""
+    kind = data.get("kind")
+    if kind not in ModelTarget.Kind.values:
+        raise ValidationFailed("kind must be 'local' or 'remote'.", field="kind")
+    if kind == ModelTarget.Kind.LOCAL:
+        base_model = data.get("base_model") or "smollm2-135m-instruct"
+        if base_model not in LOCAL_MODELS:
+            raise ValidationFailed(
+                f"Unknown local model '{base_model}'; available: {', '.join(LOCAL_MODELS)}.",
+                field="base_model",
+            )
+        data["base_model"] = base_model
+        for field in ("base_url", "token_env", "adapter_id", "remote_model"):
+            if data.get(field):
+                raise ValidationFailed(f"{field} is only for remote targets.", field=field)
+    else:
+        url = urlparse(data.get("base_url") or "")
+        if url.scheme not in ("http", "https") or not url.netloc:
+            raise ValidationFailed(
+                "base_url must be an http(s) URL of the inference server.", field="base_url"
+            )
+        token_env = data.get("token_env") or ""
+        if token_env and not ENV_NAME.match(token_env):
+            raise ValidationFailed(
+                "token_env is the NAME of an environment variable (like HF_TOKEN), "
+                "never the token itself.",
+                field="token_env",
+            )
+    for field in ("price_input_per_1k", "price_output_per_1k"):
+        try:
+            value = Decimal(str(data.get(field) or 0))
+        except InvalidOperation as exc:
+            raise ValidationFailed(f"{field} must be a number.", field=field) from exc
+        if value < 0:
+            raise ValidationFailed(f"{field} must not be negative.", field=field)
+        data[field] = value
+    context_length = data.get("context_length") or 8192
+    if not isinstance(context_length, int) or not 256 <= context_length <= 1_048_576:
+        raise ValidationFailed("context_length must be 256 to 1048576.", field="context_length")
+    data["context_length"] = context_length
+    if not isinstance(data.get("default_params") or {}, dict):
+        raise ValidationFailed("default_params must be an object.", field="default_params")
+    return data

@@ -1,0 +1,93 @@
+"""A real HTTP server on loopback that speaks the OpenAI chat-completions protocol with
+scripted answers — for the repair, fallback, batch and worker tests, where the answer
+must be known in advance. (The real-protocol test against llama.cpp lives in
+tests/workers/test_remote_runtime.py.)"""
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+Responder = Callable[[dict[str, Any]], "str | tuple[int, Any]"]
+
+
+def echo_last_user(request: dict[str, Any]) -> str:
+    users = [m["content"] for m in request["messages"] if m["role"] == "user"]
+    return f"echo: {users[-1] if users else ''}"
+
+
+class FakeOpenAI:
+    def __init__(self, responder: Responder = echo_last_user, *, delay: float = 0.0) -> None:
+        self.responder = responder
+        self.delay = delay
+        self.requests: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                with outer._lock:
+                    outer.requests.append(body)
+                if outer.delay:
+                    time.sleep(outer.delay)
+                answer = outer.responder(body)
+                status, payload = answer if isinstance(answer, tuple) else (200, answer)
+                if status == 200 and isinstance(payload, str):
+                    payload = {
+                        "id": "cmpl-1",
+                        "object": "chat.completion",
+                        "created": int(time.time()),
+                        "model": body.get("model") or "fake",
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": {"role": "assistant", "content": payload},
+                                "finish_reason": "stop",
+                            }
+                        ],
+                        "usage": {
+                            "prompt_tokens": 10,
+                            "completion_tokens": max(len(payload.split()), 1),
+                            "total_tokens": 10 + max(len(payload.split()), 1),
+                        },
+                    }
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> "FakeOpenAI":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def scripted(*answers: "str | tuple[int, Any]") -> Responder:
+    """Answer with these, in order; then repeat the last one."""
+    queue = list(answers)
+
+    def respond(request: dict[str, Any]) -> "str | tuple[int, Any]":
+        return queue.pop(0) if len(queue) > 1 else queue[0]
+
+    return respond

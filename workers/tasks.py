@@ -1,0 +1,60 @@
+"""gpu-queue tasks (routed by the `workers.` prefix). Thin: take ids, call a service.
+
+Reliability: late ack + reject-on-worker-lost (studio.celery) bring back a job whose
+worker process died; a sweeper thread in every worker requeues batch jobs whose
+heartbeat went stale (a killed worker on the filesystem broker, or a Redis message
+that would only come back after the visibility timeout). The services are
+idempotent, so a job that runs twice writes each row once.
+"""
+
+import logging
+import threading
+
+from celery import shared_task
+from celery.signals import worker_ready
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(name="workers.generation.run", acks_late=True, max_retries=0, time_limit=900)
+def run_generation(generation_id: int) -> None:
+    from apps.generation.services import generation_run
+
+    generation_run(generation_id=generation_id)
+
+
+@shared_task(name="workers.batch.run", acks_late=True, max_retries=0)
+def run_batch_job(job_id: int) -> None:
+    from apps.generation.services import batch_job_run
+
+    batch_job_run(job_id=job_id)
+
+
+def _sweep_forever(interval: float, stop: threading.Event) -> None:
+    from django.db import close_old_connections
+
+    from apps.generation.services import batch_jobs_recover
+
+    while True:
+        try:
+            requeued = batch_jobs_recover()
+            if requeued:
+                logger.warning("requeued stale batch jobs: %s", requeued)
+        except Exception:
+            logger.exception("batch job sweeper failed")
+        finally:
+            close_old_connections()
+        if stop.wait(interval):
+            return
+
+
+@worker_ready.connect
+def start_sweeper(sender: object = None, **kwargs: object) -> None:
+    from apps.generation.services import STALE_AFTER
+
+    interval = max(STALE_AFTER.total_seconds() / 2, 1.0)
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=_sweep_forever, args=(interval, stop), name="batch-sweeper", daemon=True
+    )
+    thread.start()
