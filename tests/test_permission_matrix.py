@@ -31,6 +31,17 @@ class Action:
     hidden_from: frozenset[str] = frozenset({"outsider", "staff"})
 
 
+def _upload_batch(c: ApiClient):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    rows = b'{"customer": {"name": "A"}, "question": "q"}\n'
+    return c.client.post(
+        f"{P}/support/batches",
+        {"file": SimpleUploadedFile("rows.jsonl", rows), "version": "1"},
+        headers=c.headers,
+    )
+
+
 def _other_token_id() -> int:
     other = UserFactory(username="token-owner")
     token, _ = services.api_token_create(actor=other, name="theirs")
@@ -190,6 +201,44 @@ ACTIONS = [
         view=None,
     ),
     Action(
+        "target.list",
+        frozenset(MEMBERS),
+        api=lambda c: c.call("GET", "/api/v1/squads/acme/targets"),
+        view=None,
+    ),
+    Action(
+        "target.create",
+        frozenset({"owner"}),
+        api=lambda c: c.call(
+            "POST",
+            "/api/v1/squads/acme/targets",
+            {"name": "tgi", "kind": "remote", "base_url": "http://127.0.0.1:9"},
+        ),
+        view=None,
+    ),
+    Action(
+        "generation.run",
+        frozenset({"owner", "engineer"}),
+        api=lambda c: c.call(
+            "POST",
+            f"{P}/support/generate",
+            {"variables": {"customer": {"name": "A"}, "question": "q"}},
+        ),
+        view=None,
+    ),
+    Action(
+        "batch.create",
+        frozenset({"owner", "engineer"}),
+        api=lambda c: _upload_batch(c),
+        view=None,
+    ),
+    Action(
+        "batch.list",
+        frozenset(MEMBERS),
+        api=lambda c: c.call("GET", "/api/v1/squads/acme/batches"),
+        view=None,
+    ),
+    Action(
         "token.revoke_other_users",
         frozenset(),
         api=lambda c: c.call("DELETE", f"/api/v1/tokens/{_other_token_id()}"),
@@ -270,6 +319,8 @@ def test_matrix_covers_every_registered_permission() -> None:
         "view_audit": "audit.read",
         "edit_prompts": "prompt.version_create",
         "move_protected_labels": "label.move_protected",
+        "run_generation": "generation.run",
+        "manage_targets": "target.create",
     }
     assert {p.codename for p in REGISTRY} == set(covered)
     names = {a.name for a in ACTIONS}

@@ -27,6 +27,10 @@ def _cache_key(user_id: int, squad_id: int) -> str:
     return f"perm:{user_id}:{squad_id}"
 
 
+def _roles_key(user_id: int, squad_id: int) -> str:
+    return f"roles:{user_id}:{squad_id}"
+
+
 def _load(user_id: int, squad_id: int) -> frozenset[str]:
     ct = ContentType.objects.get_for_model(Squad)
     via_groups = GroupObjectPermission.objects.filter(
@@ -55,6 +59,26 @@ def squad_permissions(user: User, squad_id: int) -> frozenset[str]:
     return local[squad_id]
 
 
+def squad_roles(user: User, squad_id: int) -> list[str]:
+    """The roles of the user's membership in the squad (cached like the permissions)."""
+    if not user.is_authenticated:
+        return []
+    key = _roles_key(user.pk, squad_id)
+    roles = cache.get(key)
+    if roles is None:
+        from apps.squads.models import Membership
+
+        found = (
+            Membership.objects.filter(user_id=user.pk, squad_id=squad_id)
+            .order_by()
+            .values_list("roles", flat=True)
+            .first()
+        )
+        roles = list(found or [])
+        cache.set(key, roles, PERMISSIONS_TTL)
+    return roles
+
+
 def forget_permissions(*users: User, squad_id: int) -> None:
     """Drop cached permission sets after role changes (now, and again at commit so a
     request that re-read the old groups meanwhile does not leave them behind)."""
@@ -63,7 +87,7 @@ def forget_permissions(*users: User, squad_id: int) -> None:
         if user is None or not user.is_authenticated:
             continue
         user.__dict__.get("_studio_perms", {}).pop(squad_id, None)
-        keys.append(_cache_key(user.pk, squad_id))
+        keys += [_cache_key(user.pk, squad_id), _roles_key(user.pk, squad_id)]
     forget_permissions_by_key(keys)
 
 
@@ -74,7 +98,8 @@ def forget_permissions_by_key(keys: list[str]) -> None:
 
 
 def forget_squad_permissions(squad_id: int, user_ids: list[int]) -> None:
-    forget_permissions_by_key([_cache_key(uid, squad_id) for uid in user_ids])
+    keys = [_cache_key(uid, squad_id) for uid in user_ids]
+    forget_permissions_by_key(keys + [_roles_key(uid, squad_id) for uid in user_ids])
 
 
 def has_squad_permission(user: User, squad: Squad, permission: SquadPermission) -> bool:

@@ -2,7 +2,7 @@ from django.http import HttpRequest
 from ninja import Router, Status
 
 from apps.squads import selectors, services
-from apps.squads.access import has_squad_permission
+from apps.squads.access import has_squad_permission, squad_roles
 from apps.squads.models import Membership, Squad
 from apps.squads.permissions import REGISTRY
 from apps.squads.schemas import (
@@ -24,14 +24,13 @@ tokens_router = Router(tags=["tokens"])
 
 
 def _squad_out(request: HttpRequest, squad: Squad) -> dict:
-    membership = squad.memberships.filter(user=request.auth).first()
     return {
         "slug": squad.slug,
         "name": squad.name,
         "description": squad.description,
         "created_at": squad.created_at,
         "protected_labels": squad.protected_labels,
-        "my_roles": membership.roles if membership else [],
+        "my_roles": squad_roles(request.auth, squad.pk),
         "my_permissions": [
             p.codename for p in REGISTRY if has_squad_permission(request.auth, squad, p)
         ],

@@ -1,5 +1,6 @@
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.core.cache import cache
 from django.db.models import QuerySet
 from guardian.shortcuts import get_objects_for_user
 
@@ -11,9 +12,40 @@ from apps.squads.permissions import VIEW_SQUAD, SquadPermission
 User = AbstractBaseUser | AnonymousUser
 
 
+SQUAD_TTL = 3600
+_SQUAD_FIELDS = (
+    "id",
+    "slug",
+    "name",
+    "description",
+    "created_at",
+    "created_by_id",
+    "protected_labels",
+)
+
+
+def squad_cache_key(slug: str) -> str:
+    return f"squad:row:{slug}"
+
+
+def squad_by_slug(slug: str) -> Squad | None:
+    """The squad row, from the cache when warm (squad_update drops the entry)."""
+    key = squad_cache_key(slug)
+    fields = cache.get(key)
+    if fields is None:
+        fields = Squad.objects.filter(slug=slug).order_by().values(*_SQUAD_FIELDS).first()
+        if fields is None:
+            return None
+        cache.set(key, fields, SQUAD_TTL)
+    squad = Squad(**fields)
+    squad._state.adding = False
+    squad._state.db = "default"
+    return squad
+
+
 def squad_get_for_user(*, user: User, slug: str, permission: SquadPermission = VIEW_SQUAD) -> Squad:
     """The squad, if the user holds `permission` on it; 404 for missing and hidden alike."""
-    squad = Squad.objects.filter(slug=slug).first()
+    squad = squad_by_slug(slug)
     if squad is None:
         raise NotFound(f"Squad '{slug}' not found.")
     require_squad_permission(user, squad, permission)

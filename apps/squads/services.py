@@ -34,6 +34,7 @@ from apps.squads.permissions import (
     role_group_name,
     role_permissions,
 )
+from apps.squads.selectors import squad_cache_key
 
 User = AbstractBaseUser
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
@@ -222,6 +223,9 @@ def squad_update(
             squad.protected_labels = labels
     if changes:
         squad.save(update_fields=list(changes))
+        key = squad_cache_key(squad.slug)
+        cache.delete(key)
+        transaction.on_commit(lambda: cache.delete(key))
         audit_log(
             actor=actor,
             action="squad.updated",

@@ -150,8 +150,8 @@ def test_warm_token_and_permission_checks_cost_no_query(squad, django_assert_num
     _, secret = services.api_token_create(actor=UserFactory(username="sme"), name="hot")
     client = ApiClient(secret)
     client.call("GET", "/api/v1/squads/acme/members")
-    # squad by slug and the member list remain; token and permissions come from the cache.
-    with django_assert_num_queries(2):
+    # Only the member list remains; token, squad and permissions come from the cache.
+    with django_assert_num_queries(1):
         client.call("GET", "/api/v1/squads/acme/members")
 
 
