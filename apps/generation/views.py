@@ -338,7 +338,7 @@ def _results_context(request: HttpRequest, job: BatchJob) -> dict[str, Any]:
         for g in page
     ]
     filters = [("", "All", sum(counts.values()))]
-    filters += [(s.value, s.label, counts.get(s.value, 0)) for s in RESULT_FILTERS]
+    filters += [(s.value, s.value, counts.get(s.value, 0)) for s in RESULT_FILTERS]
     return {"status": status or "", "filters": filters, "page": page, "rows": rows}
 
 

@@ -64,3 +64,43 @@ class Command(BaseCommand):
         for username, role in DEMO_USERS:
             self.stdout.write(f"  {username:<8} {role.label}")
         self.stdout.write(f"  {ADMIN_USER:<8} staff superuser (admin console at /admin/)")
+
+
+def _seed_prompt(squad: Squad, engineer: object, owner: object) -> None:
+    """A demo prompt with version 1 on the production label (only when missing)."""
+    from apps.prompts import services as prompts
+    from apps.prompts.models import PromptTemplate
+
+    if PromptTemplate.objects.filter(squad=squad, slug="summarise").exists():
+        return
+    template = prompts.prompt_template_create(
+        actor=engineer,
+        squad=squad,
+        slug="summarise",
+        description="Summarise a text for a given audience.",
+        tags=["demo"],
+        first_version={
+            "messages": [
+                {"role": "system", "content": "You write short, faithful summaries."},
+                {
+                    "role": "user",
+                    "content": "Summarise for {{ audience }} in at most {{ words }} words:\n\n"
+                    "{{ text }}",
+                },
+            ],
+            "input_schema": {
+                "type": "object",
+                "properties": {
+                    "audience": {"type": "string", "enum": ["executives", "engineers"]},
+                    "words": {"type": "integer", "minimum": 5, "maximum": 200},
+                    "text": {"type": "string", "minLength": 1, "maxLength": 20000},
+                },
+                "required": ["audience", "words", "text"],
+            },
+            "model": {"target": "local", "temperature": 0.2, "max_new_tokens": 96},
+            "commit_message": "First version",
+        },
+    )
+    prompts.label_move(
+        actor=owner, template=template, name="production", version=template.latest_version
+    )
