@@ -33,7 +33,7 @@ def generation_get_for_user(*, user: User, squad: Squad, generation_id: int) -> 
 def batch_job_list_for_user(*, user: User, squad: Squad) -> QuerySet[BatchJob]:
     require_squad_permission(user, squad, VIEW_SQUAD)
     return BatchJob.objects.filter(squad=squad).select_related(
-        "prompt_version__template", "target", "created_by"
+        "squad", "prompt_version__template", "target", "created_by"
     )
 
 

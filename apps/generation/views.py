@@ -19,8 +19,8 @@ from apps.generation import exports, selectors, services
 from apps.generation.api import resolve_version
 from apps.generation.models import BatchJob, Generation, ModelTarget
 from apps.prompts import selectors as prompt_selectors
+from apps.prompts.contracts import example_variables
 from apps.prompts.models import PromptTemplate, PromptVersion
-from apps.prompts.views import _example as example_variables
 from apps.squads.access import has_squad_permission, require_squad_permission
 from apps.squads.models import Squad
 from apps.squads.permissions import RUN_GENERATION

@@ -17,7 +17,13 @@ from django_htmx.http import HttpResponseClientRedirect, trigger_client_event
 
 from apps.core.exceptions import ApplicationError, ValidationFailed
 from apps.prompts import selectors, services
-from apps.prompts.contracts import ROLES, ContractReport, RenderFailed, render_messages
+from apps.prompts.contracts import (
+    ROLES,
+    ContractReport,
+    RenderFailed,
+    example_variables,
+    render_messages,
+)
 from apps.prompts.diff import version_diff
 from apps.prompts.models import PromptTemplate, PromptVersion
 from apps.squads.access import has_squad_permission, require_squad_permission
@@ -104,26 +110,6 @@ def _form_from_post(data: QueryDict) -> EditorForm:
     return EditorForm(fields={n: data.get(n, "") for n in names}, rows=rows)
 
 
-def _example(node: Any) -> Any:
-    """A value shaped like the schema, to start the variables panel with."""
-    if not isinstance(node, dict):
-        return None
-    if node.get("examples"):
-        return node["examples"][0]
-    for key in ("default", "const"):
-        if key in node:
-            return node[key]
-    if node.get("enum"):
-        return node["enum"][0]
-    kind = node.get("type")
-    kind = kind[0] if isinstance(kind, list) and kind else kind
-    if kind == "object" or "properties" in node:
-        return {k: _example(v) for k, v in (node.get("properties") or {}).items()}
-    if kind == "array":
-        return [_example(node["items"])] if isinstance(node.get("items"), dict) else []
-    return {"string": "example", "integer": 1, "number": 1, "boolean": False}.get(kind)
-
-
 def _form_from_version(version: PromptVersion | None) -> EditorForm:
     if version is None:
         model = services.DEFAULT_MODEL
@@ -146,7 +132,7 @@ def _form_from_version(version: PromptVersion | None) -> EditorForm:
         **{k: "" if model[k] is None else str(model[k]) for k in MODEL_FIELDS},
         "stop": ", ".join(model["stop"] or []),
         "fallback_target": version.fallback_target,
-        "variables": _pretty(_example(version.input_schema)),
+        "variables": _pretty(example_variables(version.input_schema)),
         "parent_number": str(version.number),
     }
     rows = [_row(i, m["role"], m["content"]) for i, m in enumerate(version.messages)]
