@@ -184,9 +184,7 @@ def run_one_by_one(local, prompts: list[Conversation], max_new_tokens: int) -> R
             text = tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=True
             )
-            inputs = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(
-                model.device
-            )
+            inputs = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(model.device)
             output = model.generate(
                 **inputs,
                 max_new_tokens=max_new_tokens,

@@ -4,6 +4,7 @@ from django.http import HttpRequest, JsonResponse
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from apps.prompts import fast
 from studio.api import api
 
 
@@ -15,6 +16,8 @@ def healthz(request: HttpRequest) -> JsonResponse:
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
+    # The runtime fetch, served without ninja's per-request overhead (apps/prompts/fast.py).
+    path("api/v1/squads/<slug:squad>/prompts/<slug:slug>", fast.prompt_fetch),
     path("api/v1/", api.urls),
     path("api/docs", RedirectView.as_view(url="/api/v1/docs", permanent=False)),
     path(

@@ -73,3 +73,23 @@ def test_web_settings_never_import_torch():
         timeout=120,
     )
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_redis_cache_backend_reuses_its_client():
+    import redis
+
+    from studio.cache import StudioRedisCache
+
+    try:
+        redis.Redis.from_url("redis://127.0.0.1:6379/9").ping()
+    except redis.ConnectionError:
+        import pytest
+
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    backend = StudioRedisCache("redis://127.0.0.1:6379/9", {"KEY_PREFIX": "studio-test"})
+    backend.set("k", {"v": 1}, 30)
+    assert backend.get("k") == {"v": 1}
+    assert backend.get_many(["k", "missing"]) == {"k": {"v": 1}}
+    client = backend._cache
+    assert client.get_client(write=True) is client.get_client(write=True)
+    backend.delete("k")

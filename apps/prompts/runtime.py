@@ -22,7 +22,11 @@ from django.db import transaction
 
 from apps.core.exceptions import NotFound, ValidationFailed
 from apps.prompts.models import Label, PromptTemplate, PromptVersion
-from apps.squads.access import require_squad_permission
+from apps.squads.access import (
+    permission_cache_key,
+    prime_permissions,
+    require_squad_permission,
+)
 from apps.squads.models import Squad
 from apps.squads.permissions import VIEW_SQUAD
 
@@ -30,6 +34,7 @@ User = AbstractBaseUser | AnonymousUser
 LABEL_TTL = 300
 VERSION_TTL = 24 * 3600
 SQUAD_TTL = 24 * 3600
+_SQUAD_IDS: dict[str, int] = {}
 
 
 @dataclass(frozen=True)
@@ -111,11 +116,19 @@ def fetch(
     if (label is None) == (version is None):
         raise ValidationFailed("Ask for exactly one of 'label' or 'version'.", field="label")
     squad_key = _squad_key(squad_slug)
-    squad_id = cache.get(squad_key)
+    # Squad slugs never change, so their ids can live in process memory.
+    squad_id = _SQUAD_IDS.get(squad_slug) or cache.get(squad_key)
     if squad_id is not None:
+        _SQUAD_IDS[squad_slug] = squad_id
         key = _payload_key(squad_id, template_slug, label, version)
-        cached = cache.get(key)
+        keys = [key]
+        if user.is_authenticated:
+            keys.append(permission_cache_key(user.pk, squad_id))
+        hit = cache.get_many(keys)  # one round trip for the body and the permission set
+        cached = hit.get(key)
         if cached is not None:
+            if len(keys) == 2 and keys[1] in hit:
+                prime_permissions(user, squad_id, hit[keys[1]])
             require_squad_permission(user, Squad(pk=squad_id, slug=squad_slug), VIEW_SQUAD)
             return Fetched(*cached)
     # One query: the version with its template and squad.
@@ -139,6 +152,7 @@ def fetch(
     fetched = _serialise(payload_for(found, squad_slug=squad_slug, label=label))
     key = _payload_key(squad.pk, template_slug, label, version)
     cache.set_many({squad_key: squad.pk}, SQUAD_TTL)
+    _SQUAD_IDS[squad_slug] = squad.pk
     cache.set(key, (fetched.etag, fetched.body), LABEL_TTL if label is not None else VERSION_TTL)
     return fetched
 

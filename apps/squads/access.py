@@ -23,8 +23,18 @@ PERMISSIONS_TTL = 300
 ALL_CODENAMES = frozenset(p.codename for p in REGISTRY)
 
 
-def _cache_key(user_id: int, squad_id: int) -> str:
+def permission_cache_key(user_id: int, squad_id: int) -> str:
     return f"perm:{user_id}:{squad_id}"
+
+
+_cache_key = permission_cache_key
+
+
+def prime_permissions(user: User, squad_id: int, perms: frozenset[str]) -> None:
+    """Hand over a permission set the caller already read from the cache (one round trip
+    for several keys) so squad_permissions does not fetch it again."""
+    if user.is_authenticated:
+        user.__dict__.setdefault("_studio_perms", {})[squad_id] = perms
 
 
 def _roles_key(user_id: int, squad_id: int) -> str:

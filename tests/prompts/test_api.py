@@ -254,3 +254,17 @@ def test_template_metadata_update_and_duplicate_slug(prompt, api_as):
     assert bad.status_code == 422
     extra = ci.call("POST", f"{BASE}/support/versions", _v2(model={"temperature": 0.5, "beams": 3}))
     assert extra.status_code == 422 and "beams" in extra.content.decode()
+
+
+def test_fast_fetch_view_speaks_like_the_api(prompt, api_as):
+    from django.test import Client
+
+    anonymous = Client().get(f"{BASE}/support")
+    assert anonymous.status_code == 401 and anonymous["WWW-Authenticate"].startswith("Bearer")
+    assert "Authentication required" in anonymous.json()["detail"]
+    viewer = api_as("viewer")
+    bad = viewer.call("GET", f"{BASE}/support?version=two")
+    assert bad.status_code == 422 and bad.json()["field"] == "version"
+    # Other methods on the same path still reach the ninja API.
+    assert viewer.call("DELETE", f"{BASE}/support").status_code == 405
+    assert api_as("engineer").call("PATCH", f"{BASE}/support", {"tags": ["x"]}).status_code == 200

@@ -11,7 +11,6 @@ package's siblings without them.
 
 from __future__ import annotations
 
-import bisect
 import importlib.util
 import os
 import shutil
@@ -96,9 +95,24 @@ def _load_directory(directory: Path) -> LocalModel:
     device, dtype = (
         ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
     )
+    if device == "cpu":
+        limit_cpu_threads()
     tokenizer = AutoTokenizer.from_pretrained(directory)
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).to(device)
     return LocalModel(model, tokenizer)
+
+
+def limit_cpu_threads() -> None:
+    """Leave one core to the web server and broker sharing the machine, unless
+    OMP_NUM_THREADS says otherwise: on a busy 2-core machine, torch's default of two
+    intra-op threads generated 3-8x slower than one (the threads wait on each other
+    whenever another process holds a core)."""
+    import torch
+
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(max(1, (cores or 1) - 1))
 
 
 def _convert_gguf(source: Path, target: Path) -> None:
@@ -213,21 +227,23 @@ class LocalModel:
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             outputs = self._generate_batch([prompts[row] for row in rows], params)
-            for row, tokens in zip(rows, outputs, strict=True):
-                results[row] = self._result(prompts[row], tokens, params)
+            for row, (tokens, stopped_at) in zip(rows, outputs, strict=True):
+                results[row] = self._result(prompts[row], tokens, stopped_at, params)
             if on_batch_done is not None:
                 on_batch_done(start + len(rows))
         return results  # type: ignore[return-value]
 
     def _generate_batch(
         self, prompts: list[list[int]], params: GenerationParams
-    ) -> list[list[int]]:
-        """Generated token ids per row; a row that stopped before the others is padded
-        with pad tokens to the batch's length."""
+    ) -> list[tuple[list[int], int | None]]:
+        """Per row: the generated token ids (a row that finished before the others is
+        padded to the batch's length) and, if it hit a stop string, how many tokens it
+        took to complete one."""
         import torch
 
         batch = self.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt")
         batch = {key: value.to(self.device) for key, value in batch.items()}
+        width = batch["input_ids"].shape[1]
         options: dict[str, Any] = {
             "max_new_tokens": params.max_new_tokens,
             "pad_token_id": self.tokenizer.pad_token_id,
@@ -238,8 +254,10 @@ class LocalModel:
             options["top_k"] = 0
         else:
             options["do_sample"] = False
+        stop_criterion = None
         if params.stop:
-            options.update(stop_strings=list(params.stop), tokenizer=self.tokenizer)
+            stop_criterion = _stop_criterion(self._decode, params.stop, width)
+            options["stopping_criteria"] = [stop_criterion]
         try:
             with torch.inference_mode():
                 output = self.model.generate(**batch, **options)
@@ -253,34 +271,61 @@ class LocalModel:
                 f"(longest prompt {max(map(len, prompts))} tokens, max_new_tokens "
                 f"{params.max_new_tokens}); lower the batch size or max_new_tokens"
             ) from exc
-        return output[:, batch["input_ids"].shape[1] :].tolist()
+        stopped_at = stop_criterion.stopped_at if stop_criterion else {}
+        generated = output[:, width:].tolist()
+        return [(tokens, stopped_at.get(row)) for row, tokens in enumerate(generated)]
 
     def _result(
-        self, prompt: list[int], tokens: list[int], params: GenerationParams
+        self,
+        prompt: list[int],
+        tokens: list[int],
+        stopped_at: int | None,
+        params: GenerationParams,
     ) -> GenerationResult:
-        """Trim a row at EOS or at its first stop string, and count its tokens up to there:
-        the EOS or the token that completed the stop string included, padding not."""
+        """Trim a row at its first stop string or EOS, and count its tokens up to there:
+        the token that completed the stop string, or the EOS, included; padding not."""
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        if stopped_at is not None:
+            text = self._decode(tokens[:stopped_at])
+            return GenerationResult(
+                text[: _first_stop(text, params.stop)], len(prompt), stopped_at, "stop"
+            )
         if eos in tokens:
             tokens = tokens[: tokens.index(eos) + 1]
+            finish_reason = "stop"
         else:
             while tokens and tokens[-1] == pad:
                 tokens = tokens[:-1]
-        stopped = eos in tokens or len(tokens) < params.max_new_tokens
-        text = self._decode(tokens)
-        cut = _first_stop(text, params.stop)
-        if cut is None:
-            return GenerationResult(text, len(prompt), len(tokens), "stop" if stopped else "length")
-        # The fewest tokens whose text already holds a stop string.
-        used = 1 + bisect.bisect_left(
-            range(1, len(tokens) + 1),
-            True,
-            key=lambda n: _first_stop(self._decode(tokens[:n]), params.stop) is not None,
-        )
-        return GenerationResult(text[:cut], len(prompt), used, "stop")
+            finish_reason = "length"
+        return GenerationResult(self._decode(tokens), len(prompt), len(tokens), finish_reason)
 
     def _decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+
+def _stop_criterion(decode: Callable[[list[int]], str], stops: tuple[str, ...], width: int):
+    """A StoppingCriteria that ends a row once its generated text holds a stop string.
+
+    Unlike `generate(stop_strings=...)`, it looks at the generated tokens only: with
+    that option a stop string straddling the prompt's end (say "\n\n" after a chat
+    template's "assistant\n") ends a row before it has written anything.
+    """
+    import torch
+    from transformers import StoppingCriteria
+
+    class StopOnGeneratedText(StoppingCriteria):
+        def __init__(self) -> None:
+            self.stopped_at: dict[int, int] = {}
+
+        def __call__(self, input_ids, scores, **kwargs):
+            generated = input_ids[:, width:].tolist()
+            for row, tokens in enumerate(generated):
+                if row not in self.stopped_at and _first_stop(decode(tokens), stops) is not None:
+                    self.stopped_at[row] = len(tokens)
+            done = [row in self.stopped_at for row in range(len(generated))]
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return StopOnGeneratedText()
 
 
 def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:

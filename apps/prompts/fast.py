@@ -1,0 +1,70 @@
+"""The runtime fetch as a plain Django view.
+
+`GET /api/v1/squads/{squad}/prompts/{slug}` is what production apps call on every
+request. django-ninja's per-request machinery (parameter models, response
+objects) costs more than the fetch itself, so GET and HEAD are answered here with
+the same authentication, service (`runtime.fetch`), errors and headers as the
+ninja operation — which still documents the endpoint in OpenAPI and serves the
+other methods on this path.
+"""
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import URLResolver
+from django.urls.resolvers import RoutePattern
+
+from apps.core.exceptions import ApplicationError, AuthenticationFailed, ValidationFailed
+from apps.prompts import runtime
+
+DEFAULT_LABEL = "production"
+_ninja: URLResolver | None = None
+
+
+def _delegate(request: HttpRequest) -> HttpResponse:
+    """Other methods (and POST …/prompts/check, which this pattern also matches) go to
+    the ninja API exactly as if this view did not exist."""
+    global _ninja
+    if _ninja is None:
+        from studio.api import api
+
+        patterns, app_name, namespace = api.urls
+        _ninja = URLResolver(
+            RoutePattern("api/v1/"), patterns, app_name=app_name, namespace=namespace
+        )
+    match = _ninja.resolve(request.path_info.lstrip("/"))
+    return match.func(request, *match.args, **match.kwargs)
+
+
+def prompt_fetch(request: HttpRequest, squad: str, slug: str) -> HttpResponse:
+    if request.method not in ("GET", "HEAD"):
+        return _delegate(request)
+    from studio.api import BearerOrSession
+
+    try:
+        user = BearerOrSession()(request)
+        label = request.GET.get("label")
+        raw_version = request.GET.get("version")
+        version = None
+        if raw_version is not None:
+            try:
+                version = int(raw_version)
+            except ValueError:
+                raise ValidationFailed(
+                    f"version must be a whole number (got '{raw_version}').", field="version"
+                ) from None
+        if label is None and version is None:
+            label = DEFAULT_LABEL
+        fetched = runtime.fetch(
+            user=user, squad_slug=squad, template_slug=slug, label=label, version=version
+        )
+    except ApplicationError as exc:
+        response = JsonResponse(exc.as_dict(), status=exc.status_code)
+        if isinstance(exc, AuthenticationFailed):
+            response["WWW-Authenticate"] = 'Bearer realm="studio"'
+        return response
+    if runtime.etag_matches(request.headers.get("If-None-Match"), fetched.etag):
+        response = HttpResponse(status=304)
+    else:
+        response = HttpResponse(fetched.body, content_type="application/json")
+    response["ETag"] = fetched.etag
+    response["Cache-Control"] = "private, no-cache"
+    return response
