@@ -15,13 +15,13 @@ def _clear_cache():
     (SQLite reuses primary keys after a rollback)."""
     from django.core.cache import cache
 
-    from apps.prompts import runtime
+    from apps.squads.selectors import SQUAD_IDS
 
     cache.clear()
-    runtime._SQUAD_IDS.clear()
+    SQUAD_IDS.clear()
     yield
     cache.clear()
-    runtime._SQUAD_IDS.clear()
+    SQUAD_IDS.clear()
 
 
 @pytest.fixture

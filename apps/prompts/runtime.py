@@ -29,12 +29,12 @@ from apps.squads.access import (
 )
 from apps.squads.models import Squad
 from apps.squads.permissions import VIEW_SQUAD
+from apps.squads.selectors import SQUAD_IDS
 
 User = AbstractBaseUser | AnonymousUser
 LABEL_TTL = 300
 VERSION_TTL = 24 * 3600
 SQUAD_TTL = 24 * 3600
-_SQUAD_IDS: dict[str, int] = {}
 
 
 @dataclass(frozen=True)
@@ -117,9 +117,9 @@ def fetch(
         raise ValidationFailed("Ask for exactly one of 'label' or 'version'.", field="label")
     squad_key = _squad_key(squad_slug)
     # Squad slugs never change, so their ids can live in process memory.
-    squad_id = _SQUAD_IDS.get(squad_slug) or cache.get(squad_key)
+    squad_id = SQUAD_IDS.get(squad_slug) or cache.get(squad_key)
     if squad_id is not None:
-        _SQUAD_IDS[squad_slug] = squad_id
+        SQUAD_IDS[squad_slug] = squad_id
         key = _payload_key(squad_id, template_slug, label, version)
         keys = [key]
         if user.is_authenticated:
@@ -152,7 +152,7 @@ def fetch(
     fetched = _serialise(payload_for(found, squad_slug=squad_slug, label=label))
     key = _payload_key(squad.pk, template_slug, label, version)
     cache.set_many({squad_key: squad.pk}, SQUAD_TTL)
-    _SQUAD_IDS[squad_slug] = squad.pk
+    SQUAD_IDS[squad_slug] = squad.pk
     cache.set(key, (fetched.etag, fetched.body), LABEL_TTL if label is not None else VERSION_TTL)
     return fetched
 

@@ -69,10 +69,22 @@ def squad_permissions(user: User, squad_id: int) -> frozenset[str]:
     return local[squad_id]
 
 
+def prime_roles(user: User, squad_id: int, roles: list[str]) -> None:
+    if user.is_authenticated:
+        user.__dict__.setdefault("_studio_roles", {})[squad_id] = roles
+
+
+def roles_cache_key(user_id: int, squad_id: int) -> str:
+    return _roles_key(user_id, squad_id)
+
+
 def squad_roles(user: User, squad_id: int) -> list[str]:
     """The roles of the user's membership in the squad (cached like the permissions)."""
     if not user.is_authenticated:
         return []
+    local = user.__dict__.get("_studio_roles", {})
+    if squad_id in local:
+        return local[squad_id]
     key = _roles_key(user.pk, squad_id)
     roles = cache.get(key)
     if roles is None:
@@ -97,6 +109,7 @@ def forget_permissions(*users: User, squad_id: int) -> None:
         if user is None or not user.is_authenticated:
             continue
         user.__dict__.get("_studio_perms", {}).pop(squad_id, None)
+        user.__dict__.get("_studio_roles", {}).pop(squad_id, None)
         keys += [_cache_key(user.pk, squad_id), _roles_key(user.pk, squad_id)]
     forget_permissions_by_key(keys)
 

@@ -5,7 +5,13 @@ from django.db.models import QuerySet
 from guardian.shortcuts import get_objects_for_user
 
 from apps.core.exceptions import NotFound
-from apps.squads.access import require_squad_permission
+from apps.squads.access import (
+    permission_cache_key,
+    prime_permissions,
+    prime_roles,
+    require_squad_permission,
+    roles_cache_key,
+)
 from apps.squads.models import ApiToken, Membership, Squad
 from apps.squads.permissions import VIEW_SQUAD, SquadPermission
 
@@ -28,15 +34,33 @@ def squad_cache_key(slug: str) -> str:
     return f"squad:row:{slug}"
 
 
-def squad_by_slug(slug: str) -> Squad | None:
-    """The squad row, from the cache when warm (squad_update drops the entry)."""
+# Squad slugs never change: their ids can live in process memory.
+SQUAD_IDS: dict[str, int] = {}
+
+
+def squad_by_slug(slug: str, user: User | None = None) -> Squad | None:
+    """The squad row, from the cache when warm (squad_update drops the entry). With a
+    user whose squad id is known, their permission set and roles come in the same
+    cache round trip."""
     key = squad_cache_key(slug)
-    fields = cache.get(key)
+    squad_id = SQUAD_IDS.get(slug)
+    if squad_id is not None and user is not None and user.is_authenticated:
+        perm_key = permission_cache_key(user.pk, squad_id)
+        roles_key = roles_cache_key(user.pk, squad_id)
+        hit = cache.get_many([key, perm_key, roles_key])
+        if perm_key in hit:
+            prime_permissions(user, squad_id, hit[perm_key])
+        if roles_key in hit:
+            prime_roles(user, squad_id, hit[roles_key])
+        fields = hit.get(key)
+    else:
+        fields = cache.get(key)
     if fields is None:
         fields = Squad.objects.filter(slug=slug).order_by().values(*_SQUAD_FIELDS).first()
         if fields is None:
             return None
         cache.set(key, fields, SQUAD_TTL)
+    SQUAD_IDS[slug] = fields["id"]
     squad = Squad(**fields)
     squad._state.adding = False
     squad._state.db = "default"
@@ -45,7 +69,7 @@ def squad_by_slug(slug: str) -> Squad | None:
 
 def squad_get_for_user(*, user: User, slug: str, permission: SquadPermission = VIEW_SQUAD) -> Squad:
     """The squad, if the user holds `permission` on it; 404 for missing and hidden alike."""
-    squad = squad_by_slug(slug)
+    squad = squad_by_slug(slug, user)
     if squad is None:
         raise NotFound(f"Squad '{slug}' not found.")
     require_squad_permission(user, squad, permission)

@@ -1,11 +1,6 @@
 import pytest
 
 
-def pytest_configure(config):
-    # Until pyproject.toml's [tool.pytest.ini_options] markers lists it.
-    config.addinivalue_line("markers", "model: loads the real default model")
-
-
 @pytest.fixture(scope="session")
 def smollm2_tokenizer(request):
     """The real SmolLM2 tokenizer: from the converted model directory when it exists

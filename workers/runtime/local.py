@@ -105,7 +105,7 @@ def _load_directory(directory: Path) -> LocalModel:
 def limit_cpu_threads() -> None:
     """Leave one core to the web server and broker sharing the machine, unless
     OMP_NUM_THREADS says otherwise: on a busy 2-core machine, torch's default of two
-    intra-op threads generated 3-8x slower than one (the threads wait on each other
+    intra-op threads generated 4-10x slower than one (the threads wait on each other
     whenever another process holds a core)."""
     import torch
 
@@ -307,8 +307,8 @@ def _stop_criterion(decode: Callable[[list[int]], str], stops: tuple[str, ...], 
     """A StoppingCriteria that ends a row once its generated text holds a stop string.
 
     Unlike `generate(stop_strings=...)`, it looks at the generated tokens only: with
-    that option a stop string straddling the prompt's end (say "\n\n" after a chat
-    template's "assistant\n") ends a row before it has written anything.
+    that option a stop string straddling the prompt's end (say "\\n\\n" after a chat
+    template's "assistant\\n") ends a row before it has written anything.
     """
     import torch
     from transformers import StoppingCriteria
