@@ -89,7 +89,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 # The embedded default is a file cache: shared by the web workers and the Celery
 # worker on one machine, so a revoked token or a moved label is seen by all of them.
 CACHES = {"default": env.cache_url("CACHE_URL", default=f"filecache://{DATA_DIR / 'cache'}")}
-if CACHES["default"]["BACKEND"] == "django_redis.cache.RedisCache":
+if CACHES["default"]["BACKEND"] in (
+    "django_redis.cache.RedisCache",
+    "django.core.cache.backends.redis.RedisCache",
+):
     # Django's own Redis backend (no django-redis), reusing its client: studio/cache.py.
     CACHES["default"]["BACKEND"] = "studio.cache.StudioRedisCache"
     CACHES["default"].pop("OPTIONS", None)
