@@ -2,7 +2,7 @@
 # The whole suite. Pass 1 runs against whatever DATABASE_URL / CELERY_BROKER_URL /
 # CACHE_URL say (PostgreSQL and Redis in CI). When those point at servers, pass 2
 # runs the suite again on the embedded defaults (SQLite, filesystem broker,
-# local-memory cache), which is what `make run` uses.
+# file cache), which is what `make run` uses.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -11,7 +11,7 @@ echo "== pass 1: DATABASE_URL=${DATABASE_URL:-<embedded sqlite>} CELERY_BROKER_U
 $PY -m pytest "$@"
 
 if [[ -n "${DATABASE_URL:-}${CELERY_BROKER_URL:-}${CACHE_URL:-}" ]]; then
-  echo "== pass 2: embedded defaults (SQLite, filesystem broker, local-memory cache)"
+  echo "== pass 2: embedded defaults (SQLite, filesystem broker, file cache)"
   env -u DATABASE_URL -u CELERY_BROKER_URL -u CACHE_URL \
     STUDIO_DATA_DIR="$PWD/var/test-embedded" \
     $PY -m pytest -m "not browser and not model" "$@"
