@@ -16,12 +16,15 @@ def _clear_cache():
     from django.core.cache import cache
 
     from apps.squads.selectors import SQUAD_IDS
+    from apps.squads.services import _token_memo
 
     cache.clear()
     SQUAD_IDS.clear()
+    _token_memo.clear()
     yield
     cache.clear()
     SQUAD_IDS.clear()
+    _token_memo.clear()
 
 
 @pytest.fixture
