@@ -14,7 +14,9 @@ $PY manage.py seed_demo
 WORKER=$!
 .venv/bin/gunicorn studio.wsgi:application --bind "$HOST:$PORT" --workers 2 --access-logfile - &
 WEB=$!
-trap 'kill $WORKER $WEB 2>/dev/null; wait 2>/dev/null; echo stopped' INT TERM EXIT
+stop() { kill $WORKER $WEB 2>/dev/null; wait 2>/dev/null; echo stopped; }
+trap 'stop; exit 0' INT TERM
+trap stop EXIT
 
 sleep 2
 echo

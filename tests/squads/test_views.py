@@ -179,3 +179,7 @@ def test_seed_demo_is_idempotent(db, capsys):
         "victor": ["viewer"],
     }
     assert Client().login(username="carmen", password="studio-demo")
+    from apps.prompts.models import Label
+
+    label = Label.objects.get(template__squad=squad, template__slug="summarise", name="production")
+    assert label.version.number == 1

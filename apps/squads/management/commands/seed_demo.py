@@ -58,6 +58,7 @@ class Command(BaseCommand):
                     services.membership_set_roles(
                         actor=owner, membership=membership, roles=[*membership.roles, role]
                     )
+            _seed_prompt(squad, users["priya"], owner)
         self.stdout.write(
             f"Demo squad '{DEMO_SLUG}' is ready. Logins (password '{DEMO_PASSWORD}'):"
         )
