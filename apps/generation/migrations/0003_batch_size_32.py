@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('generation', '0002_default_local_target'),
+        ("generation", "0002_default_local_target"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='batchjob',
-            name='batch_size',
+            model_name="batchjob",
+            name="batch_size",
             field=models.PositiveIntegerField(default=32),
         ),
     ]
