@@ -11,22 +11,11 @@ from django.db.models import QuerySet
 from django.http import StreamingHttpResponse
 from django.utils import timezone
 
+from apps.audit.chain import CHAIN_FIELDS
 from apps.audit.models import AuditEvent
 
-COLUMNS = (
-    "sequence",
-    "created_at",
-    "actor_id",
-    "actor_label",
-    "squad_id",
-    "action",
-    "target_type",
-    "target_id",
-    "data",
-    "ip",
-    "prev_hash",
-    "hash",
-)
+# The export carries every column the hash covers, so an exported log can be re-verified.
+COLUMNS = CHAIN_FIELDS
 
 
 class ExportFormat(StrEnum):

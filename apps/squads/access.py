@@ -27,9 +27,6 @@ def permission_cache_key(user_id: int, squad_id: int) -> str:
     return f"perm:{user_id}:{squad_id}"
 
 
-_cache_key = permission_cache_key
-
-
 def prime_permissions(user: User, squad_id: int, perms: frozenset[str]) -> None:
     """Hand over a permission set the caller already read from the cache (one round trip
     for several keys) so squad_permissions does not fetch it again."""
@@ -60,7 +57,7 @@ def squad_permissions(user: User, squad_id: int) -> frozenset[str]:
         return ALL_CODENAMES
     local: dict[int, frozenset[str]] = user.__dict__.setdefault("_studio_perms", {})
     if squad_id not in local:
-        key = _cache_key(user.pk, squad_id)
+        key = permission_cache_key(user.pk, squad_id)
         perms = cache.get(key)
         if perms is None:
             perms = _load(user.pk, squad_id)
@@ -110,7 +107,7 @@ def forget_permissions(*users: User, squad_id: int) -> None:
             continue
         user.__dict__.get("_studio_perms", {}).pop(squad_id, None)
         user.__dict__.get("_studio_roles", {}).pop(squad_id, None)
-        keys += [_cache_key(user.pk, squad_id), _roles_key(user.pk, squad_id)]
+        keys += [permission_cache_key(user.pk, squad_id), _roles_key(user.pk, squad_id)]
     forget_permissions_by_key(keys)
 
 
@@ -121,7 +118,7 @@ def forget_permissions_by_key(keys: list[str]) -> None:
 
 
 def forget_squad_permissions(squad_id: int, user_ids: list[int]) -> None:
-    keys = [_cache_key(uid, squad_id) for uid in user_ids]
+    keys = [permission_cache_key(uid, squad_id) for uid in user_ids]
     forget_permissions_by_key(keys + [_roles_key(uid, squad_id) for uid in user_ids])
 
 
