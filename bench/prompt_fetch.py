@@ -45,6 +45,7 @@ from urllib.parse import urlsplit
 from api_overhead import (
     HOST,
     BenchError,
+    _wrk_ms,
     describe_database,
     ensure_postgres_database,
     free_port,
@@ -244,15 +245,6 @@ def warm(port: int, path: str, headers: dict[str, str], expect: int, count: int)
 
 # --- wrk ------------------------------------------------------------------------
 
-UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
-
-
-def _ms(text: str) -> float:
-    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
-    if match is None:
-        raise BenchError(f"cannot parse wrk latency {text!r}")
-    return float(match[1]) * UNITS_MS[match[2]]
-
 
 def run_wrk(
     label: str,
@@ -293,7 +285,7 @@ def run_wrk(
         raise BenchError(f"{label}: socket errors: {socket_errors[1]}\n{out}")
     if int(total[1]) == 0:
         raise BenchError(f"{label}: no requests completed:\n{out}")
-    return Run(label, float(rps[1]), int(total[1]), _ms(p50[1]), _ms(p99[1]))
+    return Run(label, float(rps[1]), int(total[1]), _wrk_ms(p50[1]), _wrk_ms(p99[1]))
 
 
 # --- main -----------------------------------------------------------------------
