@@ -29,5 +29,6 @@ urlpatterns = [
     path("audit/", include("apps.audit.urls")),
     path("squads/<slug:squad>/prompts/", include("apps.prompts.urls")),
     path("squads/<slug:squad>/", include("apps.generation.urls")),
+    path("", include("apps.reviews.urls")),
     path("", include("apps.squads.urls")),
 ]

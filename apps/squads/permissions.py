@@ -56,11 +56,12 @@ EDIT_PROMPTS = SquadPermission(
     "Create prompt templates and versions and move unprotected labels",
     frozenset({Role.OWNER, Role.PROMPT_ENGINEER}),
 )
-# Until the review workflow gates protected labels, owners alone move them.
+# Holding this is necessary, not sufficient: label_move also asks the review gate
+# (apps.reviews.gate) whether the version is approved under the squad's policy.
 MOVE_PROTECTED_LABELS = SquadPermission(
     "move_protected_labels",
-    "Move protected labels such as production",
-    frozenset({Role.OWNER}),
+    "Move protected labels such as production to an approved version",
+    frozenset({Role.OWNER, Role.PROMPT_ENGINEER}),
 )
 
 RUN_GENERATION = SquadPermission(
@@ -72,6 +73,51 @@ MANAGE_TARGETS = SquadPermission(
     "manage_targets", "Add and change the squad's model targets", frozenset({Role.OWNER})
 )
 
+# --- reviews: approving prompt versions ------------------------------------------------
+MANAGE_APPROVAL_POLICY = SquadPermission(
+    "manage_approval_policy",
+    "Edit the approval policy: required approvals, protected labels, blocking rules",
+    frozenset({Role.OWNER, Role.COMPLIANCE}),
+)
+REQUEST_REVIEW = SquadPermission(
+    "request_review",
+    "Open and withdraw review requests on prompt versions",
+    frozenset({Role.OWNER, Role.PROMPT_ENGINEER}),
+)
+DECIDE_REVIEW = SquadPermission(
+    "decide_review",
+    "Approve, request changes on or reject a review request",
+    frozenset({Role.OWNER, Role.PROMPT_ENGINEER, Role.SME, Role.COMPLIANCE}),
+)
+COMMENT_PROMPTS = SquadPermission(
+    "comment_prompts",
+    "Comment on prompt versions and resolve comment threads",
+    frozenset({Role.OWNER, Role.PROMPT_ENGINEER, Role.SME, Role.COMPLIANCE}),
+)
+
+# --- reviews: output review queues ------------------------------------------------------
+MANAGE_REVIEW_QUEUES = SquadPermission(
+    "manage_review_queues",
+    "Create and change output review queues and add items to them",
+    frozenset({Role.OWNER, Role.PROMPT_ENGINEER, Role.COMPLIANCE}),
+)
+# Annotating also needs one of the queue's own annotator roles (ReviewQueue.annotator_roles).
+ANNOTATE_OUTPUTS = SquadPermission(
+    "annotate_outputs",
+    "Score, edit, approve and reject generated outputs in review queues",
+    frozenset({Role.OWNER, Role.PROMPT_ENGINEER, Role.SME, Role.COMPLIANCE}),
+)
+ADJUDICATE_OUTPUTS = SquadPermission(
+    "adjudicate_outputs",
+    "Settle disagreements between annotators",
+    frozenset({Role.OWNER, Role.COMPLIANCE}),
+)
+EXPORT_REVIEWED_OUTPUTS = SquadPermission(
+    "export_reviewed_outputs",
+    "Export approved and edited outputs as training data",
+    frozenset({Role.OWNER, Role.PROMPT_ENGINEER}),
+)
+
 REGISTRY: tuple[SquadPermission, ...] = (
     VIEW_SQUAD,
     CHANGE_SQUAD,
@@ -81,6 +127,14 @@ REGISTRY: tuple[SquadPermission, ...] = (
     MOVE_PROTECTED_LABELS,
     RUN_GENERATION,
     MANAGE_TARGETS,
+    MANAGE_APPROVAL_POLICY,
+    REQUEST_REVIEW,
+    DECIDE_REVIEW,
+    COMMENT_PROMPTS,
+    MANAGE_REVIEW_QUEUES,
+    ANNOTATE_OUTPUTS,
+    ADJUDICATE_OUTPUTS,
+    EXPORT_REVIEWED_OUTPUTS,
 )
 BY_CODENAME: dict[str, SquadPermission] = {p.codename: p for p in REGISTRY}
 

@@ -36,6 +36,7 @@ INSTALLED_APPS = [
     "apps.audit",
     "apps.prompts",
     "apps.generation",
+    "apps.reviews",
 ]
 
 MIDDLEWARE = [

@@ -1,0 +1,1 @@
+"""REST operations of the reviews app: `approvals` (Part A) and `queues` (Part B)."""

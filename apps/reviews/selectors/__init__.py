@@ -1,0 +1,1 @@
+"""Every read of the reviews app: `approvals` (Part A) and `queues` (Part B)."""

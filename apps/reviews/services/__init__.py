@@ -1,0 +1,1 @@
+"""Every write of the reviews app: `approvals` (Part A) and `queues` (Part B)."""

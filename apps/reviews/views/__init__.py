@@ -1,0 +1,1 @@
+"""HTML views of the reviews app: `approvals` (Part A) and `queues` (Part B)."""
