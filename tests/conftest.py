@@ -15,16 +15,16 @@ def _clear_cache():
     (SQLite reuses primary keys after a rollback)."""
     from django.core.cache import cache
 
+    from apps.core.memo import HOT
     from apps.squads.selectors import SQUAD_IDS
-    from apps.squads.services import _token_memo
 
     cache.clear()
     SQUAD_IDS.clear()
-    _token_memo.clear()
+    HOT.clear()
     yield
     cache.clear()
     SQUAD_IDS.clear()
-    _token_memo.clear()
+    HOT.clear()
 
 
 @pytest.fixture

@@ -8,6 +8,8 @@ ninja operation — which still documents the endpoint in OpenAPI and serves the
 other methods on this path.
 """
 
+from collections.abc import Callable
+
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import URLResolver
 from django.urls.resolvers import RoutePattern
@@ -17,6 +19,7 @@ from apps.prompts import runtime
 
 DEFAULT_LABEL = "production"
 _ninja: URLResolver | None = None
+_auth: Callable[[HttpRequest], object] | None = None
 
 
 def _delegate(request: HttpRequest) -> HttpResponse:
@@ -37,10 +40,13 @@ def _delegate(request: HttpRequest) -> HttpResponse:
 def prompt_fetch(request: HttpRequest, squad: str, slug: str) -> HttpResponse:
     if request.method not in ("GET", "HEAD"):
         return _delegate(request)
-    from studio.api import BearerOrSession
+    global _auth
+    if _auth is None:  # stateless, like the instance the ninja API holds
+        from studio.api import BearerOrSession
 
+        _auth = BearerOrSession()
     try:
-        user = BearerOrSession()(request)
+        user = _auth(request)
         label = request.GET.get("label")
         raw_version = request.GET.get("version")
         version = None

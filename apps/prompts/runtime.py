@@ -4,10 +4,12 @@ A fetch resolves (squad slug, prompt slug, label or version) to a serialised
 JSON body and its ETag. Bodies are cached (the Django cache: Redis in
 production, a file cache on the embedded default) under the squad's id;
 version bodies never change, label bodies are dropped when the label moves
-(`forget_label`, at once and again at commit). Squad ids are cached by slug
-(slugs never change). With a warm cache a fetch runs no query for the prompt;
-authentication and permissions have caches of their own (squads.services,
-squads.access).
+(`forget_label`, at once and again at commit). In front of the shared cache, each
+process keeps bodies and permission sets for STUDIO_HOT_MEMO_SECONDS (apps/core/memo.py),
+so a label move made through another process reaches this one within a second.
+Squad ids are cached by slug (slugs never change). With a warm cache a fetch runs
+no query for the prompt; authentication and permissions have caches of their own
+(squads.services, squads.access).
 """
 
 import hashlib
@@ -21,6 +23,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import transaction
 
 from apps.core.exceptions import NotFound, ValidationFailed
+from apps.core.memo import HOT
 from apps.prompts.models import Label, PromptTemplate, PromptVersion
 from apps.squads.access import (
     permission_cache_key,
@@ -58,10 +61,12 @@ def _payload_key(
 
 
 def forget_label(*, squad_id: int, template_slug: str, label: str) -> None:
-    """Drop a label's cached body: now, and at commit (a reader may have re-cached it)."""
+    """Drop a label's cached body: now, and at commit (a reader may have re-cached it).
+    Other web processes drop their memo of it within STUDIO_HOT_MEMO_SECONDS."""
     key = _payload_key(squad_id, template_slug, label, None)
+    HOT.pop(key)
     cache.delete(key)
-    transaction.on_commit(lambda: cache.delete(key))
+    transaction.on_commit(lambda: (HOT.pop(key), cache.delete(key)))
 
 
 def payload_for(version: PromptVersion, *, squad_slug: str, label: str | None) -> dict[str, Any]:
@@ -121,14 +126,18 @@ def fetch(
     if squad_id is not None:
         SQUAD_IDS[squad_slug] = squad_id
         key = _payload_key(squad_id, template_slug, label, version)
-        keys = [key]
-        if user.is_authenticated:
-            keys.append(permission_cache_key(user.pk, squad_id))
-        hit = cache.get_many(keys)  # one round trip for the body and the permission set
-        cached = hit.get(key)
+        perm_key = permission_cache_key(user.pk, squad_id) if user.is_authenticated else None
+        cached, perms = HOT.get(key), HOT.get(perm_key) if perm_key else None
+        wanted = [k for k, v in ((key, cached), (perm_key, perms)) if k and v is None]
+        if wanted:  # one round trip for whichever of the body and permission set is missing
+            hit = cache.get_many(wanted)
+            if cached is None and (cached := hit.get(key)) is not None:
+                HOT.set(key, cached)
+            if perm_key and perms is None and (perms := hit.get(perm_key)) is not None:
+                HOT.set(perm_key, perms)
         if cached is not None:
-            if len(keys) == 2 and keys[1] in hit:
-                prime_permissions(user, squad_id, hit[keys[1]])
+            if perms is not None:
+                prime_permissions(user, squad_id, perms)
             require_squad_permission(user, Squad(pk=squad_id, slug=squad_slug), VIEW_SQUAD)
             return Fetched(*cached)
     # One query: the version with its template and squad.

@@ -3,7 +3,8 @@
 The truth is django-guardian's object permissions (role groups on the squad,
 plus any direct grant from the admin console). The set of codenames a user
 holds on a squad is read in one query and cached: per request on the user
-object and in the shared cache for PERMISSIONS_TTL seconds. Membership changes
+object and in the shared cache for PERMISSIONS_TTL seconds (and for a second in process
+memory, apps/core/memo.py). Membership changes
 and role syncs drop the cached sets at once; a direct grant made in guardian's
 admin page takes effect within PERMISSIONS_TTL.
 """
@@ -15,6 +16,7 @@ from django.db import transaction
 from guardian.models import GroupObjectPermission, UserObjectPermission
 
 from apps.core.exceptions import NotFound, PermissionDenied
+from apps.core.memo import HOT
 from apps.squads.models import Squad
 from apps.squads.permissions import REGISTRY, VIEW_SQUAD, SquadPermission
 
@@ -58,10 +60,13 @@ def squad_permissions(user: User, squad_id: int) -> frozenset[str]:
     local: dict[int, frozenset[str]] = user.__dict__.setdefault("_studio_perms", {})
     if squad_id not in local:
         key = permission_cache_key(user.pk, squad_id)
-        perms = cache.get(key)
+        perms = HOT.get(key)
         if perms is None:
-            perms = _load(user.pk, squad_id)
-            cache.set(key, perms, PERMISSIONS_TTL)
+            perms = cache.get(key)
+            if perms is None:
+                perms = _load(user.pk, squad_id)
+                cache.set(key, perms, PERMISSIONS_TTL)
+            HOT.set(key, perms)
         local[squad_id] = perms
     return local[squad_id]
 
@@ -113,6 +118,7 @@ def forget_permissions(*users: User, squad_id: int) -> None:
 
 def forget_permissions_by_key(keys: list[str]) -> None:
     if keys:
+        HOT.pop(*keys)
         cache.delete_many(keys)
         transaction.on_commit(lambda: cache.delete_many(keys))
 

@@ -1,6 +1,5 @@
 import re
 import secrets
-import time
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -22,6 +21,7 @@ from apps.core.exceptions import (
     PermissionDenied,
     ValidationFailed,
 )
+from apps.core.memo import HOT
 from apps.squads.access import (
     forget_permissions,
     forget_squad_permissions,
@@ -422,11 +422,6 @@ def api_token_revoke(
 
 
 TOKEN_CACHE_TTL = 300
-# A per-process memo in front of the shared cache for the hottest reads. Another
-# process's revocation reaches this one within TOKEN_MEMO_SECONDS; this process's
-# own revocations clear it at once.
-TOKEN_MEMO_SECONDS = 1.0
-_token_memo: dict[str, tuple[float, dict[str, Any]]] = {}
 
 
 def _token_cache_key(key_hash: str) -> str:
@@ -435,9 +430,8 @@ def _token_cache_key(key_hash: str) -> str:
 
 def api_token_forget(*key_hashes: str) -> None:
     """Drop cached token entries (revocation, user changes): now and at commit."""
-    for key_hash in key_hashes:
-        _token_memo.pop(key_hash, None)
     keys = [_token_cache_key(h) for h in key_hashes]
+    HOT.pop(*keys)
     if keys:
         cache.delete_many(keys)
         transaction.on_commit(lambda: cache.delete_many(keys))
@@ -475,19 +469,15 @@ def api_token_authenticate(*, raw: str) -> User:
         raise AuthenticationFailed("Invalid token.")
     key_hash = ApiToken.hash_key(raw)
     key = _token_cache_key(key_hash)
-    memo = _token_memo.get(key_hash)
-    if memo is not None and memo[0] > time.monotonic():
-        entry = memo[1]
-    else:
+    entry = HOT.get(key)
+    if entry is None:
         entry = cache.get(key)
         if entry is None:
             entry = _token_entry(key_hash)
             if entry is None:
                 raise AuthenticationFailed("Invalid token.")
             cache.set(key, entry, TOKEN_CACHE_TTL)
-        if len(_token_memo) > 10_000:
-            _token_memo.clear()
-        _token_memo[key_hash] = (time.monotonic() + TOKEN_MEMO_SECONDS, entry)
+        HOT.set(key, entry)
     now = timezone.now()
     if entry["revoked"]:
         raise AuthenticationFailed("Token revoked.")
@@ -501,7 +491,7 @@ def api_token_authenticate(*, raw: str) -> User:
         ApiToken.objects.filter(pk=entry["token_id"]).update(last_used_at=now)
         entry = {**entry, "last_used_at": now}
         cache.set(key, entry, TOKEN_CACHE_TTL)
-        _token_memo[key_hash] = (time.monotonic() + TOKEN_MEMO_SECONDS, entry)
+        HOT.set(key, entry)
     return _detached_user(entry["user"])
 
 

@@ -165,6 +165,9 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 # Who may create squads: "any" signed-in user (who becomes its owner) or "staff".
 STUDIO_SQUAD_CREATORS = env.str("STUDIO_SQUAD_CREATORS", default="any")
 STUDIO_TOKEN_LAST_USED_RESOLUTION = 60  # seconds between last-used writes per token
+# Per-process memo of tokens, permission sets and prompt bodies (apps/core/memo.py):
+# how long a change made through one web process may take to reach the others.
+STUDIO_HOT_MEMO_SECONDS = env.float("STUDIO_HOT_MEMO_SECONDS", default=1.0)
 
 LOGGING = {
     "version": 1,
