@@ -168,6 +168,9 @@ STUDIO_TOKEN_LAST_USED_RESOLUTION = 60  # seconds between last-used writes per t
 # Per-process memo of tokens, permission sets and prompt bodies (apps/core/memo.py):
 # how long a change made through one web process may take to reach the others.
 STUDIO_HOT_MEMO_SECONDS = env.float("STUDIO_HOT_MEMO_SECONDS", default=1.0)
+# How long a reviewer holds an output review item claimed by "next item" before it is
+# offered to someone else.
+STUDIO_REVIEW_CLAIM_SECONDS = env.int("STUDIO_REVIEW_CLAIM_SECONDS", default=30 * 60)
 
 LOGGING = {
     "version": 1,
