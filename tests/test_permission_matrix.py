@@ -48,7 +48,35 @@ def _other_token_id() -> int:
     return token.pk
 
 
+def _review_item(*annotators: str) -> int:
+    """Review queue 'matrix' (every annotating role, overlap 2) with one item, approved by
+    `annotators`; the item's id."""
+    from apps.reviews.models import ReviewItem
+    from apps.reviews.services import queues
+    from apps.squads.models import Squad
+
+    owner = UserFactory(username="owner")
+    queue = queues.review_queue_create(
+        actor=owner,
+        squad=Squad.objects.get(slug="acme"),
+        name="Matrix",
+        rubric=[],
+        overlap=2,
+        annotator_roles=["owner", "prompt_engineer", "sme", "compliance"],
+    )
+    added = queues.review_items_add_external(
+        actor=owner, queue=queue, items=[{"inputs": {}, "output": "text"}]
+    )
+    for name in annotators:
+        item = ReviewItem.objects.get(pk=added.ids[0])
+        queues.review_annotate(
+            actor=UserFactory(username=name), item=item, verdict="approve", scores={}
+        )
+    return added.ids[0]
+
+
 P = "/api/v1/squads/acme/prompts"
+RQ = "/api/v1/squads/acme/review-queues"
 
 
 def _new_version_body() -> dict:
@@ -239,6 +267,38 @@ ACTIONS = [
         view=None,
     ),
     Action(
+        "queue.create",
+        frozenset({"owner", "engineer", "compliance"}),
+        api=lambda c: c.call(
+            "POST", RQ, {"name": "New queue", "rubric": [], "annotator_roles": ["sme"]}
+        ),
+        view=None,
+    ),
+    Action(
+        "queue.annotate",
+        frozenset({"owner", "engineer", "sme", "compliance"}),
+        api=lambda c: c.call(
+            "POST", f"{RQ}/matrix/items/{_review_item()}/annotations", {"verdict": "approve"}
+        ),
+        view=None,
+    ),
+    Action(
+        "queue.adjudicate",
+        frozenset({"owner", "compliance"}),
+        api=lambda c: c.call(
+            "POST",
+            f"{RQ}/matrix/items/{_review_item('sme', 'engineer')}/adjudication",
+            {"verdict": "reject"},
+        ),
+        view=None,
+    ),
+    Action(
+        "queue.export",
+        frozenset({"owner", "engineer"}),
+        api=lambda c: _review_item("sme", "engineer") and c.call("POST", f"{RQ}/matrix/exports"),
+        view=None,
+    ),
+    Action(
         "token.revoke_other_users",
         frozenset(),
         api=lambda c: c.call("DELETE", f"/api/v1/tokens/{_other_token_id()}"),
@@ -321,6 +381,10 @@ def test_matrix_covers_every_registered_permission() -> None:
         "move_protected_labels": "label.move_protected",
         "run_generation": "generation.run",
         "manage_targets": "target.create",
+        "manage_review_queues": "queue.create",
+        "annotate_outputs": "queue.annotate",
+        "adjudicate_outputs": "queue.adjudicate",
+        "export_reviewed_outputs": "queue.export",
     }
     assert {p.codename for p in REGISTRY} == set(covered)
     names = {a.name for a in ACTIONS}
