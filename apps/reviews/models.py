@@ -286,6 +286,8 @@ class ReviewItem(models.Model):
             )
         ]
         indexes = [
+            # Item pages, keyset by id within a queue.
+            models.Index(fields=["queue", "id"], name="review_item_queue_page"),
             # "Next item": the queue's items still short of k reviewers, in order.
             models.Index(
                 fields=["queue", "id"],
