@@ -15,6 +15,7 @@ from apps.audit.api import router as audit_router
 from apps.core.exceptions import ApplicationError, AuthenticationFailed, PermissionDenied
 from apps.generation.api import router as generation_router
 from apps.prompts.api import router as prompts_router
+from apps.reviews.api.approvals import router as reviews_approvals_router
 from apps.reviews.api.queues import router as review_queues_router
 from apps.squads.api import router as squads_router
 from apps.squads.api import tokens_router
@@ -109,4 +110,5 @@ api.add_router("/tokens", tokens_router)
 api.add_router("/audit", audit_router)
 api.add_router("/", prompts_router)
 api.add_router("/", generation_router)
+api.add_router("/", reviews_approvals_router)
 api.add_router("/", review_queues_router)

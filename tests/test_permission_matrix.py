@@ -218,14 +218,36 @@ ACTIONS = [
     ),
     Action(
         "label.move_protected",
-        frozenset({"owner"}),
-        api=lambda c: c.call("PUT", f"{P}/support/labels/production", {"version": 2}),
+        frozenset({"owner", "engineer"}),
+        api=lambda c: _move_production_to_approved_v2(c),
         view=None,
     ),
     Action(
-        "squad.set_protected_labels",
-        frozenset({"owner"}),
-        api=lambda c: c.call("PATCH", "/api/v1/squads/acme", {"protected_labels": ["prod"]}),
+        "policy.update",
+        frozenset({"owner", "compliance"}),
+        api=lambda c: c.call(
+            "PUT",
+            "/api/v1/squads/acme/approval-policy",
+            {"required_approvals": {"sme": 2}, "protected_labels": ["production", "prod"]},
+        ),
+        view=None,
+    ),
+    Action(
+        "review.request",
+        frozenset({"owner", "engineer"}),
+        api=lambda c: c.call("POST", f"{P}/support/versions/2/review-requests", {"note": "ok?"}),
+        view=None,
+    ),
+    Action(
+        "review.decide",
+        frozenset({"owner", "engineer", "sme", "compliance"}),
+        api=lambda c: _decide_on_v2(c),
+        view=None,
+    ),
+    Action(
+        "comment.add",
+        frozenset({"owner", "engineer", "sme", "compliance"}),
+        api=lambda c: c.call("POST", f"{P}/support/versions/2/comments", {"body": "Typo."}),
         view=None,
     ),
     Action(
@@ -309,16 +331,45 @@ ACTIONS = [
 
 
 def _prompt_with_two_versions(squad) -> None:
+    """Prompt 'support': version 1 (by owner) approved and on production; version 2 by
+    'author', a prompt engineer who is none of the matrix's roles (so every role may
+    review it)."""
     from apps.prompts import services as prompts
     from tests.prompts.factories import make_prompt
+    from tests.reviews.factories import approve
 
     owner = UserFactory(username="owner")
+    author = UserFactory(username="author")
+    services.membership_add(actor=owner, squad=squad, user=author, roles=["prompt_engineer"])
     template = make_prompt(squad, owner)
+    approve(template.latest_version)
     prompts.label_move(
         actor=owner, template=template, name="production", version=template.latest_version
     )
     prompts.prompt_version_create(
-        actor=owner, template=template, **{**_new_version_body(), "model": {"seed": 3}}
+        actor=author, template=template, **{**_new_version_body(), "model": {"seed": 3}}
+    )
+
+
+def _v2():
+    from apps.prompts.models import PromptVersion
+
+    return PromptVersion.objects.get(template__slug="support", number=2)
+
+
+def _move_production_to_approved_v2(c: ApiClient):
+    from tests.reviews.factories import approve
+
+    approve(_v2())
+    return c.call("PUT", f"{P}/support/labels/production", {"version": 2})
+
+
+def _decide_on_v2(c: ApiClient):
+    from tests.reviews.factories import open_review
+
+    review = open_review(_v2())
+    return c.call(
+        "POST", f"/api/v1/squads/acme/review-requests/{review.pk}/decisions", {"verdict": "approve"}
     )
 
 
@@ -385,6 +436,10 @@ def test_matrix_covers_every_registered_permission() -> None:
         "annotate_outputs": "queue.annotate",
         "adjudicate_outputs": "queue.adjudicate",
         "export_reviewed_outputs": "queue.export",
+        "manage_approval_policy": "policy.update",
+        "request_review": "review.request",
+        "decide_review": "review.decide",
+        "comment_prompts": "comment.add",
     }
     assert {p.codename for p in REGISTRY} == set(covered)
     names = {a.name for a in ACTIONS}

@@ -12,6 +12,7 @@ from apps.audit.services import audit_log
 from apps.core.exceptions import Conflict, ValidationFailed
 from apps.prompts import contracts, runtime
 from apps.prompts.models import LABEL_MAX, SLUG_MAX, Label, LabelMove, PromptTemplate, PromptVersion
+from apps.reviews.gate import check_label_move
 from apps.squads.access import require_squad_permission
 from apps.squads.models import Squad
 from apps.squads.permissions import EDIT_PROMPTS, MOVE_PROTECTED_LABELS
@@ -327,6 +328,8 @@ def label_move(
             f"Version {version.number} does not belong to prompt '{template.slug}'.",
             field="version",
         )
+    # A protected label may only point at a version approved under the squad's policy.
+    check_label_move(squad=squad, label=name, version=version)
     label = Label.objects.select_for_update().filter(template=template, name=name).first()
     previous = label.version if label else None
     if previous is not None and previous.pk == version.pk:

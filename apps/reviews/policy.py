@@ -102,3 +102,35 @@ def derive(*, policy: dict, author_id: int | None, votes: Iterable[Vote]) -> Out
     if asking:
         return Outcome(State.CHANGES_REQUESTED, missing, counted)
     return Outcome(State.OPEN, missing, counted)
+
+
+def approval_would_count(
+    *,
+    policy: dict,
+    author_id: int | None,
+    votes: Iterable[Vote],
+    reviewer_id: int,
+    roles: list[str],
+) -> bool:
+    """Whether an approval by `reviewer_id` holding `roles` would fill a required slot that
+    the current approvals leave open (under the matching, so a compliance lead counts
+    when the one SME+compliance approver could move over to the SME slot)."""
+    if reviewer_id == author_id:
+        return False
+    slots = required_slots(policy.get("required_approvals") or {})
+    approvers = [
+        v
+        for v in votes
+        if v.verdict == Verdict.APPROVE and v.reviewer_id not in (author_id, reviewer_id)
+    ]
+    before = len(_match(slots, approvers))
+    after = len(_match(slots, [*approvers, Vote(reviewer_id, Verdict.APPROVE, tuple(roles))]))
+    return after > before
+
+
+def is_closed(*, state: str, policy: dict) -> bool:
+    """A closed request takes no more decisions. "Changes requested" closes it only when
+    the policy makes that verdict blocking: the author then saves a new version."""
+    if state in (State.REJECTED, State.WITHDRAWN, State.SUPERSEDED):
+        return True
+    return state == State.CHANGES_REQUESTED and bool(policy.get("changes_block", True))

@@ -13,11 +13,11 @@ class SquadCreateIn(Schema):
 
 
 class SquadUpdateIn(Schema):
+    # Protected labels are part of the approval policy: PUT /squads/{slug}/approval-policy.
+    model_config = {"extra": "forbid"}
+
     name: str | None = Field(None, max_length=NAME_MAX)
     description: str | None = Field(None, max_length=2000)
-    protected_labels: list[str] | None = Field(
-        None, description="Label names only a gated move may change (default: production)"
-    )
 
 
 class SquadOut(Schema):

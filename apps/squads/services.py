@@ -39,7 +39,6 @@ from apps.squads.selectors import squad_cache_key
 
 User = AbstractBaseUser
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
-LABEL_RE = re.compile(r"^[a-z0-9]+(?:[-_][a-z0-9]+)*$")
 
 
 # --- validation -------------------------------------------------------------
@@ -71,19 +70,6 @@ def _clean_slug(value: str) -> str:
             field="slug",
         )
     return value
-
-
-def _clean_label_names(labels: Iterable[str]) -> list[str]:
-    clean = []
-    for label in labels:
-        label = str(label).strip()
-        if not LABEL_RE.match(label) or len(label) > 50:
-            raise ValidationFailed(
-                f"'{label}' is not a label name (lowercase letters, digits, '-' or '_').",
-                field="protected_labels",
-            )
-        clean.append(label)
-    return sorted(set(clean))
 
 
 def _clean_roles(roles: Iterable[str]) -> list[str]:
@@ -202,9 +188,10 @@ def squad_update(
     squad: Squad,
     name: str | None = None,
     description: str | None = None,
-    protected_labels: list[str] | None = None,
     request: HttpRequest | None = None,
 ) -> Squad:
+    """Rename the squad or edit its description. Protected labels belong to the approval
+    policy (reviews.services.approvals.approval_policy_update)."""
     require_squad_permission(actor, squad, CHANGE_SQUAD)
     changes: dict[str, list[str]] = {}
     if name is not None:
@@ -217,11 +204,6 @@ def squad_update(
         if description != squad.description:
             changes["description"] = [squad.description, description]
             squad.description = description
-    if protected_labels is not None:
-        labels = _clean_label_names(protected_labels)
-        if labels != squad.protected_labels:
-            changes["protected_labels"] = [squad.protected_labels, labels]
-            squad.protected_labels = labels
     if changes:
         squad.save(update_fields=list(changes))
         key = squad_cache_key(squad.slug)

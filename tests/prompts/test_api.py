@@ -5,6 +5,7 @@ from apps.prompts import services
 from apps.prompts.models import Label, PromptTemplate, PromptVersion
 from tests.factories import UserFactory
 from tests.prompts.factories import MESSAGES, SCHEMA, content, make_prompt
+from tests.reviews.factories import approve
 
 pytestmark = pytest.mark.django_db
 BASE = "/api/v1/squads/acme/prompts"
@@ -14,6 +15,7 @@ BASE = "/api/v1/squads/acme/prompts"
 def prompt(squad):
     owner = UserFactory(username="owner")
     template = make_prompt(squad, owner)
+    approve(template.latest_version)
     services.label_move(
         actor=owner, template=template, name="production", version=template.latest_version
     )
@@ -124,6 +126,7 @@ def test_label_move_invalidates_the_cached_fetch(prompt, api_as):
     before = reader.call("GET", f"{BASE}/support")
     assert before.json()["version"] == 1
     v2 = services.prompt_version_create(actor=owner, template=prompt, **_v2())
+    approve(v2)
     services.label_move(actor=owner, template=prompt, name="production", version=v2)
     after = reader.call("GET", f"{BASE}/support")
     assert after.json()["version"] == 2 and after["ETag"] != before["ETag"]
@@ -193,29 +196,40 @@ def test_render_endpoint_lists_every_schema_error(prompt, api_as):
     assert ok.json()["messages"][0]["content"] == "You help Ada (pro)."
 
 
-def test_protected_labels_only_owners_until_reviews_land(prompt, api_as):
+def test_protected_labels_are_part_of_the_approval_policy(prompt, api_as):
     engineer = api_as("engineer")
-    refused = engineer.call("PUT", f"{BASE}/support/labels/production", {"version": 1})
-    assert refused.status_code == 403
-    assert "protected" in refused.json()["detail"].lower()
     assert engineer.call("PUT", f"{BASE}/support/labels/canary", {"version": 1}).status_code == 200
-    # Owners can change which labels are protected.
+    # Which labels are protected is edited with the approval policy, not the squad.
     owner = api_as("owner")
-    updated = owner.call(
+    moved = owner.call(
         "PATCH", "/api/v1/squads/acme", {"protected_labels": ["production", "canary"]}
     )
+    assert moved.status_code == 422 and "protected_labels" in moved.json()["detail"]
+    policy = owner.call("GET", "/api/v1/squads/acme/approval-policy").json()
+    updated = owner.call(
+        "PUT",
+        "/api/v1/squads/acme/approval-policy",
+        {**policy, "protected_labels": ["production", "canary"]},
+    )
     assert updated.json()["protected_labels"] == ["canary", "production"]
+    assert owner.call("GET", "/api/v1/squads/acme").json()["protected_labels"] == [
+        "canary",
+        "production",
+    ]
     v2 = services.prompt_version_create(
         actor=UserFactory(username="owner"), template=prompt, **_v2()
     )
+    refused = engineer.call("PUT", f"{BASE}/support/labels/canary", {"version": v2.number})
+    assert refused.status_code == 409 and "Label 'canary' is protected" in refused.json()["detail"]
+    # Viewers may not move labels at all.
+    viewer = api_as("viewer")
     assert (
-        engineer.call("PUT", f"{BASE}/support/labels/canary", {"version": v2.number}).status_code
-        == 403
+        viewer.call("PUT", f"{BASE}/support/labels/production", {"version": 1}).status_code == 403
     )
-    assert (
-        owner.call("PATCH", "/api/v1/squads/acme", {"protected_labels": ["Bad Name"]}).status_code
-        == 422
+    bad = owner.call(
+        "PUT", "/api/v1/squads/acme/approval-policy", {**policy, "protected_labels": ["Bad Name"]}
     )
+    assert bad.status_code == 422 and bad.json()["field"] == "protected_labels"
 
 
 def test_label_move_refusals(prompt, api_as):

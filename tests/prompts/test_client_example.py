@@ -7,6 +7,7 @@ from apps.prompts import services
 from examples.prompt_client import PromptClient
 from tests.factories import UserFactory
 from tests.prompts.factories import make_prompt
+from tests.reviews.factories import approve
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -14,6 +15,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def test_client_caches_with_etags_and_survives_an_outage(live_server, squad):
     owner = UserFactory(username="owner")
     template = make_prompt(squad, owner)
+    approve(template.latest_version)
     services.label_move(
         actor=owner, template=template, name="production", version=template.latest_version
     )

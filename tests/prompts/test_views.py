@@ -8,6 +8,7 @@ from apps.audit.models import AuditEvent
 from apps.prompts import services
 from apps.prompts.models import Label, LabelMove, PromptTemplate, PromptVersion
 from tests.factories import PASSWORD, UserFactory
+from tests.reviews.factories import approve
 
 pytestmark = pytest.mark.django_db
 
@@ -92,6 +93,7 @@ def _counts() -> tuple[int, ...]:
 def test_list_search_and_filters(squad):
     greet = _prompt(squad, "greet", tags=["support", "email"])
     _prompt(squad, "summarise", actor="owner", tags=["legal"])
+    approve(greet.latest_version)
     services.label_move(
         actor=_user("owner"), template=greet, name="production", version=greet.latest_version
     )
@@ -132,6 +134,7 @@ def test_list_query_count_is_fixed(squad, django_assert_max_num_queries):
         author = "owner" if i % 2 else "engineer"
         template = _prompt(squad, f"p{i}", actor=author)
         v2 = _version(template, actor=author, messages=[{"role": "user", "content": f"{i}"}])
+        approve(v2)
         for name in ("staging", "production"):
             services.label_move(actor=owner, template=template, name=name, version=v2)
 
@@ -348,6 +351,7 @@ def test_edit_errors_are_shown_inline(squad):
 def test_template_page_shows_content_history_and_labels(squad):
     template = _prompt(squad)
     _version(template, commit="warmer", messages=[{"role": "user", "content": "Hi {{ name }}"}])
+    approve(template.versions.get(number=1))
     services.label_move(
         actor=_user("owner"),
         template=template,
@@ -360,10 +364,10 @@ def test_template_page_shows_content_history_and_labels(squad):
     assert 'href="/squads/acme/prompts/greet/versions/1"' in page
     assert "/squads/acme/prompts/greet/diff?from_version=1&amp;to_version=2" in page
     assert "go live" in page and ">protected</span>" in page
-    # An engineer may not move production: no form for it, but the "set a label" form.
-    assert 'id="lv-production"' not in page and 'id="new-label-name"' in page
-    owner_page = _client("owner").get("/squads/acme/prompts/greet/").content.decode()
-    assert 'id="lv-production"' in owner_page
+    # Engineers and owners may move production (to an approved version); viewers may not.
+    assert 'id="lv-production"' in page and 'id="new-label-name"' in page
+    viewer_page = _client("viewer").get("/squads/acme/prompts/greet/").content.decode()
+    assert 'id="lv-production"' not in viewer_page
 
 
 def test_label_move_and_roll_back_through_the_panel(squad):
@@ -405,18 +409,20 @@ def test_label_move_and_roll_back_through_the_panel(squad):
     assert plain.status_code == 302 and plain["Location"] == "/squads/acme/prompts/greet/"
 
 
-def test_protected_label_is_refused_inline_for_an_engineer(squad):
+def test_protected_label_is_refused_inline_until_the_version_is_approved(squad):
     template = _prompt(squad)
     response = _client("engineer").post(
         "/squads/acme/prompts/greet/labels/production", {"version": "1"}, headers=HTMX
     )
     body = response.content.decode()
-    assert response.status_code == 403 and "<html" not in body
-    assert 'role="alert" id="label-error">You do not have permission to move protected labels' in (
-        body
+    assert response.status_code == 409 and "<html" not in body
+    assert (
+        'role="alert" id="label-error">Label &#x27;production&#x27; is protected: version 1 '
+        "is not approved" in body
     )
     assert not Label.objects.filter(template=template).exists()
-    ok = _client("owner").post(
+    approve(template.latest_version)
+    ok = _client("engineer").post(
         "/squads/acme/prompts/greet/labels/production", {"version": "1"}, headers=HTMX
     )
     assert ok.status_code == 200 and Label.objects.get(template=template).name == "production"
@@ -430,6 +436,7 @@ def test_template_page_query_count_is_fixed(squad, django_assert_max_num_queries
 
     def add(i: int) -> None:
         version = _version(template, commit=f"v{i}", messages=[{"role": "user", "content": f"{i}"}])
+        approve(version)
         for name in ("production", "staging"):
             services.label_move(actor=owner, template=template, name=name, version=version)
 

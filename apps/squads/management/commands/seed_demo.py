@@ -58,7 +58,7 @@ class Command(BaseCommand):
                     services.membership_set_roles(
                         actor=owner, membership=membership, roles=[*membership.roles, role]
                     )
-            _seed_prompt(squad, users["priya"], owner)
+            _seed_prompt(squad, users)
         self.stdout.write(
             f"Demo squad '{DEMO_SLUG}' is ready. Logins (password '{DEMO_PASSWORD}'):"
         )
@@ -67,15 +67,17 @@ class Command(BaseCommand):
         self.stdout.write(f"  {ADMIN_USER:<8} staff superuser (admin console at /admin/)")
 
 
-def _seed_prompt(squad: Squad, engineer: object, owner: object) -> None:
-    """A demo prompt with version 1 on the production label (only when missing)."""
+def _seed_prompt(squad: Squad, users: dict[str, object]) -> None:
+    """A demo prompt whose version 1, written by priya and approved by sam (SME) and carmen
+    (compliance), is on the production label (only when the prompt is missing)."""
     from apps.prompts import services as prompts
     from apps.prompts.models import PromptTemplate
+    from apps.reviews.services import approvals as reviews
 
     if PromptTemplate.objects.filter(squad=squad, slug="summarise").exists():
         return
     template = prompts.prompt_template_create(
-        actor=engineer,
+        actor=users["priya"],
         squad=squad,
         slug="summarise",
         description="Summarise a text for a given audience.",
@@ -102,6 +104,10 @@ def _seed_prompt(squad: Squad, engineer: object, owner: object) -> None:
             "commit_message": "First version",
         },
     )
-    prompts.label_move(
-        actor=owner, template=template, name="production", version=template.latest_version
+    version = template.latest_version
+    review = reviews.review_request_open(
+        actor=users["priya"], version=version, note="Ready for the demo."
     )
+    for reviewer in ("sam", "carmen"):
+        review = reviews.review_decide(actor=users[reviewer], review=review, verdict="approve")
+    prompts.label_move(actor=users["olivia"], template=template, name="production", version=version)
