@@ -1,0 +1,130 @@
+"""Admin console for the reviews app. Every change goes through the services, so the same
+permission checks hold (a staff member who is not allowed sees the reason as a message)
+and audit events are written."""
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponseRedirect
+
+from apps.core.exceptions import ApplicationError
+from apps.reviews.models import ApprovalPolicy, ReviewComment, ReviewDecision, ReviewRequest
+from apps.reviews.services import approvals as approval_services
+
+# --- Part A: approving prompt versions -------------------------------------------------------
+
+
+class ApprovalPolicyForm(forms.ModelForm):
+    protected_labels = forms.CharField(
+        required=False, help_text="Comma-separated label names, e.g. production, canary"
+    )
+
+    class Meta:
+        model = ApprovalPolicy
+        fields = ("squad", "required_approvals", "changes_block", "min_eval_pass_rate")
+
+    def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            labels = self.instance.squad.protected_labels or []
+            self.fields["protected_labels"].initial = ", ".join(labels)
+
+
+@admin.register(ApprovalPolicy)
+class ApprovalPolicyAdmin(admin.ModelAdmin):
+    form = ApprovalPolicyForm
+    list_display = ("squad", "required_approvals", "changes_block", "version", "updated_at")
+    readonly_fields = ("version", "updated_at", "updated_by")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: ApprovalPolicy | None = None):  # type: ignore[no-untyped-def]
+        return (*self.readonly_fields, "squad") if obj else self.readonly_fields
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
+        data = form.cleaned_data
+        labels = [s.strip() for s in (data.get("protected_labels") or "").split(",") if s.strip()]
+        policy = approval_services.approval_policy_update(
+            actor=request.user,
+            squad=obj.squad,
+            required_approvals=data["required_approvals"],
+            protected_labels=labels,
+            changes_block=data["changes_block"],
+            min_eval_pass_rate=data["min_eval_pass_rate"],
+            request=request,
+        )
+        obj.pk = policy.pk
+
+    def changeform_view(self, request, *args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return super().changeform_view(request, *args, **kwargs)
+        except ApplicationError as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+            return HttpResponseRedirect(request.get_full_path())
+
+
+class DecisionInline(admin.TabularInline):
+    model = ReviewDecision
+    fields = ("reviewer", "verdict", "comment", "roles", "is_current", "created_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(ReviewRequest)
+class ReviewRequestAdmin(admin.ModelAdmin):
+    list_display = ("pk", "template", "version", "state", "opened_by", "created_at")
+    list_filter = ("state", "squad")
+    search_fields = ("template__slug", "note")
+    list_select_related = ("template", "version__template", "opened_by")
+    inlines = [DecisionInline]
+    actions = ["withdraw"]
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    @admin.action(description="Withdraw the selected review requests")
+    def withdraw(self, request: HttpRequest, queryset: QuerySet[ReviewRequest]) -> None:
+        done = 0
+        for review in queryset.select_related("squad", "template", "version"):
+            try:
+                approval_services.review_withdraw(
+                    actor=request.user, review=review, request=request
+                )
+                done += 1
+            except ApplicationError as exc:
+                self.message_user(request, f"#{review.pk}: {exc.message}", messages.ERROR)
+        if done:
+            self.message_user(request, f"Withdrew {done} review request(s).", messages.SUCCESS)
+
+
+@admin.register(ReviewComment)
+class ReviewCommentAdmin(admin.ModelAdmin):
+    list_display = ("pk", "version", "author", "parent", "resolved_at", "created_at")
+    list_filter = ("squad",)
+    search_fields = ("body",)
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+# --- end of Part A ----------------------------------------------------------------------------
