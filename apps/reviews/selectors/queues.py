@@ -14,7 +14,7 @@ from apps.core.exceptions import NotFound, ValidationFailed
 from apps.generation.models import Generation
 from apps.reviews.agreement import Accumulator, value_key
 from apps.reviews.models import Annotation, ReviewExport, ReviewItem, ReviewQueue
-from apps.reviews.services.queues import empty_stats
+from apps.reviews.services.queues import empty_stats, queue_items
 from apps.squads.access import has_squad_permission, require_squad_permission
 from apps.squads.models import Squad
 from apps.squads.permissions import (
@@ -72,12 +72,12 @@ def review_item_list_for_user(
         )
     if not 1 <= limit <= PAGE_MAX:
         raise ValidationFailed(f"limit must be 1 to {PAGE_MAX} (got {limit}).", field="limit")
-    items = ReviewItem.objects.filter(queue=queue, pk__gt=after)
+    items = queue_items(queue).filter(pk__gt=after)
     if state == "open":
         items = items.filter(is_full=False)
     elif state == "disagreement":
         items = items.filter(disagreement=True)
-    page = list(items.select_related("prompt_version__template").order_by("pk")[: limit + 1])
+    page = list(items.select_related("prompt_version__template")[: limit + 1])
     more = len(page) > limit
     page = page[:limit]
     return ItemPage(items=page, next_after=page[-1].pk if more else None)
@@ -201,8 +201,8 @@ def review_queue_dashboard(*, user: User, queue: ReviewQueue) -> dict[str, Any]:
             }
         )
     disagreements = list(
-        ReviewItem.objects.filter(queue=queue, disagreement=True)
-        .order_by("pk")
+        queue_items(queue)
+        .filter(disagreement=True)
         .annotate(preview=Left("output", PREVIEW_CHARS))
         .values("id", "annotation_count", "approvals", "created_at", "preview")[
             :DISAGREEMENTS_SHOWN

@@ -36,7 +36,7 @@ from typing import Any, Literal
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
-from django.db.models import Case, Exists, F, OuterRef, Prefetch, Q, Value, When
+from django.db.models import Case, Exists, F, OuterRef, Prefetch, Q, QuerySet, Value, When
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.text import slugify
@@ -332,6 +332,20 @@ def _clean_output(value: Any, *, field: str) -> str:
 
 
 # --- locks, permissions, statistics -------------------------------------------------------
+
+
+def queue_items(queue: ReviewQueue) -> QuerySet[ReviewItem]:
+    """The queue's items in id order, phrased so that PostgreSQL walks a (queue, id) index.
+
+    `queue_id BETWEEN q AND q`, not `= q`: with an equality PostgreSQL may take ORDER BY
+    id from the primary key and filter its way to the first match, cheap by its row
+    estimates, which cannot see that full items (and other queues' items) cluster ahead
+    of it; that cost grows with the queue. Ordered by (queue, id), only the (queue, id)
+    indexes — review_item_queue_page, review_item_open, review_item_disagreement — give
+    the order, so a claim or a page reads a few index entries at any size."""
+    return ReviewItem.objects.filter(queue__pk__range=(queue.pk, queue.pk)).order_by(
+        "queue_id", "pk"
+    )
 
 
 def _lock_queue(queue_id: int) -> ReviewQueue:
@@ -1002,9 +1016,9 @@ def review_next_item(*, actor: User, queue: ReviewQueue) -> ReviewItem | None:
     _release_expired(queue, now)
     held = ReviewAssignment.objects.filter(item=OuterRef("pk"), reviewer=actor)
     item = (
-        ReviewItem.objects.filter(queue=queue, is_full=False)
+        queue_items(queue)
+        .filter(is_full=False)
         .filter(~Exists(held))
-        .order_by("pk")
         .select_for_update(skip_locked=True, of=("self",), no_key=True)
         .first()
     )
