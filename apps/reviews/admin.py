@@ -8,8 +8,18 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponseRedirect
 
 from apps.core.exceptions import ApplicationError
-from apps.reviews.models import ApprovalPolicy, ReviewComment, ReviewDecision, ReviewRequest
+from apps.reviews.models import (
+    Annotation,
+    ApprovalPolicy,
+    ReviewComment,
+    ReviewDecision,
+    ReviewExport,
+    ReviewItem,
+    ReviewQueue,
+    ReviewRequest,
+)
 from apps.reviews.services import approvals as approval_services
+from apps.reviews.services import queues as queue_services
 
 # --- Part A: approving prompt versions -------------------------------------------------------
 
@@ -128,3 +138,78 @@ class ReviewCommentAdmin(admin.ModelAdmin):
 
 
 # --- end of Part A ----------------------------------------------------------------------------
+
+
+# --- Part B: output review queues (read-only; changes go through the API and UI) ------------
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(ReviewQueue)
+class ReviewQueueAdmin(ReadOnlyAdmin):
+    list_display = ("name", "squad", "slug", "overlap", "created_at", "archived_at")
+    list_filter = ("squad",)
+    search_fields = ("name", "slug")
+    list_select_related = ("squad",)
+    actions = ["rebuild_stats", "archive"]
+
+    @admin.action(description="Rebuild statistics from the annotations")
+    def rebuild_stats(self, request: HttpRequest, queryset: QuerySet[ReviewQueue]) -> None:
+        for queue in queryset:
+            result = queue_services.review_queue_stats_rebuild(queue=queue)
+            self.message_user(
+                request,
+                f"{queue.slug}: statistics {'corrected' if result.stats_changed else 'unchanged'}"
+                f", {result.items_corrected} item(s) corrected.",
+                messages.SUCCESS,
+            )
+
+    @admin.action(description="Archive the selected queues")
+    def archive(self, request: HttpRequest, queryset: QuerySet[ReviewQueue]) -> None:
+        for queue in queryset.select_related("squad"):
+            try:
+                queue_services.review_queue_update(
+                    actor=request.user, queue=queue, archived=True, request=request
+                )
+            except ApplicationError as exc:
+                self.message_user(request, f"{queue.slug}: {exc.message}", messages.ERROR)
+
+
+@admin.register(ReviewItem)
+class ReviewItemAdmin(ReadOnlyAdmin):
+    list_display = (
+        "pk",
+        "queue",
+        "source",
+        "claims",
+        "annotation_count",
+        "approvals",
+        "disagreement",
+        "adjudicated_verdict",
+    )
+    list_filter = ("disagreement", "source", "queue")
+    list_select_related = ("queue",)
+    show_full_result_count = False  # no COUNT over a 100,000-item queue per page
+
+
+@admin.register(Annotation)
+class AnnotationAdmin(ReadOnlyAdmin):
+    list_display = ("pk", "item", "reviewer", "verdict", "edit_distance", "updated_at")
+    list_filter = ("verdict", "queue")
+    list_select_related = ("item", "reviewer")
+    show_full_result_count = False
+
+
+@admin.register(ReviewExport)
+class ReviewExportAdmin(ReadOnlyAdmin):
+    list_display = ("pk", "queue", "row_count", "sha256", "created_by", "created_at")
+    list_select_related = ("queue", "created_by")
