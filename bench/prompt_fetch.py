@@ -9,7 +9,8 @@ database is SQLite and the cache the default file cache, both inside that direct
 --database-url / DATABASE_URL and --cache-url / CACHE_URL those are used instead (loopback
 only: a missing PostgreSQL database is created, a Redis database is flushed first, user and
 squad names are unique per run). Migrates, then creates a user, a squad, an API token and a
-prompt whose `production` label points at version 1, all through the project's services.
+prompt whose `production` label points at version 1 (approved by an SME and a compliance
+lead), all through the project's services.
 
     baseline  GET /healthz                                          (bare JsonResponse)
     fetch     GET /api/v1/squads/<squad>/prompts/<slug>?label=production
@@ -67,10 +68,17 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection
 from apps.prompts.services import label_move, prompt_template_create
-from apps.squads.services import api_token_create, squad_create
+from apps.reviews.services.approvals import review_decide, review_request_open
+from apps.squads.services import api_token_create, membership_add, squad_create
 
-user = get_user_model().objects.create_user(username={username!r}, password=None)
+users = get_user_model().objects
+user = users.create_user(username={username!r}, password=None)
 squad = squad_create(actor=user, name={name!r}, slug={slug!r}, description="bench/prompt_fetch.py")
+reviewers = []
+for role in ("sme", "compliance"):
+    reviewer = users.create_user(username={username!r} + "-" + role, password=None)
+    membership_add(actor=user, squad=squad, user=reviewer, roles=[role])
+    reviewers.append(reviewer)
 token, secret = api_token_create(actor=user, name="bench")
 template = prompt_template_create(
     actor=user,
@@ -90,6 +98,10 @@ template = prompt_template_create(
     }},
 )
 template.refresh_from_db()
+# `production` is protected: the version goes through the approval policy first.
+review = review_request_open(actor=user, version=template.latest_version, note="bench")
+for reviewer in reviewers:
+    review_decide(actor=reviewer, review=review, verdict="approve")
 label_move(actor=user, template=template, name={label!r}, version=template.latest_version)
 print("BENCH-SETUP " + json.dumps({{
     "squad": squad.slug,

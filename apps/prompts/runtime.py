@@ -162,7 +162,9 @@ def fetch(
     key = _payload_key(squad.pk, template_slug, label, version)
     cache.set_many({squad_key: squad.pk}, SQUAD_TTL)
     SQUAD_IDS[squad_slug] = squad.pk
-    cache.set(key, (fetched.etag, fetched.body), LABEL_TTL if label is not None else VERSION_TTL)
+    entry = (fetched.etag, fetched.body)
+    cache.set(key, entry, LABEL_TTL if label is not None else VERSION_TTL)
+    HOT.set(key, entry)
     return fetched
 
 
