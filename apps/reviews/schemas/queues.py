@@ -46,10 +46,11 @@ class QueueOut(Schema):
 
 class ItemsAddIn(Schema):
     generations: list[int] | None = Field(
-        None, description="Ids of finished generations of this squad"
+        None, max_length=10_000, description="Ids of finished generations of this squad"
     )
     items: list[dict[str, Any]] | None = Field(
         None,
+        max_length=10_000,
         description='Outputs from outside: {"inputs": {...}, "output": "...", '
         '"prompt_version": {"prompt": "<slug>", "version": 2}, "model_name": "..."}',
     )
