@@ -136,6 +136,10 @@ def review_request_label_diffs(*, user: User, review: ReviewRequest) -> list[dic
 # --- the inbox -----------------------------------------------------------------------------
 
 
+def _may_decide(roles: Iterable[str]) -> bool:
+    return any(DECIDE_REVIEW.codename in role_permissions(r) for r in roles)
+
+
 def _deciding_roles(*, user: User, squad: Squad | None) -> dict[int, list[str]]:
     """squad id -> the user's roles, for the squads where a role lets them decide."""
     if not user.is_authenticated:
@@ -146,7 +150,7 @@ def _deciding_roles(*, user: User, squad: Squad | None) -> dict[int, list[str]]:
     return {
         squad_id: list(roles)
         for squad_id, roles in memberships.values_list("squad_id", "roles")
-        if any(DECIDE_REVIEW.codename in role_permissions(r) for r in roles)
+        if _may_decide(roles)
     }
 
 
@@ -238,10 +242,20 @@ def inbox_for_user(*, user: User, squad: Squad | None = None) -> list[ReviewRequ
     return items
 
 
-def inbox_counts_for_user(*, user: User) -> dict[int, int]:
+def inbox_counts_for_user(
+    *, user: User, roles_by_squad: dict[int, list[str]] | None = None
+) -> dict[int, int]:
     """squad id -> number of requests waiting for the user (two queries, one when they may
-    decide nowhere; for the navigation)."""
-    roles_by_squad = _deciding_roles(user=user, squad=None)
+    decide nowhere; for the navigation). A caller that already read the user's memberships
+    passes their roles by squad id and saves the first query."""
+    if roles_by_squad is None:
+        roles_by_squad = _deciding_roles(user=user, squad=None)
+    elif user.is_authenticated:
+        roles_by_squad = {
+            pk: list(roles) for pk, roles in roles_by_squad.items() if _may_decide(roles)
+        }
+    else:
+        roles_by_squad = {}
     if not roles_by_squad:
         return {}
     return dict(

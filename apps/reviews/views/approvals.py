@@ -1,3 +1,619 @@
-from django.urls import URLPattern
+"""HTML views for approving prompt versions: the inbox, a review request's page (diff
+against the protected labels, decisions, comments), the review panel and comment threads
+of a version, the squad's approval policy, notifications.
 
-urlpatterns: list[URLPattern] = []
+Each view parses the request, calls one reviews service or selector (the same ones the
+API calls) and renders a page, or one of its partials when htmx asks; an ApplicationError
+renders inline with its status code."""
+
+import json
+from typing import Any
+
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import path, reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from apps.core.exceptions import ApplicationError, NotFound, ValidationFailed
+from apps.prompts import selectors as prompt_selectors
+from apps.prompts.diff import version_diff
+from apps.prompts.models import PromptVersion
+from apps.reviews.models import ReviewComment, ReviewDecision, ReviewRequest
+from apps.reviews.policy import ROLE_NOUN, Vote, derive, is_closed
+from apps.reviews.selectors import approvals as selectors
+from apps.reviews.services import approvals as services
+from apps.squads.access import has_squad_permission, squad_roles
+from apps.squads.models import Squad
+from apps.squads.permissions import (
+    COMMENT_PROMPTS,
+    DECIDE_REVIEW,
+    MANAGE_APPROVAL_POLICY,
+    REQUEST_REVIEW,
+    Role,
+)
+from apps.squads.selectors import membership_list, squad_get_for_user
+
+INBOX_LIMIT = 200
+NOTIFICATION_LIMIT = 100
+State = ReviewRequest.State
+# The states services.review_withdraw accepts; the button shows only for them.
+WITHDRAWABLE = (State.OPEN, State.CHANGES_REQUESTED, State.APPROVED)
+
+
+def _partial(request: HttpRequest, page: str, partial: str) -> str:
+    """The partial for an htmx swap; the whole page otherwise (also when htmx restores a
+    page missing from its history cache)."""
+    if request.htmx and not request.htmx.history_restore_request:
+        return f"{page}#{partial}"
+    return page
+
+
+def _status(error: ApplicationError | None) -> int:
+    return error.status_code if error else 200
+
+
+def _int(raw: str | None, *, field: str, label: str) -> int | None:
+    raw = (raw or "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationFailed(
+            f"{label} must be a whole number (got '{raw}').", field=field
+        ) from None
+    if value < 0:
+        raise ValidationFailed(f"{label} cannot be negative (got {value}).", field=field)
+    return value
+
+
+def _role_noun(role: str) -> str:
+    return ROLE_NOUN.get(role, (role, role))[0]
+
+
+# --- inbox and notifications -------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def inbox(request: HttpRequest) -> HttpResponse:
+    """Review requests waiting for the signed-in user's decision, across their squads (or
+    in one, with ?squad=), oldest first."""
+    slug = request.GET.get("squad", "").strip()
+    squad = squad_get_for_user(user=request.user, slug=slug) if slug else None
+    waiting = selectors.inbox_for_user(user=request.user)
+    per_squad: dict[int, dict[str, Any]] = {}
+    for item in waiting:
+        entry = per_squad.setdefault(item.squad_id, {"squad": item.squad, "count": 0})
+        entry["count"] += 1
+    items = [i for i in waiting if squad is None or i.squad_id == squad.pk]
+    context = {
+        "items": items[:INBOX_LIMIT],
+        "total": len(items),
+        "per_squad": sorted(per_squad.values(), key=lambda e: e["squad"].name),
+        "squad_filter": squad,
+        "limit": INBOX_LIMIT,
+    }
+    return render(request, _partial(request, "reviews/inbox.html", "inbox-items"), context)
+
+
+@login_required
+@require_GET
+def notifications(request: HttpRequest) -> HttpResponse:
+    """The user's latest notifications, unread ones marked."""
+    items = list(selectors.notification_list_for_user(user=request.user)[:NOTIFICATION_LIMIT])
+    return render(request, "reviews/notifications.html", {"items": items})
+
+
+@login_required
+@require_POST
+def notifications_read(request: HttpRequest) -> HttpResponse:
+    """Mark the given notifications read (all of them without ids)."""
+    ids = [int(i) for i in request.POST.getlist("id") if i.isdigit()] or None
+    services.notification_mark_read(actor=request.user, ids=ids)
+    return redirect("reviews:notifications")
+
+
+@login_required
+@require_GET
+def notification_open(request: HttpRequest, pk: int) -> HttpResponse:
+    """Follow a notification's link, marking it read on the way."""
+    notification = selectors.notification_list_for_user(user=request.user).filter(pk=pk).first()
+    if notification is None:
+        raise NotFound(f"Notification {pk} not found.")
+    services.notification_mark_read(actor=request.user, ids=[notification.pk])
+    url = notification.url
+    if not url_has_allowed_host_and_scheme(url, allowed_hosts={request.get_host()}):
+        url = reverse("reviews:notifications")
+    return redirect(url)
+
+
+# --- review requests ---------------------------------------------------------------------
+
+
+@login_required
+@require_GET
+def request_list(request: HttpRequest, squad: str) -> HttpResponse:
+    """The squad's review requests, newest first, optionally in one state."""
+    squad_obj = squad_get_for_user(user=request.user, slug=squad)
+    state = request.GET.get("state", "").strip()
+    if state not in State.values:
+        state = ""
+    requests = selectors.review_request_list_for_user(
+        user=request.user, squad=squad_obj, state=state or None
+    )
+    context = {
+        "squad": squad_obj,
+        "requests": list(requests[:INBOX_LIMIT]),
+        "state": state,
+        "states": State.choices,
+        "limit": INBOX_LIMIT,
+    }
+    return render(request, _partial(request, "reviews/requests.html", "request-rows"), context)
+
+
+def _label_diffs(request: HttpRequest, review: ReviewRequest) -> list[dict[str, Any]]:
+    """For each protected label: the version behind it and its side-by-side diff with the
+    reviewed version (as on the prompt's diff page)."""
+    protected = review.squad.protected_labels or []
+    behind = {
+        label.name: label.version
+        for label in prompt_selectors.label_list(user=request.user, template=review.template)
+        if label.name in protected
+    }
+    diffs = []
+    for name in protected:
+        old = behind.get(name)
+        entry: dict[str, Any] = {"label": name, "version": old, "diff": None}
+        if old is not None and old.pk != review.version_id:
+            result = version_diff(old, review.version)
+            for row in result["config"]:
+                row["old"], row["new"] = json.dumps(row["old"]), json.dumps(row["new"])
+            result["breaking_count"] = sum(c["breaking"] for c in result["schema_changes"])
+            result["changed_messages"] = sum(m["changed"] for m in result["messages"])
+            entry["diff"] = result
+        diffs.append(entry)
+    return diffs
+
+
+def _decision_context(request: HttpRequest, review: ReviewRequest) -> dict[str, Any]:
+    """What the decision panel shows: the policy snapshot, what is missing, current
+    decisions with the role each approval counted for, the history, and the form."""
+    squad, user = review.squad, request.user
+    author_id = review.version.author_id
+    decisions = list(review.decisions.all())
+    current = [d for d in decisions if d.is_current]
+    # The roles approvals fill, also while a blocking verdict keeps the request closed.
+    counted = derive(
+        policy=review.policy,
+        author_id=author_id,
+        votes=[
+            Vote(d.reviewer_id, d.verdict, tuple(d.roles))
+            for d in current
+            if d.verdict == ReviewDecision.Verdict.APPROVE
+        ],
+    ).counted
+    for d in current:
+        d.counted_as = _role_noun(counted[d.reviewer_id]) if d.reviewer_id in counted else ""
+        d.by_author = d.reviewer_id == author_id
+    required = review.policy.get("required_approvals") or {}
+    is_author = user.pk == author_id
+    closed = is_closed(state=review.state, policy=review.policy)
+    may_withdraw = (
+        (user.pk == review.opened_by_id and has_squad_permission(user, squad, REQUEST_REVIEW))
+        or user.is_superuser
+        or Role.OWNER.value in squad_roles(user, squad.pk)
+    )
+    return {
+        "squad": squad,
+        "review": review,
+        "current_decisions": current,
+        "history": [d for d in decisions if not d.is_current],
+        "my_decision": next((d for d in current if d.reviewer_id == user.pk), None),
+        "required": [(_role_noun(role), n) for role, n in sorted(required.items()) if n],
+        "verdicts": ReviewDecision.Verdict.choices,
+        "closed": closed,
+        "is_author": is_author,
+        "can_decide": not is_author
+        and not closed
+        and has_squad_permission(user, squad, DECIDE_REVIEW),
+        "can_withdraw": may_withdraw and review.state in WITHDRAWABLE,
+    }
+
+
+def _review(request: HttpRequest, squad: str, pk: int) -> ReviewRequest:
+    squad_obj = squad_get_for_user(user=request.user, slug=squad)
+    return selectors.review_request_get_for_user(user=request.user, squad=squad_obj, pk=pk)
+
+
+@login_required
+@require_GET
+def request_detail(request: HttpRequest, squad: str, pk: int) -> HttpResponse:
+    review = _review(request, squad, pk)
+    context = {
+        **_decision_context(request, review),
+        **_comment_context(request, review.version, review=review),
+        "template": review.template,
+        "version": review.version,
+        "label_diffs": _label_diffs(request, review),
+        "numbered": _numbered_messages(review.version),
+    }
+    return render(request, "reviews/request.html", context)
+
+
+@login_required
+@require_POST
+def request_decide(request: HttpRequest, squad: str, pk: int) -> HttpResponse:
+    review = _review(request, squad, pk)
+    error = None
+    try:
+        services.review_decide(
+            actor=request.user,
+            review=review,
+            verdict=request.POST.get("verdict", ""),
+            comment=request.POST.get("comment", ""),
+            request=request,
+        )
+    except ApplicationError as exc:
+        error = exc
+    if error is None and not request.htmx:
+        return redirect("reviews:request", squad=squad, pk=pk)
+    review = _review(request, squad, pk)
+    context = {
+        **_decision_context(request, review),
+        "decision_error": error,
+        "decided": error is None,
+        "form": {
+            "verdict": request.POST.get("verdict", ""),
+            "comment": request.POST.get("comment", ""),
+        }
+        if error
+        else {},
+    }
+    # A decision takes the request out of the reviewer's inbox: the navigation count follows.
+    page = "reviews/request.html#" + ("decision-panel" if error else "decided")
+    return render(request, page, context, status=_status(error))
+
+
+@login_required
+@require_POST
+def request_withdraw(request: HttpRequest, squad: str, pk: int) -> HttpResponse:
+    review = _review(request, squad, pk)
+    error = None
+    try:
+        services.review_withdraw(actor=request.user, review=review, request=request)
+    except ApplicationError as exc:
+        error = exc
+    if error is None and not request.htmx:
+        return redirect("reviews:request", squad=squad, pk=pk)
+    review = _review(request, squad, pk)
+    context = {
+        **_decision_context(request, review),
+        "decision_error": error,
+        "withdrawn": not error,
+    }
+    return render(request, "reviews/request.html#decision-panel", context, status=_status(error))
+
+
+# --- a version's review panel and comment threads ------------------------------------------
+
+
+def _version(request: HttpRequest, squad: str, slug: str, number: int) -> PromptVersion:
+    template = prompt_selectors.prompt_template_get_for_user(
+        user=request.user, squad_slug=squad, slug=slug
+    )
+    return prompt_selectors.prompt_version_get(user=request.user, template=template, number=number)
+
+
+def _panel_context(
+    request: HttpRequest,
+    version: PromptVersion,
+    *,
+    form: dict[str, Any] | None = None,
+    error: ApplicationError | None = None,
+    opened: ReviewRequest | None = None,
+) -> dict[str, Any]:
+    squad = version.template.squad
+    review = selectors.review_request_for_version(user=request.user, version=version)
+    live = review is not None and review.state in ReviewRequest.HOLDING_STATES
+    show_form = has_squad_permission(request.user, squad, REQUEST_REVIEW) and (
+        not live or error is not None
+    )
+    return {
+        "squad": squad,
+        "template": version.template,
+        "version": version,
+        "review": review,
+        "show_form": show_form,
+        # Named reviewers are picked from the members who may decide.
+        "candidates": [
+            m
+            for m in membership_list(user=request.user, squad=squad)
+            if m.user_id != request.user.pk and set(m.roles) & set(DECIDE_REVIEW.roles)
+        ]
+        if show_form
+        else [],
+        "form": form or {"note": "", "reviewers": []},
+        "request_error": error,
+        "opened": opened,
+    }
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def version_review(request: HttpRequest, squad: str, slug: str, number: int) -> HttpResponse:
+    """A version's review state with a link to its request, and the "Request review" form
+    (the prompt and version pages load it with htmx); POST opens the request."""
+    version = _version(request, squad, slug, number)
+    page = _partial(request, "reviews/version.html", "version-review")
+    if request.method == "GET":
+        context = _panel_context(request, version)
+        if not request.htmx:
+            context.update(_comment_context(request, version))
+        return render(request, page, context)
+    form = {
+        "note": request.POST.get("note", ""),
+        "reviewers": [r for r in request.POST.getlist("reviewers") if r],
+    }
+    try:
+        reviewers = selectors.reviewers_by_username(usernames=form["reviewers"])
+        opened = services.review_request_open(
+            actor=request.user,
+            version=version,
+            note=form["note"],
+            reviewers=reviewers,
+            request=request,
+        )
+    except ApplicationError as exc:
+        context = _panel_context(request, version, form=form, error=exc)
+        return render(request, page, context, status=exc.status_code)
+    if not request.htmx:
+        return redirect("reviews:request", squad=squad, pk=opened.pk)
+    return render(request, page, _panel_context(request, version, opened=opened))
+
+
+def _numbered_messages(version: PromptVersion) -> list[dict[str, Any]]:
+    """The version's messages split into numbered lines, the way comments anchor to them."""
+    return [
+        {
+            "index": i,
+            "number": i + 1,
+            "role": m["role"],
+            "lines": list(enumerate(m["content"].split("\n"), start=1)),
+        }
+        for i, m in enumerate(version.messages)
+    ]
+
+
+def _anchor_text(version: PromptVersion, comment: ReviewComment) -> str:
+    if comment.message_index is None or comment.message_index >= len(version.messages):
+        return ""
+    lines = version.messages[comment.message_index]["content"].split("\n")
+    if comment.line is None or not 1 <= comment.line <= len(lines):
+        return ""
+    return lines[comment.line - 1]
+
+
+def _comment_context(
+    request: HttpRequest,
+    version: PromptVersion,
+    *,
+    review: ReviewRequest | None = None,
+    form: dict[str, Any] | None = None,
+    error: ApplicationError | None = None,
+    error_thread: int | None = None,
+) -> dict[str, Any]:
+    squad = version.template.squad
+    threads = list(selectors.comment_thread_list_for_user(user=request.user, version=version))
+    for thread in threads:
+        thread.anchor_text = _anchor_text(version, thread)
+    return {
+        "squad": squad,
+        "template": version.template,
+        "version": version,
+        "comment_review": review,
+        "threads": threads,
+        "open_threads": sum(1 for t in threads if t.resolved_at is None),
+        "message_choices": [(i, i + 1, m["role"]) for i, m in enumerate(version.messages)],
+        "can_comment": has_squad_permission(request.user, squad, COMMENT_PROMPTS),
+        "comment_form": form or {},
+        "comment_error": error,
+        "error_thread": error_thread,
+    }
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def version_comments(request: HttpRequest, squad: str, slug: str, number: int) -> HttpResponse:
+    """A version's comment threads; POST adds a comment (a new thread, optionally anchored
+    to a message and line, or a reply with `parent`)."""
+    version = _version(request, squad, slug, number)
+    page = _partial(request, "reviews/version.html", "comment-threads")
+    # Comments written on a request's page belong to that request too.
+    review_id = _int(request.POST.get("review"), field="review", label="Review")
+    review = (
+        selectors.review_request_get_for_user(
+            user=request.user, squad=version.template.squad, pk=review_id
+        )
+        if review_id
+        else None
+    )
+    if request.method == "GET":
+        context = _comment_context(request, version, review=review)
+        if not request.htmx:
+            context.update(_panel_context(request, version))
+        return render(request, page, context)
+    data = request.POST
+    form = {k: data.get(k, "") for k in ("body", "message_index", "line", "parent")}
+    parent_id = None
+    try:
+        parent_id = _int(form["parent"], field="parent", label="Thread")
+        message = _int(form["message_index"], field="message_index", label="Message")
+        parent = (
+            selectors.comment_get_for_user(user=request.user, version=version, pk=parent_id)
+            if parent_id
+            else None
+        )
+        services.comment_add(
+            actor=request.user,
+            version=version,
+            body=form["body"],
+            # The form counts messages from 1, like the page; the model from 0.
+            message_index=message - 1 if message else None,
+            line=_int(form["line"], field="line", label="Line"),
+            parent=parent,
+            review=review,
+            request=request,
+        )
+    except ApplicationError as exc:
+        context = _comment_context(
+            request, version, review=review, form=form, error=exc, error_thread=parent_id
+        )
+        return render(request, page, context, status=exc.status_code)
+    if not request.htmx:
+        return redirect(_comments_home(squad, version, review))
+    return render(request, page, _comment_context(request, version, review=review))
+
+
+@login_required
+@require_POST
+def comment_resolve(request: HttpRequest, squad: str, pk: int) -> HttpResponse:
+    """Resolve a thread (or reopen it with resolved=0)."""
+    squad_obj = squad_get_for_user(user=request.user, slug=squad)
+    comment = selectors.comment_get_for_user(user=request.user, squad=squad_obj, pk=pk)
+    version = comment.version
+    review_id = _int(request.POST.get("review"), field="review", label="Review")
+    review = (
+        selectors.review_request_get_for_user(user=request.user, squad=squad_obj, pk=review_id)
+        if review_id
+        else None
+    )
+    error = None
+    try:
+        services.comment_resolve(
+            actor=request.user,
+            comment=comment,
+            resolved=request.POST.get("resolved", "1") != "0",
+            request=request,
+        )
+    except ApplicationError as exc:
+        error = exc
+    if error is None and not request.htmx:
+        return redirect(_comments_home(squad, version, review))
+    context = _comment_context(request, version, review=review, error=error, error_thread=pk)
+    return render(request, "reviews/version.html#comment-threads", context, status=_status(error))
+
+
+def _comments_home(squad: str, version: PromptVersion, review: ReviewRequest | None) -> str:
+    if review is not None:
+        return reverse("reviews:request", args=[squad, review.pk]) + "#comments"
+    return (
+        reverse("prompts:version", args=[squad, version.template.slug, version.number])
+        + "#comments"
+    )
+
+
+# --- approval policy -------------------------------------------------------------------
+
+
+POLICY_ROLES = (Role.SME, Role.COMPLIANCE, Role.PROMPT_ENGINEER, Role.OWNER)
+
+
+def _policy_context(
+    request: HttpRequest,
+    squad: Squad,
+    *,
+    error: ApplicationError | None = None,
+    form: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The policy and the form's values: what was typed after a refusal, else the policy."""
+    policy = selectors.approval_policy_get_for_user(user=request.user, squad=squad)
+    required = policy.required_approvals or {}
+    return {
+        "squad": squad,
+        "policy": policy,
+        "rows": [
+            {
+                "role": role.value,
+                "label": role.label,
+                "count": (form or {}).get(f"required_{role.value}", required.get(role.value, 0)),
+            }
+            for role in POLICY_ROLES
+        ],
+        "protected_labels": (form or {}).get(
+            "protected_labels", ", ".join(squad.protected_labels or [])
+        ),
+        "changes_block": (form or {}).get("changes_block", policy.changes_block),
+        "can_manage": has_squad_permission(request.user, squad, MANAGE_APPROVAL_POLICY),
+        "error": error,
+    }
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def approval_policy(request: HttpRequest, squad: str) -> HttpResponse:
+    """The squad's approval policy: editable by owners and compliance leads, read-only
+    for the other members."""
+    squad_obj = squad_get_for_user(user=request.user, slug=squad)
+    if request.method == "GET":
+        return render(request, "reviews/policy.html", _policy_context(request, squad_obj))
+    data = request.POST
+    form = {f"required_{r.value}": data.get(f"required_{r.value}", "") for r in POLICY_ROLES}
+    form["protected_labels"] = data.get("protected_labels", "")
+    form["changes_block"] = data.get("changes_block") == "on"
+    error = None
+    try:
+        required = {}
+        for role in POLICY_ROLES:
+            n = _int(
+                form[f"required_{role.value}"],
+                field=f"required_approvals.{role.value}",
+                label=f"Required {role.label.lower()} approvals",
+            )
+            if n:
+                required[role.value] = n
+        services.approval_policy_update(
+            actor=request.user,
+            squad=squad_obj,
+            required_approvals=required,
+            protected_labels=[s.strip() for s in form["protected_labels"].split(",") if s.strip()],
+            changes_block=form["changes_block"],
+            request=request,
+        )
+    except ApplicationError as exc:
+        error = exc
+    if error is None and not request.htmx:
+        return redirect("reviews:policy", squad=squad)
+    squad_obj = squad_get_for_user(user=request.user, slug=squad)
+    context = {
+        **_policy_context(request, squad_obj, error=error, form=form if error else None),
+        "saved": error is None,
+    }
+    page = _partial(request, "reviews/policy.html", "policy-form")
+    return render(request, page, context, status=_status(error))
+
+
+urlpatterns = [
+    path("inbox/", inbox, name="inbox"),
+    path("notifications/", notifications, name="notifications"),
+    path("notifications/read", notifications_read, name="notifications_read"),
+    path("notifications/<int:pk>", notification_open, name="notification_open"),
+    path("squads/<slug:squad>/reviews/", request_list, name="requests"),
+    path("squads/<slug:squad>/reviews/<int:pk>", request_detail, name="request"),
+    path("squads/<slug:squad>/reviews/<int:pk>/decide", request_decide, name="decide"),
+    path("squads/<slug:squad>/reviews/<int:pk>/withdraw", request_withdraw, name="withdraw"),
+    path("squads/<slug:squad>/approval-policy", approval_policy, name="policy"),
+    path(
+        "squads/<slug:squad>/prompts/<slug:slug>/v<int:number>/review",
+        version_review,
+        name="version_review",
+    ),
+    path(
+        "squads/<slug:squad>/prompts/<slug:slug>/v<int:number>/comments",
+        version_comments,
+        name="comments",
+    ),
+    path("squads/<slug:squad>/comments/<int:pk>/resolve", comment_resolve, name="comment_resolve"),
+]
