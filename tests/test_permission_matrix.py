@@ -230,25 +230,28 @@ ACTIONS = [
             "/api/v1/squads/acme/approval-policy",
             {"required_approvals": {"sme": 2}, "protected_labels": ["production", "prod"]},
         ),
-        view=None,
+        view=lambda c: c.post(
+            "/squads/acme/approval-policy",
+            {"required_sme": "2", "protected_labels": "production, prod"},
+        ),
     ),
     Action(
         "review.request",
         frozenset({"owner", "engineer"}),
         api=lambda c: c.call("POST", f"{P}/support/versions/2/review-requests", {"note": "ok?"}),
-        view=None,
+        view=lambda c: c.post("/squads/acme/prompts/support/v2/review", {"note": "ok?"}),
     ),
     Action(
         "review.decide",
         frozenset({"owner", "engineer", "sme", "compliance"}),
         api=lambda c: _decide_on_v2(c),
-        view=None,
+        view=lambda c: _decide_on_v2_in_page(c),
     ),
     Action(
         "comment.add",
         frozenset({"owner", "engineer", "sme", "compliance"}),
         api=lambda c: c.call("POST", f"{P}/support/versions/2/comments", {"body": "Typo."}),
-        view=None,
+        view=lambda c: c.post("/squads/acme/prompts/support/v2/comments", {"body": "Typo."}),
     ),
     Action(
         "target.list",
@@ -371,6 +374,13 @@ def _decide_on_v2(c: ApiClient):
     return c.call(
         "POST", f"/api/v1/squads/acme/review-requests/{review.pk}/decisions", {"verdict": "approve"}
     )
+
+
+def _decide_on_v2_in_page(c: Client):
+    from tests.reviews.factories import open_review
+
+    review = open_review(_v2())
+    return c.post(f"/squads/acme/reviews/{review.pk}/decide", {"verdict": "approve"})
 
 
 def _user(role: str):
