@@ -7,18 +7,19 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import Prefetch, QuerySet
-from django.db.models.functions import Left
+from django.db.models import Prefetch, QuerySet, Subquery, Value
+from django.db.models.functions import Coalesce, Left
 
 from apps.core.exceptions import NotFound, ValidationFailed
 from apps.generation.models import Generation
 from apps.reviews.agreement import Accumulator, value_key
 from apps.reviews.models import Annotation, ReviewExport, ReviewItem, ReviewQueue
 from apps.reviews.services.queues import empty_stats, queue_items
-from apps.squads.access import has_squad_permission, require_squad_permission
+from apps.squads.access import has_squad_permission, require_squad_permission, squad_roles
 from apps.squads.models import Squad
 from apps.squads.permissions import (
     ADJUDICATE_OUTPUTS,
+    ANNOTATE_OUTPUTS,
     EXPORT_REVIEWED_OUTPUTS,
     MANAGE_REVIEW_QUEUES,
     VIEW_SQUAD,
@@ -240,3 +241,40 @@ def review_queue_dashboard(*, user: User, queue: ReviewQueue) -> dict[str, Any]:
         "adjudicated": stats["adjudicated"],
         "disagreement_items": disagreements,
     }
+
+
+# --- the annotator ------------------------------------------------------------------------
+
+LAST_ID = 2**63 - 1
+
+
+def can_annotate(*, user: User, queue: ReviewQueue) -> bool:
+    """Whether to offer the annotator: what `services.queues.review_annotate` and
+    `review_next_item` require (ANNOTATE_OUTPUTS and one of the queue's annotator roles),
+    for display only — the services decide."""
+    return has_squad_permission(user, queue.squad, ANNOTATE_OUTPUTS) and bool(
+        set(squad_roles(user, queue.squad_id)) & set(queue.annotator_roles)
+    )
+
+
+def review_item_previous_for_user(
+    *, user: User, queue: ReviewQueue, before: int | None = None
+) -> ReviewItem | None:
+    """The item the user annotated before they annotated item `before` — their latest
+    annotated item when they have not annotated `before` (or without it) — with only their
+    own annotation prefetched; None when there is none. Order: when each item was first
+    annotated (annotation ids), so replacing an annotation keeps its place. Two queries."""
+    require_squad_permission(user, queue.squad, VIEW_SQUAD)
+    mine = Annotation.objects.filter(queue=queue, reviewer_id=user.pk)
+    earlier = mine
+    if before is not None:
+        anchor = Subquery(mine.filter(item_id=before).values("pk")[:1])
+        earlier = mine.filter(pk__lt=Coalesce(anchor, Value(LAST_ID)))
+    return (
+        ReviewItem.objects.filter(
+            queue=queue, pk=Subquery(earlier.order_by("-pk").values("item_id")[:1])
+        )
+        .select_related("prompt_version__template")
+        .prefetch_related(Prefetch("annotations", queryset=mine.order_by("pk")))
+        .first()
+    )
