@@ -77,6 +77,7 @@ def _review_item(*annotators: str) -> int:
 
 P = "/api/v1/squads/acme/prompts"
 RQ = "/api/v1/squads/acme/review-queues"
+RQV = "/squads/acme/review-queues"
 
 
 def _new_version_body() -> dict:
@@ -297,7 +298,9 @@ ACTIONS = [
         api=lambda c: c.call(
             "POST", RQ, {"name": "New queue", "rubric": [], "annotator_roles": ["sme"]}
         ),
-        view=None,
+        view=lambda c: c.post(
+            f"{RQV}/new", {"name": "New queue", "rubric": "rows", "annotator_roles": ["sme"]}
+        ),
     ),
     Action(
         "queue.annotate",
@@ -305,7 +308,9 @@ ACTIONS = [
         api=lambda c: c.call(
             "POST", f"{RQ}/matrix/items/{_review_item()}/annotations", {"verdict": "approve"}
         ),
-        view=None,
+        view=lambda c: c.post(
+            f"{RQV}/matrix/items/{_review_item()}/annotate", {"verdict": "approve"}
+        ),
     ),
     Action(
         "queue.adjudicate",
@@ -315,13 +320,16 @@ ACTIONS = [
             f"{RQ}/matrix/items/{_review_item('sme', 'engineer')}/adjudication",
             {"verdict": "reject"},
         ),
-        view=None,
+        view=lambda c: c.post(
+            f"{RQV}/matrix/items/{_review_item('sme', 'engineer')}/adjudicate",
+            {"verdict": "reject"},
+        ),
     ),
     Action(
         "queue.export",
         frozenset({"owner", "engineer"}),
         api=lambda c: _review_item("sme", "engineer") and c.call("POST", f"{RQ}/matrix/exports"),
-        view=None,
+        view=lambda c: _review_item("sme", "engineer") and c.post(f"{RQV}/matrix/exports"),
     ),
     Action(
         "token.revoke_other_users",
