@@ -118,6 +118,13 @@ EXPORT_REVIEWED_OUTPUTS = SquadPermission(
     frozenset({Role.OWNER, Role.PROMPT_ENGINEER}),
 )
 
+# --- finetune: datasets --------------------------------------------------------------------
+MANAGE_DATASETS = SquadPermission(
+    "manage_datasets",
+    "Create datasets and dataset versions",
+    frozenset({Role.OWNER, Role.PROMPT_ENGINEER}),
+)
+
 REGISTRY: tuple[SquadPermission, ...] = (
     VIEW_SQUAD,
     CHANGE_SQUAD,
@@ -135,6 +142,7 @@ REGISTRY: tuple[SquadPermission, ...] = (
     ANNOTATE_OUTPUTS,
     ADJUDICATE_OUTPUTS,
     EXPORT_REVIEWED_OUTPUTS,
+    MANAGE_DATASETS,
 )
 BY_CODENAME: dict[str, SquadPermission] = {p.codename: p for p in REGISTRY}
 

@@ -37,6 +37,7 @@ INSTALLED_APPS = [
     "apps.prompts",
     "apps.generation",
     "apps.reviews",
+    "apps.finetune",
 ]
 
 MIDDLEWARE = [
