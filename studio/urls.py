@@ -28,6 +28,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("audit/", include("apps.audit.urls")),
     path("squads/<slug:squad>/prompts/", include("apps.prompts.urls")),
+    path("squads/<slug:squad>/datasets/", include("apps.finetune.urls")),
     path("squads/<slug:squad>/", include("apps.generation.urls")),
     path("", include("apps.reviews.urls")),
     path("", include("apps.squads.urls")),

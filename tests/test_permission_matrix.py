@@ -332,6 +332,24 @@ ACTIONS = [
         view=lambda c: _review_item("sme", "engineer") and c.post(f"{RQV}/matrix/exports"),
     ),
     Action(
+        "dataset.create",
+        frozenset({"owner", "engineer"}),
+        api=lambda c: c.call(
+            "POST",
+            "/api/v1/squads/acme/datasets",
+            {"slug": "chat-rows", "name": "Chat rows", "format": "chat"},
+        ),
+        view=lambda c: c.post(
+            "/squads/acme/datasets/", {"slug": "chat-rows", "name": "Chat rows", "format": "chat"}
+        ),
+    ),
+    Action(
+        "dataset.list",
+        frozenset(MEMBERS),
+        api=lambda c: c.call("GET", "/api/v1/squads/acme/datasets"),
+        view=lambda c: c.get("/squads/acme/datasets/"),
+    ),
+    Action(
         "token.revoke_other_users",
         frozenset(),
         api=lambda c: c.call("DELETE", f"/api/v1/tokens/{_other_token_id()}"),
@@ -454,6 +472,7 @@ def test_matrix_covers_every_registered_permission() -> None:
         "annotate_outputs": "queue.annotate",
         "adjudicate_outputs": "queue.adjudicate",
         "export_reviewed_outputs": "queue.export",
+        "manage_datasets": "dataset.create",
         "manage_approval_policy": "policy.update",
         "request_review": "review.request",
         "decide_review": "review.decide",
