@@ -236,7 +236,7 @@ def version_download(request: HttpRequest, squad: str, slug: str, number: int) -
     dataset = selectors.dataset_get_for_user(user=request.user, squad=squad_obj, slug=slug)
     version = selectors.dataset_version_get(user=request.user, dataset=dataset, number=number)
     return FileResponse(
-        open(version.path, "rb"),  # noqa: SIM115 — FileResponse closes it
+        open(version.path, "rb"),  # FileResponse closes it
         as_attachment=True,
         filename=f"{dataset.slug}-v{number}.jsonl",
         content_type="application/jsonl",
