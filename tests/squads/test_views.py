@@ -183,3 +183,8 @@ def test_seed_demo_is_idempotent(db, capsys):
 
     label = Label.objects.get(template__squad=squad, template__slug="summarise", name="production")
     assert label.version.number == 1
+    from apps.reviews.models import ReviewQueue
+
+    queue = ReviewQueue.objects.get(squad=squad, slug="summary-quality")
+    assert queue.overlap == 2 and queue.items.count() == 3
+    assert {i.prompt_version_id for i in queue.items.all()} == {label.version_id}

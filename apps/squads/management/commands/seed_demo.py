@@ -59,6 +59,7 @@ class Command(BaseCommand):
                         actor=owner, membership=membership, roles=[*membership.roles, role]
                     )
             _seed_prompt(squad, users)
+            _seed_review_queue(squad, users)
         self.stdout.write(
             f"Demo squad '{DEMO_SLUG}' is ready. Logins (password '{DEMO_PASSWORD}'):"
         )
@@ -111,3 +112,68 @@ def _seed_prompt(squad: Squad, users: dict[str, object]) -> None:
     for reviewer in ("sam", "carmen"):
         review = reviews.review_decide(actor=users[reviewer], review=review, verdict="approve")
     prompts.label_move(actor=users["olivia"], template=template, name="production", version=version)
+
+
+DEMO_OUTPUTS = [
+    (
+        "executives",
+        "Quarterly revenue rose 12% on subscription growth; churn fell to 3%. "
+        "Hiring is paused until the new pricing is tested.",
+        "Revenue grew 12%, churn dropped to 3%, hiring paused pending pricing tests.",
+    ),
+    (
+        "engineers",
+        "The migration moves sessions to Redis, cuts login latency from 180 ms to 40 ms "
+        "and needs a maintenance window of ten minutes.",
+        "Sessions move to Redis: login latency 180 ms → 40 ms; 10-minute window needed.",
+    ),
+    (
+        "executives",
+        "Two suppliers missed delivery dates; the backlog is 1,400 orders and should clear "
+        "in three weeks once the second warehouse opens.",
+        "Suppliers are late and the backlog will never clear.",
+    ),
+]
+
+
+def _seed_review_queue(squad: Squad, users: dict[str, object]) -> None:
+    """An output review queue with a rubric and three summaries to annotate (only when
+    the queue is missing). The outputs are written here, so no model has to run."""
+    from apps.reviews.models import ReviewQueue
+    from apps.reviews.services import queues
+
+    if ReviewQueue.objects.filter(squad=squad, slug="summary-quality").exists():
+        return
+    queue = queues.review_queue_create(
+        actor=users["priya"],
+        squad=squad,
+        name="Summary quality",
+        instructions=(
+            "Is the summary faithful to the text and right for its audience? "
+            "Edit the output when a small change would make it acceptable."
+        ),
+        rubric=[
+            {"name": "faithfulness", "kind": "numeric", "min": 1, "max": 5, "required": True},
+            {
+                "name": "tone",
+                "kind": "categorical",
+                "options": ["right", "too casual", "too dense"],
+            },
+            {"name": "within_word_limit", "kind": "boolean"},
+        ],
+        overlap=2,
+        annotator_roles=[Role.SME, Role.COMPLIANCE, Role.OWNER],
+    )
+    queues.review_items_add_external(
+        actor=users["priya"],
+        queue=queue,
+        items=[
+            {
+                "inputs": {"audience": audience, "words": 30, "text": text},
+                "output": output,
+                "prompt_version": {"prompt": "summarise", "version": 1},
+                "model_name": "local",
+            }
+            for audience, text, output in DEMO_OUTPUTS
+        ],
+    )
