@@ -204,9 +204,7 @@ def _store_version(
         raise ValidationFailed(
             "Commit message is longer than 500 characters.", field="commit_message"
         )
-    dataset = (
-        Dataset.objects.select_for_update().select_related("latest_version").get(pk=dataset.pk)
-    )
+    dataset = Dataset.objects.select_for_update().get(pk=dataset.pk)
     hashes = [rowlib.content_hash(r) for r in checked.rows]
     held_out = eval_indexes(hashes, split)
     lines = [
