@@ -4,14 +4,56 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('squads', '0004_alter_squad_options'),
+        ("squads", "0004_alter_squad_options"),
     ]
 
     operations = [
         migrations.AlterModelOptions(
-            name='squad',
-            options={'default_permissions': (), 'ordering': ['name'], 'permissions': [('view_squad', 'See the squad, its members and its work'), ('change_squad', 'Rename the squad and edit its description'), ('manage_members', 'Add and remove members and change their roles'), ('view_audit', "Browse and export the squad's audit events"), ('edit_prompts', 'Create prompt templates and versions and move unprotected labels'), ('move_protected_labels', 'Move protected labels such as production to an approved version'), ('run_generation', 'Run prompts in the playground, the generate API and batch jobs'), ('manage_targets', "Add and change the squad's model targets"), ('manage_approval_policy', 'Edit the approval policy: required approvals, protected labels, blocking rules'), ('request_review', 'Open and withdraw review requests on prompt versions'), ('decide_review', 'Approve, request changes on or reject a review request'), ('comment_prompts', 'Comment on prompt versions and resolve comment threads'), ('manage_review_queues', 'Create and change output review queues and add items to them'), ('annotate_outputs', 'Score, edit, approve and reject generated outputs in review queues'), ('adjudicate_outputs', 'Settle disagreements between annotators'), ('export_reviewed_outputs', 'Export approved and edited outputs as training data'), ('manage_datasets', 'Create datasets and dataset versions')]},
+            name="squad",
+            options={
+                "default_permissions": (),
+                "ordering": ["name"],
+                "permissions": [
+                    ("view_squad", "See the squad, its members and its work"),
+                    ("change_squad", "Rename the squad and edit its description"),
+                    ("manage_members", "Add and remove members and change their roles"),
+                    ("view_audit", "Browse and export the squad's audit events"),
+                    (
+                        "edit_prompts",
+                        "Create prompt templates and versions and move unprotected labels",
+                    ),
+                    (
+                        "move_protected_labels",
+                        "Move protected labels such as production to an approved version",
+                    ),
+                    (
+                        "run_generation",
+                        "Run prompts in the playground, the generate API and batch jobs",
+                    ),
+                    ("manage_targets", "Add and change the squad's model targets"),
+                    (
+                        "manage_approval_policy",
+                        "Edit the approval policy: required approvals, protected labels, blocking rules",
+                    ),
+                    ("request_review", "Open and withdraw review requests on prompt versions"),
+                    ("decide_review", "Approve, request changes on or reject a review request"),
+                    ("comment_prompts", "Comment on prompt versions and resolve comment threads"),
+                    (
+                        "manage_review_queues",
+                        "Create and change output review queues and add items to them",
+                    ),
+                    (
+                        "annotate_outputs",
+                        "Score, edit, approve and reject generated outputs in review queues",
+                    ),
+                    ("adjudicate_outputs", "Settle disagreements between annotators"),
+                    (
+                        "export_reviewed_outputs",
+                        "Export approved and edited outputs as training data",
+                    ),
+                    ("manage_datasets", "Create datasets and dataset versions"),
+                ],
+            },
         ),
     ]
