@@ -9,7 +9,7 @@ from typing import Any
 from django.contrib.auth.decorators import login_required
 from django.http import FileResponse, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from apps.core.exceptions import ApplicationError, PermissionDenied, ValidationFailed
 from apps.finetune import rows, selectors, services
@@ -192,6 +192,36 @@ def dataset_detail(request: HttpRequest, squad: str, slug: str) -> HttpResponse:
         context = _detail_context(request, dataset, form, _inline(exc))
         return render(request, "finetune/dataset_detail.html", context, status=exc.status_code)
     return redirect("finetune:detail", squad=squad, slug=slug)
+
+
+@login_required
+@require_POST
+def version_from_review_export(request: HttpRequest, squad: str) -> HttpResponse:
+    """From a review queue's dashboard: an export's approved (and edited) rows become the
+    chosen dataset's next version (the same service as the API)."""
+    from apps.reviews.selectors import queues as review_selectors
+
+    squad_obj = squad_get_for_user(user=request.user, slug=squad)
+    dataset = selectors.dataset_get_for_user(
+        user=request.user, squad=squad_obj, slug=request.POST.get("dataset", "")
+    )
+    queue = review_selectors.review_queue_get_for_user(
+        user=request.user, squad=squad_obj, slug=request.POST.get("queue", "")
+    )
+    export_id = _number(request.POST.get("export", ""), field="export")
+    if export_id is None:
+        raise ValidationFailed("Choose an export.", field="export")
+    export = review_selectors.review_export_get_for_user(
+        user=request.user, queue=queue, export_id=export_id
+    )
+    try:
+        services.dataset_version_from_review_export(
+            actor=request.user, dataset=dataset, export=export, request=request
+        )
+    except ApplicationError as exc:
+        context = _detail_context(request, dataset, {}, _inline(exc))
+        return render(request, "finetune/dataset_detail.html", context, status=exc.status_code)
+    return redirect("finetune:detail", squad=squad, slug=dataset.slug)
 
 
 @login_required

@@ -81,3 +81,40 @@ def test_preview_paging_diff_and_download(squad):
     assert download.status_code == 200
     assert b"".join(download.streaming_content).count(b"\n") == 25
     assert client_for("outsider").get(f"{V}/support-chat/v2.jsonl").status_code == 404
+
+
+def test_review_queue_dashboard_turns_an_export_into_a_dataset_version(squad):
+    from apps.reviews.models import ReviewItem
+    from apps.reviews.services import queues
+    from tests.finetune.test_services import _approved_export
+
+    export, _, external = _approved_export(squad)
+    dataset = make_dataset(squad)
+    make_dataset(squad, slug="pc", format="prompt_completion")
+    queue = export.queue
+    dashboard = f"/squads/acme/review-queues/{queue.slug}/"
+    engineer = client_for("engineer")
+    page = engineer.get(dashboard).content.decode()
+    assert "Create dataset version" in page
+    assert 'value="support-chat"' in page and 'value="pc"' not in page  # chat/variables only
+    # SMEs see the dashboard but may neither export nor add dataset versions.
+    assert "Create dataset version" not in client_for("sme").get(dashboard).content.decode()
+    form = {"queue": queue.slug, "export": str(export.pk), "dataset": dataset.slug}
+    # The external item has no rendered messages: refused inline with its line, nothing stored.
+    refused = engineer.post(f"{V}/from-review-export", form)
+    assert refused.status_code == 422 and f"item {external.pk} has no rendered" in (
+        refused.content.decode()
+    )
+    assert not DatasetVersion.objects.exists()
+    ReviewItem.objects.filter(pk=external.pk).delete()
+    export = queues.review_export(actor=UserFactory(username="engineer"), queue=queue)
+    form["export"] = str(export.pk)
+    response = engineer.post(f"{V}/from-review-export", form)
+    assert response.status_code == 302 and response["Location"] == f"{V}/{dataset.slug}/"
+    version = DatasetVersion.objects.get(dataset=dataset)
+    assert version.source == "review_export" and version.source_ref["export"] == export.pk
+    wrong_format = engineer.post(f"{V}/from-review-export", {**form, "dataset": "pc"})
+    assert wrong_format.status_code in (409, 422) and b"chat or variables" in (wrong_format.content)
+    assert not DatasetVersion.objects.filter(dataset__slug="pc").exists()
+    assert client_for("sme").post(f"{V}/from-review-export", form).status_code == 403
+    assert client_for("outsider").post(f"{V}/from-review-export", form).status_code == 404

@@ -31,6 +31,7 @@ from apps.squads.models import Squad
 from apps.squads.permissions import (
     ADJUDICATE_OUTPUTS,
     EXPORT_REVIEWED_OUTPUTS,
+    MANAGE_DATASETS,
     MANAGE_REVIEW_QUEUES,
     Role,
 )
@@ -410,6 +411,18 @@ def _items_context(request: HttpRequest, queue: ReviewQueue) -> dict[str, Any]:
     }
 
 
+def _export_datasets(user: Any, squad: Squad) -> list[Any]:
+    """Datasets an export can become a version of (chat or variables; one query), for
+    people who may add dataset versions."""
+    from apps.finetune.models import DatasetFormat
+    from apps.finetune.selectors import dataset_list_for_user
+
+    if not has_squad_permission(user, squad, MANAGE_DATASETS):
+        return []
+    formats = (DatasetFormat.CHAT, DatasetFormat.VARIABLES)
+    return list(dataset_list_for_user(user=user, squad=squad).filter(format__in=formats))
+
+
 def _dashboard_context(request: HttpRequest, queue: ReviewQueue, **extra: Any) -> dict[str, Any]:
     user = request.user
     board = selectors.review_queue_dashboard(user=user, queue=queue)
@@ -420,6 +433,11 @@ def _dashboard_context(request: HttpRequest, queue: ReviewQueue, **extra: Any) -
         score["bars"] = _bars(score["distribution"])
     verdicts = [{"value": v, "count": n} for v, n in board["verdicts"].items()]
     can_export = has_squad_permission(user, queue.squad, EXPORT_REVIEWED_OUTPUTS)
+    exports = (
+        list(selectors.review_export_list_for_user(user=user, queue=queue)[:EXPORTS_SHOWN])
+        if can_export
+        else []
+    )
     context = {
         "squad": queue.squad,
         "queue": queue,
@@ -430,11 +448,8 @@ def _dashboard_context(request: HttpRequest, queue: ReviewQueue, **extra: Any) -
         "can_export": can_export,
         "can_annotate": queue.archived_at is None
         and selectors.can_annotate(user=user, queue=queue),
-        "exports": list(
-            selectors.review_export_list_for_user(user=user, queue=queue)[:EXPORTS_SHOWN]
-        )
-        if can_export
-        else [],
+        "exports": exports,
+        "export_datasets": _export_datasets(user, queue.squad) if exports else [],
         **_items_context(request, queue),
     }
     return {**context, **extra}
@@ -528,6 +543,7 @@ def export_create(request: HttpRequest, squad: str, queue: str) -> HttpResponse:
         "queue": queue_obj,
         "can_export": True,
         "created": export,
+        "export_datasets": _export_datasets(request.user, queue_obj.squad),
         "exports": list(
             selectors.review_export_list_for_user(user=request.user, queue=queue_obj)[
                 :EXPORTS_SHOWN
