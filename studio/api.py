@@ -15,6 +15,7 @@ from apps.audit.api import router as audit_router
 from apps.core.exceptions import ApplicationError, AuthenticationFailed, PermissionDenied
 from apps.finetune.api import router as finetune_router
 from apps.generation.api import router as generation_router
+from apps.governance.api import router as governance_router
 from apps.prompts.api import router as prompts_router
 from apps.reviews.api.approvals import router as reviews_approvals_router
 from apps.reviews.api.queues import router as review_queues_router
@@ -114,3 +115,4 @@ api.add_router("/", generation_router)
 api.add_router("/", reviews_approvals_router)
 api.add_router("/", review_queues_router)
 api.add_router("/", finetune_router)
+api.add_router("/", governance_router)

@@ -350,6 +350,26 @@ ACTIONS = [
         view=lambda c: c.get("/squads/acme/datasets/"),
     ),
     Action(
+        "governance.policy_update",
+        frozenset({"owner", "compliance"}),
+        api=lambda c: c.call(
+            "PUT",
+            "/api/v1/squads/acme/governance-policy",
+            {"rules": {"blocked_terms": ["matrix"]}},
+        ),
+        view=lambda c: c.post(
+            "/squads/acme/governance/", {"pii_email": "redact", "blocked_terms": "matrix"}
+        ),
+    ),
+    Action(
+        "governance.test_bench",
+        frozenset(MEMBERS),
+        api=lambda c: c.call(
+            "POST", "/api/v1/squads/acme/governance-policy/test", {"text": "a@example.com"}
+        ),
+        view=lambda c: c.post("/squads/acme/governance/test", {"text": "a@example.com"}),
+    ),
+    Action(
         "token.revoke_other_users",
         frozenset(),
         api=lambda c: c.call("DELETE", f"/api/v1/tokens/{_other_token_id()}"),
@@ -477,6 +497,7 @@ def test_matrix_covers_every_registered_permission() -> None:
         "request_review": "review.request",
         "decide_review": "review.decide",
         "comment_prompts": "comment.add",
+        "manage_governance_policy": "governance.policy_update",
     }
     assert {p.codename for p in REGISTRY} == set(covered)
     names = {a.name for a in ACTIONS}

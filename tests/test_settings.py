@@ -29,6 +29,18 @@ def test_production_refuses_to_start_without_a_real_secret_key():
     assert "SECRET_KEY must be set" in result.stderr
 
 
+def test_production_refuses_to_start_without_provenance_keys(tmp_path):
+    result = _manage(
+        "check",
+        "--settings=studio.settings.production",
+        SECRET_KEY="k" + "x9Qz7-pL2!mR4vT8" * 4,
+        STUDIO_DATA_DIR=str(tmp_path),
+        STUDIO_PROVENANCE_KEYS="",
+    )
+    assert result.returncode != 0
+    assert "STUDIO_PROVENANCE_KEYS must be set" in result.stderr
+
+
 def test_check_deploy_prints_no_warnings(tmp_path):
     result = _manage(
         "check",
@@ -38,6 +50,7 @@ def test_check_deploy_prints_no_warnings(tmp_path):
         SECRET_KEY="k" + "x9Qz7-pL2!mR4vT8" * 4,
         STUDIO_DATA_DIR=str(tmp_path),
         ALLOWED_HOSTS="studio.example.org",
+        STUDIO_PROVENANCE_KEYS="k1:c2VjcmV0LXNpZ25pbmcta2V5LW9mLTMyLWJ5dGVzISE=",
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "System check identified no issues" in result.stdout

@@ -70,6 +70,7 @@ def generation_out(g: Generation) -> dict[str, Any]:
         "output_text": g.output_text,
         "output_json": g.output_json,
         "errors": g.errors,
+        "findings": g.findings,
         "attempts": g.attempts,
         "input_tokens": g.input_tokens,
         "output_tokens": g.output_tokens,
@@ -143,6 +144,8 @@ def generate(request: HttpRequest, squad: str, slug: str, payload: GenerateIn) -
         target_name=payload.target,
         request=request,
     )
+    if generation.finished:  # blocked by the governance policy: nothing was queued
+        return Status(200, generation_out(generation))
     if payload.wait:
         deadline = time.monotonic() + payload.timeout
         while time.monotonic() < deadline:

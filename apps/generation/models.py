@@ -164,6 +164,19 @@ class Generation(models.Model):
     row_index = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Governance (apps.governance): what the policy found before and after the call, the
+    # policy version it ran under (null: the default rules), and the signed manifest.
+    findings = models.JSONField(default=list, blank=True)
+    policy_version = models.ForeignKey(
+        "governance.PolicyVersion",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="generations",
+    )
+    provenance = models.JSONField(null=True, blank=True)
+    provenance_signature = models.CharField(max_length=64, blank=True)
+    provenance_key_id = models.CharField(max_length=50, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

@@ -58,6 +58,7 @@ class GenerationOut(Schema):
     output_text: str
     output_json: Any
     errors: list[dict[str, Any]]
+    findings: list[dict[str, Any]]
     attempts: list[dict[str, Any]]
     input_tokens: int
     output_tokens: int

@@ -21,7 +21,9 @@ def model_target_list_for_user(*, user: User, squad: Squad) -> QuerySet[ModelTar
 def generation_get_for_user(*, user: User, squad: Squad, generation_id: int) -> Generation:
     require_squad_permission(user, squad, VIEW_SQUAD)
     generation = (
-        Generation.objects.select_related("prompt_version__template", "target", "requested_by")
+        Generation.objects.select_related(
+            "prompt_version__template", "target", "requested_by", "policy_version"
+        )
         .filter(squad=squad, pk=generation_id)
         .first()
     )

@@ -32,7 +32,11 @@ from apps.core.exceptions import Conflict, ValidationFailed
 from apps.generation import structured
 from apps.generation.models import BatchJob, Generation, ModelTarget
 from apps.generation.targets import clean_target_fields, target_resolve
-from apps.prompts.contracts import render_messages, validate_variables
+from apps.governance import checks as governance
+from apps.governance import provenance
+from apps.governance.models import PolicyVersion
+from apps.governance.selectors import policy_version_current, rules_of
+from apps.prompts.contracts import RenderFailed, render_messages, validate_variables
 from apps.prompts.models import PromptVersion
 from apps.squads.access import require_squad_permission
 from apps.squads.models import Squad
@@ -98,17 +102,26 @@ def _spec(target: ModelTarget):  # -> TargetSpec (imported lazily: workers.runti
     )
 
 
-def _params(version: PromptVersion, target: ModelTarget):
+def _param_values(
+    version: PromptVersion, target: ModelTarget, cap: int | None = None
+) -> dict[str, Any]:
+    """The generation parameters; `cap` is the policy's maximum output tokens."""
+    merged = {**(target.default_params or {}), **version.model_settings}
+    max_new_tokens = int(merged["max_new_tokens"])
+    return {
+        "max_new_tokens": min(max_new_tokens, cap) if cap else max_new_tokens,
+        "temperature": float(merged["temperature"]),
+        "top_p": float(merged["top_p"]),
+        "stop": list(merged.get("stop") or ()),
+        "seed": merged.get("seed"),
+    }
+
+
+def _params(version: PromptVersion, target: ModelTarget, cap: int | None = None):
     from workers.runtime import GenerationParams
 
-    merged = {**(target.default_params or {}), **version.model_settings}
-    return GenerationParams(
-        max_new_tokens=int(merged["max_new_tokens"]),
-        temperature=float(merged["temperature"]),
-        top_p=float(merged["top_p"]),
-        stop=tuple(merged.get("stop") or ()),
-        seed=merged.get("seed"),
-    )
+    values = _param_values(version, target, cap)
+    return GenerationParams(**{**values, "stop": tuple(values["stop"])})
 
 
 def _cost(target: ModelTarget, input_tokens: int, output_tokens: int) -> Decimal:
@@ -139,6 +152,7 @@ def execute_rows(
     *,
     batch_size: int = 8,
     on_progress: Callable[[int], None] | None = None,
+    max_new_tokens_cap: int | None = None,
 ) -> list[RowOutcome]:
     """Run rendered conversations; enforce the output contract; fall back when configured.
 
@@ -156,7 +170,11 @@ def execute_rows(
     def run(t: ModelTarget, convs: list[list[dict[str, str]]], progress=None) -> list[Any]:
         started = time.monotonic()
         results = run_conversations(
-            _spec(t), convs, _params(version, t), batch_size=batch_size, on_progress=progress
+            _spec(t),
+            convs,
+            _params(version, t, max_new_tokens_cap),
+            batch_size=batch_size,
+            on_progress=progress,
         )
         per_row_ms = int((time.monotonic() - started) * 1000 / max(len(convs), 1))
         return [(r, per_row_ms) for r in results]
@@ -226,7 +244,130 @@ def _render(version: PromptVersion, variables: dict[str, Any]) -> tuple[list[dic
     return messages, digest
 
 
-def _apply(generation: Generation, outcome: RowOutcome) -> None:
+# --- governance: one check before the call, one after, for every path ------------------
+
+
+@dataclass
+class Prepared:
+    """Variables and messages as the policy lets them through (redacted), and why."""
+
+    policy: PolicyVersion | None
+    variables: Any
+    messages: list[dict[str, str]]
+    digest: str
+    findings: list[dict[str, Any]]
+
+    @property
+    def blocked(self) -> bool:
+        return any(f["action"] == "block" for f in self.findings)
+
+
+def _prepare(version: PromptVersion, variables: Any, policy: PolicyVersion | None) -> Prepared:
+    """Before generation: the policy on the variables and the rendered messages. Call
+    after the variables passed the input schema; redacted values are rendered as they
+    are (a redaction that breaks the schema, e.g. format: email, blocks the call)."""
+    try:
+        checked = governance.check_input(
+            rules_of(policy),
+            variables,
+            render=lambda v: render_messages(version.messages, version.input_schema, v),
+            wants_json=version.output_format == PromptVersion.OutputFormat.JSON,
+            has_output_schema=bool(version.output_schema),
+        )
+    except RenderFailed as exc:
+        finding = {
+            "stage": "input",
+            "rule": "redaction",
+            "type": "breaks_input_schema",
+            "where": "variables",
+            "start": 0,
+            "end": 0,
+            "action": "block",
+            "detail": exc.message,
+        }
+        return Prepared(policy, variables, [], "", [finding])
+    digest = hashlib.sha256(
+        json.dumps(checked.messages, sort_keys=True, ensure_ascii=False).encode()
+    ).hexdigest()
+    return Prepared(policy, checked.variables, checked.messages, digest, checked.findings)
+
+
+def _blocked_message(policy: PolicyVersion | None, findings: list[dict[str, Any]]) -> str:
+    where = f"policy v{policy.number}" if policy else "the default policy"
+    stopped = [f for f in findings if f["action"] == "block"]
+    return f"Blocked by the squad's governance {where}: {governance.summary(stopped)}."
+
+
+def _block(
+    generation: Generation, prepared: Prepared, version: PromptVersion, target: ModelTarget
+) -> None:
+    """A call the policy stopped before generation: nothing was sent to a model."""
+    generation.status = Generation.Status.BLOCKED
+    generation.errors = [
+        {"path": "", "message": _blocked_message(prepared.policy, prepared.findings)}
+    ]
+    generation.finished_at = timezone.now()
+    _seal(generation, version, target, prepared.policy)
+
+
+def _check_output(generation: Generation, policy: PolicyVersion | None) -> None:
+    """After generation: PII and blocked terms in the output (redact, flag or block)."""
+    rules = rules_of(policy)
+    checked = governance.check_output(rules, generation.output_text)
+    if not checked.findings:
+        return
+    generation.findings = [*generation.findings, *checked.findings]
+    if checked.blocked:
+        generation.status = Generation.Status.BLOCKED
+        generation.output_text, generation.output_json = "", None
+        generation.errors = [{"path": "", "message": _blocked_message(policy, checked.findings)}]
+    elif checked.text != generation.output_text:
+        generation.output_text = checked.text
+        if generation.output_json is not None:
+            generation.output_json = governance.redact_value(generation.output_json, rules)
+
+
+def _seal(
+    generation: Generation,
+    version: PromptVersion,
+    target: ModelTarget,
+    policy: PolicyVersion | None,
+) -> None:
+    """Sign the generation's provenance manifest (HMAC, apps.governance.provenance)."""
+    signed = provenance.sign(
+        provenance.manifest_build(
+            squad_id=generation.squad_id,
+            prompt={
+                "template": version.template.slug,
+                "version": version.number,
+                "content_hash": version.content_hash,
+            },
+            target={
+                "name": target.name,
+                "kind": target.kind,
+                "model": target.base_model or target.remote_model,
+            },
+            adapter=target.adapter_id or None,
+            parameters=_param_values(version, target, rules_of(policy)["max_output_tokens"]),
+            variables=generation.variables,
+            input_sha256=generation.rendered_hash,
+            output_text=generation.output_text,
+            status=generation.status,
+            policy_version=policy.number if policy else None,
+            created_at=(generation.finished_at or generation.created_at).isoformat(),
+        )
+    )
+    generation.provenance = signed.manifest
+    generation.provenance_signature = signed.signature
+    generation.provenance_key_id = signed.key_id
+
+
+def _apply(
+    generation: Generation,
+    outcome: RowOutcome,
+    version: PromptVersion,
+    policy: PolicyVersion | None,
+) -> None:
     generation.status = outcome.status
     generation.target_used = outcome.target.name
     generation.output_text = outcome.output_text
@@ -238,6 +379,9 @@ def _apply(generation: Generation, outcome: RowOutcome) -> None:
     generation.cost = outcome.cost
     generation.latency_ms = outcome.latency_ms
     generation.finished_at = timezone.now()
+    if outcome.output_text:
+        _check_output(generation, policy)
+    _seal(generation, version, outcome.target, policy)
 
 
 # --- single generations -----------------------------------------------------------------
@@ -260,16 +404,25 @@ def generation_request(
     if source not in (Generation.Source.PLAYGROUND, Generation.Source.API):
         raise ValidationFailed("source must be playground or api.", field="source")
     target = target_resolve(squad_id=squad.pk, name=target_name or version.model_settings["target"])
-    _, digest = _render(version, variables)  # RenderFailed (422) lists every variable error
-    generation = Generation.objects.create(
+    _render(version, variables)  # RenderFailed (422) lists every variable error
+    # Only what the policy lets through is stored: redacted variables, never the originals.
+    prepared = _prepare(version, variables, policy_version_current(squad_id=squad.pk))
+    generation = Generation(
         squad=squad,
         prompt_version=version,
         target=target,
-        variables=variables,
-        rendered_hash=digest,
+        variables=prepared.variables,
+        rendered_hash=prepared.digest,
         source=source,
         requested_by=actor,
+        findings=prepared.findings,
+        policy_version=prepared.policy,
     )
+    if prepared.blocked:
+        _block(generation, prepared, version, target)
+        generation.save()
+        return generation
+    generation.save()
     from workers.tasks import run_generation
 
     transaction.on_commit(lambda: run_generation.delay(generation.pk))
@@ -281,17 +434,25 @@ def generation_run(*, generation_id: int) -> Generation:
     with transaction.atomic():
         generation = (
             Generation.objects.select_for_update()
-            .select_related("prompt_version__template", "target")
+            .select_related("prompt_version__template", "target", "policy_version")
             .get(pk=generation_id)
         )
         if generation.finished:
             return generation
         generation.status = Generation.Status.RUNNING
         generation.save(update_fields=["status"])
-    version = generation.prompt_version
+    version, policy = generation.prompt_version, generation.policy_version
     try:
-        messages, _ = _render(version, generation.variables)
-        outcome = execute_rows(version, generation.target, [messages], batch_size=1)[0]
+        # The stored variables are already redacted; this renders them and redacts what
+        # the template adds, under the policy version the request was checked with.
+        messages = _prepare(version, generation.variables, policy).messages
+        outcome = execute_rows(
+            version,
+            generation.target,
+            [messages],
+            batch_size=1,
+            max_new_tokens_cap=rules_of(policy)["max_output_tokens"],
+        )[0]
     except Exception as exc:
         # Never leave a generation "running": record why it could not finish.
         generation.status = Generation.Status.FAILED
@@ -299,7 +460,7 @@ def generation_run(*, generation_id: int) -> Generation:
         generation.finished_at = timezone.now()
         generation.save(update_fields=["status", "errors", "finished_at"])
         raise
-    _apply(generation, outcome)
+    _apply(generation, outcome, version, policy)
     generation.save()
     return generation
 
@@ -549,16 +710,23 @@ def batch_job_run(*, job_id: int) -> BatchJob | None:
         _finish(job, BatchJob.Status.FAILED, f"rows file unreadable: {exc}")
         return job
     done = set(job.generations.values_list("row_index", flat=True))
-    todo = []
+    policy = policy_version_current(squad_id=job.squad_id)
+    cap = rules_of(policy)["max_output_tokens"]
+    todo, blocked = [], []
     for index, variables in enumerate(rows):
         if index in done:
             continue
-        messages, digest = _render(version, variables)
-        todo.append((index, variables, messages, digest))
+        prepared = _prepare(version, variables, policy)
+        (blocked if prepared.blocked else todo).append((index, prepared))
     # Length-sorted: rows of similar length share a batch, so little padding is wasted.
-    todo.sort(key=lambda item: sum(len(m["content"]) for m in item[2]))
+    todo.sort(key=lambda item: sum(len(m["content"]) for m in item[1].messages))
     chunk_size = job.batch_size * 4
     try:
+        if blocked:
+            stopped = [_row_generation(job, index, prepared) for index, prepared in blocked]
+            for generation, (_, prepared) in zip(stopped, blocked, strict=True):
+                _block(generation, prepared, version, target)
+            _store_chunk(job, stopped, 0.0)
         for start in range(0, len(todo), chunk_size):
             if BatchJob.objects.filter(pk=job.pk, cancel_requested=True).exists():
                 _finish(job, BatchJob.Status.CANCELLED)
@@ -566,10 +734,19 @@ def batch_job_run(*, job_id: int) -> BatchJob | None:
             chunk = todo[start : start + chunk_size]
             began = time.monotonic()
             outcomes = execute_rows(
-                version, target, [c[2] for c in chunk], batch_size=job.batch_size
+                version,
+                target,
+                [prepared.messages for _, prepared in chunk],
+                batch_size=job.batch_size,
+                max_new_tokens_cap=cap,
             )
             elapsed = time.monotonic() - began
-            _store_chunk(job, chunk, outcomes, elapsed)
+            generations = []
+            for (index, prepared), outcome in zip(chunk, outcomes, strict=True):
+                generation = _row_generation(job, index, prepared)
+                _apply(generation, outcome, version, policy)
+                generations.append(generation)
+            _store_chunk(job, generations, elapsed)
     except Exception as exc:
         _finish(job, BatchJob.Status.FAILED, f"{type(exc).__name__}: {exc}")
         raise
@@ -577,24 +754,23 @@ def batch_job_run(*, job_id: int) -> BatchJob | None:
     return job
 
 
-def _store_chunk(
-    job: BatchJob, chunk: list[tuple], outcomes: list[RowOutcome], elapsed: float
-) -> None:
-    generations = []
-    for (index, variables, _messages, digest), outcome in zip(chunk, outcomes, strict=True):
-        generation = Generation(
-            squad_id=job.squad_id,
-            prompt_version_id=job.prompt_version_id,
-            target_id=job.target_id,
-            variables=variables,
-            rendered_hash=digest,
-            source=Generation.Source.BATCH,
-            requested_by_id=job.created_by_id,
-            batch_job_id=job.pk,
-            row_index=index,
-        )
-        _apply(generation, outcome)
-        generations.append(generation)
+def _row_generation(job: BatchJob, index: int, prepared: Prepared) -> Generation:
+    return Generation(
+        squad_id=job.squad_id,
+        prompt_version_id=job.prompt_version_id,
+        target_id=job.target_id,
+        variables=prepared.variables,
+        rendered_hash=prepared.digest,
+        source=Generation.Source.BATCH,
+        requested_by_id=job.created_by_id,
+        batch_job_id=job.pk,
+        row_index=index,
+        findings=prepared.findings,
+        policy_version=prepared.policy,
+    )
+
+
+def _store_chunk(job: BatchJob, generations: list[Generation], elapsed: float) -> None:
     tokens = sum(g.output_tokens for g in generations)
     with transaction.atomic():
         try:

@@ -212,6 +212,7 @@ def _generation_display(generation: Generation) -> dict[str, Any]:
             _pretty(generation.output_json) if generation.output_json is not None else ""
         ),
         "variables_pretty": _pretty(generation.variables),
+        "provenance_pretty": _pretty(generation.provenance) if generation.provenance else "",
     }
 
 

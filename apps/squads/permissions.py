@@ -125,6 +125,13 @@ MANAGE_DATASETS = SquadPermission(
     frozenset({Role.OWNER, Role.PROMPT_ENGINEER}),
 )
 
+# --- governance: PII, blocked terms, limits -----------------------------------------------
+MANAGE_GOVERNANCE_POLICY = SquadPermission(
+    "manage_governance_policy",
+    "Edit the squad's governance policy",
+    frozenset({Role.OWNER, Role.COMPLIANCE}),
+)
+
 REGISTRY: tuple[SquadPermission, ...] = (
     VIEW_SQUAD,
     CHANGE_SQUAD,
@@ -143,6 +150,7 @@ REGISTRY: tuple[SquadPermission, ...] = (
     ADJUDICATE_OUTPUTS,
     EXPORT_REVIEWED_OUTPUTS,
     MANAGE_DATASETS,
+    MANAGE_GOVERNANCE_POLICY,
 )
 BY_CODENAME: dict[str, SquadPermission] = {p.codename: p for p in REGISTRY}
 

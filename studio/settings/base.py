@@ -38,6 +38,7 @@ INSTALLED_APPS = [
     "apps.generation",
     "apps.reviews",
     "apps.finetune",
+    "apps.governance",
 ]
 
 MIDDLEWARE = [
@@ -171,6 +172,10 @@ STUDIO_TOKEN_LAST_USED_RESOLUTION = 60  # seconds between last-used writes per t
 STUDIO_HOT_MEMO_SECONDS = env.float("STUDIO_HOT_MEMO_SECONDS", default=1.0)
 # How long a reviewer holds an output review item claimed by "next item" before it is
 # offered to someone else.
+# Provenance signing keys, "id:base64secret,id:base64secret": the first signs, all verify
+# (rotation: put the new key first, keep the old ones). Development derives key "dev" from
+# SECRET_KEY; production refuses to start without explicit keys.
+STUDIO_PROVENANCE_KEYS = env.str("STUDIO_PROVENANCE_KEYS", default="")
 STUDIO_REVIEW_CLAIM_SECONDS = env.int("STUDIO_REVIEW_CLAIM_SECONDS", default=30 * 60)
 
 LOGGING = {

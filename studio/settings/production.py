@@ -1,7 +1,7 @@
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F403
-from .base import SECRET_KEY, STORAGES, env
+from .base import SECRET_KEY, STORAGES, STUDIO_PROVENANCE_KEYS, env
 
 DEBUG = False
 if (
@@ -12,6 +12,11 @@ if (
 ):
     raise ImproperlyConfigured(
         "SECRET_KEY must be set to a random value of at least 50 characters in production."
+    )
+
+if not STUDIO_PROVENANCE_KEYS.strip():
+    raise ImproperlyConfigured(
+        "STUDIO_PROVENANCE_KEYS must be set in production, e.g. 'k1:<base64 of 32 random bytes>'."
     )
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
