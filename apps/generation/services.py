@@ -434,7 +434,8 @@ def generation_run(*, generation_id: int) -> Generation:
     with transaction.atomic():
         generation = (
             Generation.objects.select_for_update()
-            .select_related("prompt_version__template", "target", "policy_version")
+            # Not policy_version: PostgreSQL refuses FOR UPDATE on a nullable outer join.
+            .select_related("prompt_version__template", "target")
             .get(pk=generation_id)
         )
         if generation.finished:
