@@ -29,6 +29,7 @@ urlpatterns = [
     path("audit/", include("apps.audit.urls")),
     path("squads/<slug:squad>/prompts/", include("apps.prompts.urls")),
     path("squads/<slug:squad>/datasets/", include("apps.finetune.urls")),
+    path("squads/<slug:squad>/finetune/", include("apps.finetune.job_urls")),
     path("squads/<slug:squad>/governance/", include("apps.governance.urls")),
     path("squads/<slug:squad>/", include("apps.generation.urls")),
     path("", include("apps.reviews.urls")),

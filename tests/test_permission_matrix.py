@@ -5,6 +5,7 @@ when the caller cannot see the squad (outsiders) and 403 when they can (members
 without the permission). Later issues add their actions to ACTIONS.
 """
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -370,6 +371,20 @@ ACTIONS = [
         view=lambda c: c.post("/squads/acme/governance/test", {"text": "a@example.com"}),
     ),
     Action(
+        "finetune.create",
+        frozenset({"owner", "engineer"}),
+        api=lambda c: _start_finetune(
+            lambda: c.call("POST", "/api/v1/squads/acme/finetune-jobs", {"dataset": "ft"})
+        ),
+        view=lambda c: _start_finetune(lambda: c.post("/squads/acme/finetune/", {"dataset": "ft"})),
+    ),
+    Action(
+        "adapter.approve",
+        frozenset({"owner", "compliance"}),
+        api=lambda c: c.call("POST", f"/api/v1/squads/acme/adapters/{_adapter()}/approval"),
+        view=lambda c: c.post(f"/squads/acme/finetune/adapters/{_adapter()}/"),
+    ),
+    Action(
         "token.revoke_other_users",
         frozenset(),
         api=lambda c: c.call("DELETE", f"/api/v1/tokens/{_other_token_id()}"),
@@ -377,6 +392,58 @@ ACTIONS = [
         hidden_from=EVERYONE,
     ),
 ]
+
+
+def _finetune_dataset():
+    from apps.finetune import services as finetune
+    from apps.squads.models import Squad
+
+    owner = UserFactory(username="owner")
+    dataset = finetune.dataset_create(
+        actor=owner, squad=Squad.objects.get(slug="acme"), slug="ft", name="FT", format="chat"
+    )
+    row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    return finetune.dataset_version_upload(
+        actor=owner, dataset=dataset, content=json.dumps(row).encode(), filename="r.jsonl"
+    )
+
+
+def _start_finetune(call):
+    """Start a job with the training runtime faked (tests.finetune.fake_training): the
+    matrix checks who may, not what training does."""
+    from tests.finetune import fake_training
+
+    _finetune_dataset()
+    with pytest.MonkeyPatch.context() as mp:
+        fake_training.install(mp, fake_training.Script())
+        return call()
+
+
+def _adapter() -> int:
+    """An adapter from a job the 'author' (none of the matrix's roles) started."""
+    from apps.finetune.models import Adapter, FineTuneJob
+    from apps.generation.models import ModelTarget
+
+    version = _finetune_dataset()
+    job = FineTuneJob.objects.create(
+        squad=version.dataset.squad,
+        dataset_version=version,
+        target=ModelTarget.objects.get(name="local", squad__isnull=True),
+        base_model="smollm2-135m-instruct",
+        created_by=UserFactory(username="author"),
+        status="succeeded",
+    )
+    adapter = Adapter.objects.create(
+        squad=job.squad,
+        job=job,
+        dataset_version=version,
+        path="/nonexistent",
+        sha256="a" * 64,
+        size_bytes=1,
+        base_model=job.base_model,
+        base_model_sha256="b" * 64,
+    )
+    return adapter.pk
 
 
 def _prompt_with_two_versions(squad) -> None:
@@ -497,6 +564,8 @@ def test_matrix_covers_every_registered_permission() -> None:
         "request_review": "review.request",
         "decide_review": "review.decide",
         "comment_prompts": "comment.add",
+        "run_finetune": "finetune.create",
+        "approve_adapters": "adapter.approve",
         "manage_governance_policy": "governance.policy_update",
     }
     assert {p.codename for p in REGISTRY} == set(covered)

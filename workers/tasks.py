@@ -1,8 +1,8 @@
 """gpu-queue tasks (routed by the `workers.` prefix). Thin: take ids, call a service.
 
 Reliability: late ack + reject-on-worker-lost (studio.celery) bring back a job whose
-worker process died; a sweeper thread in every worker requeues batch jobs whose
-heartbeat went stale (a killed worker on the filesystem broker, or a Redis message
+worker process died; a sweeper thread in every worker requeues batch and fine-tune
+jobs whose heartbeat went stale (a killed worker on the filesystem broker, or a Redis message
 that would only come back after the visibility timeout). The services are
 idempotent, so a job that runs twice writes each row once.
 """
@@ -12,6 +12,7 @@ import threading
 
 from celery import shared_task
 from celery.signals import worker_ready
+from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
@@ -30,18 +31,44 @@ def run_batch_job(job_id: int) -> None:
     batch_job_run(job_id=job_id)
 
 
+@shared_task(
+    name="workers.finetune.run",
+    acks_late=True,
+    max_retries=0,
+    time_limit=settings.GPU_TASK_TIME_LIMIT,
+)
+def run_finetune_job(job_id: int) -> None:
+    from apps.finetune.jobs import finetune_job_run
+
+    finetune_job_run(job_id=job_id)
+
+
+def _sweep_once() -> None:
+    from apps.finetune.jobs import finetune_jobs_recover
+    from apps.generation.services import batch_jobs_recover
+
+    try:
+        requeued = batch_jobs_recover()
+        if requeued:
+            logger.warning("requeued stale batch jobs: %s", requeued)
+    except Exception:
+        logger.exception("batch job sweeper failed")
+    try:
+        requeued, failed = finetune_jobs_recover()
+        if requeued:
+            logger.warning("requeued stale fine-tune jobs: %s", requeued)
+        if failed:
+            logger.warning("failed fine-tune jobs that lost too many workers: %s", failed)
+    except Exception:
+        logger.exception("fine-tune job sweeper failed")
+
+
 def _sweep_forever(interval: float, stop: threading.Event) -> None:
     from django.db import close_old_connections
 
-    from apps.generation.services import batch_jobs_recover
-
     while True:
         try:
-            requeued = batch_jobs_recover()
-            if requeued:
-                logger.warning("requeued stale batch jobs: %s", requeued)
-        except Exception:
-            logger.exception("batch job sweeper failed")
+            _sweep_once()
         finally:
             close_old_connections()
         if stop.wait(interval):
@@ -55,6 +82,6 @@ def start_sweeper(sender: object = None, **kwargs: object) -> None:
     interval = max(STALE_AFTER.total_seconds() / 2, 1.0)
     stop = threading.Event()
     thread = threading.Thread(
-        target=_sweep_forever, args=(interval, stop), name="batch-sweeper", daemon=True
+        target=_sweep_forever, args=(interval, stop), name="job-sweeper", daemon=True
     )
     thread.start()

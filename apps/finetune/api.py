@@ -1,21 +1,27 @@
 from typing import Any
 
-from django.http import FileResponse, HttpRequest
+from django.http import FileResponse, HttpRequest, HttpResponse
 from django.urls import reverse
 from ninja import File, Form, Query, Router, Schema, Status
 from ninja.files import UploadedFile
 
-from apps.finetune import rows, selectors, services
-from apps.finetune.models import Dataset, DatasetVersion
+from apps.core.exceptions import NotFound
+from apps.finetune import jobs, rows, selectors, services
+from apps.finetune.models import Adapter, Dataset, DatasetVersion, FineTuneJob
 from apps.finetune.schemas import (
+    AdapterOut,
     DatasetCreateIn,
     DatasetOut,
     DatasetVersionOut,
     DiffOut,
+    FineTuneJobCreateIn,
+    FineTuneJobOut,
     FromBatchJobIn,
     FromReviewExportIn,
     RowsPageOut,
     SplitForm,
+    TargetAdapterIn,
+    TargetAdapterOut,
 )
 from apps.generation import selectors as generation_selectors
 from apps.prompts import selectors as prompt_selectors
@@ -265,3 +271,200 @@ def version_diff(request: HttpRequest, squad: str, slug: str, q: Query[DiffQuery
         "added": diff.added,
         "removed": diff.removed,
     }
+
+
+# --- fine-tune jobs and adapters ------------------------------------------------------------
+
+
+def job_out(job: FineTuneJob) -> dict[str, Any]:
+    version = job.dataset_version
+    adapter = getattr(job, "adapter", None) if job.status == FineTuneJob.Status.SUCCEEDED else None
+    return {
+        "id": job.pk,
+        "status": job.status,
+        "dataset": version.dataset.slug,
+        "dataset_version": version.number,
+        "target": job.target.name,
+        "base_model": job.base_model,
+        "lora": job.lora,
+        "train": job.train,
+        "step": job.step,
+        "total_steps": job.total_steps,
+        "epoch": job.epoch,
+        "loss": job.loss,
+        "smoothed_loss": job.smoothed_loss,
+        "eval_loss": job.eval_loss,
+        "tokens_per_second": job.tokens_per_second,
+        "eta_seconds": job.eta_seconds,
+        "learning_rate": job.learning_rate,
+        "points": job.points,
+        "resumed_at_steps": job.resumed_at_steps,
+        "cancel_requested": job.cancel_requested,
+        "error": job.error,
+        "failure_kind": job.failure_kind,
+        "attempts": job.attempts,
+        "adapter": adapter.pk if adapter else None,
+        "created_by": job.created_by.get_username() if job.created_by else None,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+    }
+
+
+def adapter_out(a: Adapter) -> dict[str, Any]:
+    def download(fmt: str) -> str:
+        return reverse(
+            "api:adapter_download",
+            kwargs={"squad": a.squad.slug, "adapter_id": a.pk, "fmt": fmt},
+        )
+
+    return {
+        "id": a.pk,
+        "job": a.job_id,
+        "dataset": a.dataset_version.dataset.slug,
+        "dataset_version": a.dataset_version.number,
+        "sha256": a.sha256,
+        "size_bytes": a.size_bytes,
+        "base_model": a.base_model,
+        "base_model_sha256": a.base_model_sha256,
+        "lora_config": a.lora_config,
+        "metrics": a.metrics,
+        "approved": a.approved,
+        "approved_by": a.approved_by.get_username() if a.approved_by else None,
+        "approved_at": a.approved_at,
+        "created_at": a.created_at,
+        "download_tar_gz": download("tar.gz"),
+        "download_zip": download("zip"),
+    }
+
+
+def _job(request: HttpRequest, squad: str, job_id: int) -> FineTuneJob:
+    squad_obj = squad_get_for_user(user=request.auth, slug=squad)
+    return selectors.finetune_job_get_for_user(user=request.auth, squad=squad_obj, job_id=job_id)
+
+
+def _adapter(request: HttpRequest, squad: str, adapter_id: int) -> Adapter:
+    squad_obj = squad_get_for_user(user=request.auth, slug=squad)
+    return selectors.adapter_get_for_user(user=request.auth, squad=squad_obj, adapter_id=adapter_id)
+
+
+@router.get("/squads/{squad}/finetune-jobs", response=list[FineTuneJobOut], tags=["fine-tuning"])
+def finetune_job_list(request: HttpRequest, squad: str) -> list:
+    squad_obj = squad_get_for_user(user=request.auth, slug=squad)
+    found = selectors.finetune_job_list_for_user(user=request.auth, squad=squad_obj)
+    return [job_out(j) for j in found]
+
+
+@router.post("/squads/{squad}/finetune-jobs", response={201: FineTuneJobOut}, tags=["fine-tuning"])
+def finetune_job_create(request: HttpRequest, squad: str, payload: FineTuneJobCreateIn) -> Status:
+    """Queue a LoRA fine-tune on the gpu queue. Settings are checked first (422 naming the
+    field, e.g. `lora.target_modules` with the module names the model does not have)."""
+    dataset = _dataset(request, squad, payload.dataset)
+    number = payload.version or (dataset.latest_version.number if dataset.latest_version else 0)
+    version = selectors.dataset_version_get(user=request.auth, dataset=dataset, number=number)
+    job = jobs.finetune_job_create(
+        actor=request.auth,
+        dataset_version=version,
+        target_name=payload.target,
+        lora=payload.lora.dict(exclude_none=True),
+        train=payload.train.dict(exclude_none=True),
+        request=request,
+    )
+    return Status(201, job_out(job))
+
+
+@router.get("/squads/{squad}/finetune-jobs/{job_id}", response=FineTuneJobOut, tags=["fine-tuning"])
+def finetune_job_detail(request: HttpRequest, squad: str, job_id: int) -> dict:
+    """Live progress: step/total, epoch, loss (current, smoothed, eval), tokens/s, ETA and
+    the loss points [step, loss, smoothed, eval]."""
+    return job_out(_job(request, squad, job_id))
+
+
+@router.post(
+    "/squads/{squad}/finetune-jobs/{job_id}/cancel", response=FineTuneJobOut, tags=["fine-tuning"]
+)
+def finetune_job_cancel(request: HttpRequest, squad: str, job_id: int) -> dict:
+    """A queued job ends at once; a running one stops at its next training step."""
+    job = jobs.finetune_job_cancel(actor=request.auth, job=_job(request, squad, job_id))
+    return job_out(_job(request, squad, job.pk))
+
+
+@router.get(
+    "/squads/{squad}/finetune-jobs/{job_id}/log", response={200: None}, tags=["fine-tuning"]
+)
+def finetune_job_log(request: HttpRequest, squad: str, job_id: int) -> HttpResponse:
+    """The end of the training log (last 64 KiB) as text/plain."""
+    job = _job(request, squad, job_id)
+    text = selectors.finetune_job_log(user=request.auth, job=job)
+    return HttpResponse(text, content_type="text/plain; charset=utf-8")
+
+
+@router.get("/squads/{squad}/adapters", response=list[AdapterOut], tags=["fine-tuning"])
+def adapter_list(request: HttpRequest, squad: str) -> list:
+    squad_obj = squad_get_for_user(user=request.auth, slug=squad)
+    return [
+        adapter_out(a) for a in selectors.adapter_list_for_user(user=request.auth, squad=squad_obj)
+    ]
+
+
+@router.get("/squads/{squad}/adapters/{adapter_id}", response=AdapterOut, tags=["fine-tuning"])
+def adapter_detail(request: HttpRequest, squad: str, adapter_id: int) -> dict:
+    return adapter_out(_adapter(request, squad, adapter_id))
+
+
+@router.post(
+    "/squads/{squad}/adapters/{adapter_id}/approval", response=AdapterOut, tags=["fine-tuning"]
+)
+def adapter_approve(request: HttpRequest, squad: str, adapter_id: int) -> dict:
+    """Compliance leads and owners; not whoever started the adapter's job."""
+    adapter = jobs.adapter_approve(
+        actor=request.auth, adapter=_adapter(request, squad, adapter_id), request=request
+    )
+    return adapter_out(_adapter(request, squad, adapter.pk))
+
+
+@router.get(
+    "/squads/{squad}/adapters/{adapter_id}/download.{fmt}",
+    response={200: None},
+    url_name="adapter_download",
+    tags=["fine-tuning"],
+)
+def adapter_download(request: HttpRequest, squad: str, adapter_id: int, fmt: str) -> FileResponse:
+    """The adapter directory as .tar.gz or .zip (fmt), e.g. for TGI multi-LoRA serving:
+    unpack it where the server reads LORA_ADAPTERS and name it in a remote target's
+    adapter_id."""
+    adapter = _adapter(request, squad, adapter_id)
+    archive = selectors.adapter_archive(user=request.auth, adapter=adapter, fmt=fmt)
+    response = FileResponse(
+        archive,
+        as_attachment=True,
+        filename=f"adapter-{adapter.pk}.{fmt}",
+        content_type="application/zip" if fmt == "zip" else "application/gzip",
+    )
+    response["X-Adapter-SHA256"] = adapter.sha256
+    return response
+
+
+@router.put(
+    "/squads/{squad}/targets/{name}/adapter", response=TargetAdapterOut, tags=["fine-tuning"]
+)
+def target_set_adapter(
+    request: HttpRequest, squad: str, name: str, payload: TargetAdapterIn
+) -> dict:
+    """Attach an approved adapter to one of the squad's own local targets (409 "adapter N
+    is not approved" otherwise), or detach it with null."""
+    squad_obj = squad_get_for_user(user=request.auth, slug=squad)
+    target = (
+        generation_selectors.model_target_list_for_user(user=request.auth, squad=squad_obj)
+        .filter(squad=squad_obj, name=name)
+        .first()
+    )
+    if target is None:
+        raise NotFound(f"Squad '{squad}' has no model target '{name}'.", field="target")
+    adapter = None
+    if payload.adapter is not None:
+        adapter = _adapter(request, squad, payload.adapter)
+    target = jobs.model_target_set_adapter(
+        actor=request.auth, target=target, adapter=adapter, request=request
+    )
+    return {"target": target.name, "adapter": target.lora_adapter_id}

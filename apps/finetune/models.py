@@ -92,3 +92,106 @@ class DatasetVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.dataset.slug} v{self.number}"
+
+
+class FineTuneJob(models.Model):
+    """A LoRA fine-tune of a local target's base model on a dataset version, run on the gpu
+    queue. Progress is written by the worker at every step; the loss chart is drawn from
+    `points`. A killed worker's job is resumed from its last checkpoint in `work_dir`."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    squad = models.ForeignKey(
+        "squads.Squad", on_delete=models.CASCADE, related_name="finetune_jobs"
+    )
+    dataset_version = models.ForeignKey(
+        DatasetVersion, on_delete=models.PROTECT, related_name="finetune_jobs"
+    )
+    target = models.ForeignKey(
+        "generation.ModelTarget", on_delete=models.PROTECT, related_name="finetune_jobs"
+    )
+    base_model = models.CharField(max_length=200)
+    # workers.runtime.training.LoraSettings / TrainSettings as dicts (target_modules a list)
+    lora = models.JSONField(default=dict)
+    train = models.JSONField(default=dict)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    # live progress (the worker's last workers.runtime.training.Progress)
+    step = models.PositiveIntegerField(default=0)
+    total_steps = models.PositiveIntegerField(null=True, blank=True)
+    epoch = models.FloatField(default=0.0)
+    loss = models.FloatField(null=True, blank=True)
+    smoothed_loss = models.FloatField(null=True, blank=True)
+    eval_loss = models.FloatField(null=True, blank=True)
+    tokens_per_second = models.FloatField(default=0.0)
+    eta_seconds = models.FloatField(null=True, blank=True)
+    learning_rate = models.FloatField(null=True, blank=True)
+    # [[step, loss, smoothed_loss, eval_loss or null], ...] for the chart, thinned when long
+    points = models.JSONField(default=list, blank=True)
+    # The step each run started from: [0, 12] = started fresh, resumed at step 12.
+    resumed_at_steps = models.JSONField(default=list, blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    error = models.TextField(blank=True)
+    # workers.runtime.training.TrainingError.kind, "worker_lost" or "internal" on failure
+    failure_kind = models.CharField(max_length=20, blank=True)
+    work_dir = models.CharField(max_length=500, blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["status", "heartbeat_at"], name="finetune_status_heartbeat")
+        ]
+
+    def __str__(self) -> str:
+        return f"Fine-tune {self.pk} ({self.status})"
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (self.Status.SUCCEEDED, self.Status.FAILED, self.Status.CANCELLED)
+
+
+class Adapter(models.Model):
+    """A trained LoRA adapter: the files under DATA_DIR/adapters/<squad>/<id>/ with their
+    hash, the base model (and its hash) it applies to, and the job and dataset version it
+    came from. Usable on a model target only once approved (APPROVE_ADAPTERS)."""
+
+    squad = models.ForeignKey("squads.Squad", on_delete=models.CASCADE, related_name="adapters")
+    job = models.OneToOneField(FineTuneJob, on_delete=models.PROTECT, related_name="adapter")
+    dataset_version = models.ForeignKey(
+        DatasetVersion, on_delete=models.PROTECT, related_name="adapters"
+    )
+    path = models.CharField(max_length=500)
+    sha256 = models.CharField(max_length=64)
+    size_bytes = models.PositiveBigIntegerField()
+    base_model = models.CharField(max_length=200)
+    base_model_sha256 = models.CharField(max_length=64)
+    lora_config = models.JSONField(default=dict)
+    metrics = models.JSONField(default=dict)
+    created_at = models.DateTimeField(default=timezone.now)
+    approved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    approved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Adapter {self.pk} ({self.base_model})"
+
+    @property
+    def approved(self) -> bool:
+        return self.approved_at is not None

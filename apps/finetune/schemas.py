@@ -86,3 +86,96 @@ class DiffOut(Schema):
     unchanged_count: int
     added: list[DiffRowOut]
     removed: list[DiffRowOut]
+
+
+# --- fine-tune jobs and adapters ------------------------------------------------------------
+
+
+class LoraIn(Schema):
+    r: int | None = Field(None, description="LoRA rank (default 8)")
+    alpha: float | None = Field(None, description="LoRA alpha (default 16)")
+    dropout: float | None = Field(None, description="LoRA dropout (default 0.05)")
+    target_modules: list[str] | None = Field(
+        None,
+        description="Module names to adapt (default: the architecture's attention projections)",
+    )
+
+
+class TrainIn(Schema):
+    learning_rate: float | None = None
+    epochs: float | None = Field(None, description="Passes over the train rows (default 1)")
+    max_steps: int | None = Field(None, description="Stop after this many steps (wins over epochs)")
+    batch_size: int | None = None
+    grad_accum: int | None = None
+    max_seq_len: int | None = None
+    seed: int | None = None
+    eval_every: int | None = None
+    checkpoint_every: int | None = None
+    warmup_steps: int | None = None
+
+
+class FineTuneJobCreateIn(Schema):
+    dataset: str = Field(..., description="The dataset's slug")
+    version: int | None = Field(None, description="Its version number (default: the latest)")
+    target: str = Field("local", description="A local model target: its base model is trained")
+    lora: LoraIn = Field(default_factory=LoraIn)
+    train: TrainIn = Field(default_factory=TrainIn)
+
+
+class FineTuneJobOut(Schema):
+    id: int
+    status: str
+    dataset: str
+    dataset_version: int
+    target: str
+    base_model: str
+    lora: dict[str, Any]
+    train: dict[str, Any]
+    step: int
+    total_steps: int | None
+    epoch: float
+    loss: float | None
+    smoothed_loss: float | None
+    eval_loss: float | None
+    tokens_per_second: float
+    eta_seconds: float | None
+    learning_rate: float | None
+    points: list[list[float | None]]
+    resumed_at_steps: list[int]
+    cancel_requested: bool
+    error: str
+    failure_kind: str
+    attempts: int
+    adapter: int | None
+    created_by: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class AdapterOut(Schema):
+    id: int
+    job: int
+    dataset: str
+    dataset_version: int
+    sha256: str
+    size_bytes: int
+    base_model: str
+    base_model_sha256: str
+    lora_config: dict[str, Any]
+    metrics: dict[str, Any]
+    approved: bool
+    approved_by: str | None
+    approved_at: datetime | None
+    created_at: datetime
+    download_tar_gz: str
+    download_zip: str
+
+
+class TargetAdapterIn(Schema):
+    adapter: int | None = Field(..., description="An approved adapter's id, or null to detach")
+
+
+class TargetAdapterOut(Schema):
+    target: str
+    adapter: int | None

@@ -3,15 +3,20 @@ stream the version's JSONL file (a page never loads the whole file)."""
 
 import itertools
 import json
+import tarfile
+import tempfile
+import zipfile
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import QuerySet
 
 from apps.core.exceptions import NotFound, ValidationFailed
-from apps.finetune.models import Dataset, DatasetVersion
+from apps.finetune.jobs import LOG_TAIL_BYTES
+from apps.finetune.models import Adapter, Dataset, DatasetVersion, FineTuneJob
 from apps.finetune.rows import content_hash
 from apps.squads.access import require_squad_permission
 from apps.squads.models import Squad
@@ -133,3 +138,78 @@ def dataset_version_diff(
         added=_rows_with(new, set(added), shown),
         removed=_rows_with(old, set(removed), shown),
     )
+
+
+# --- fine-tune jobs and adapters ------------------------------------------------------------
+
+
+def finetune_job_list_for_user(*, user: User, squad: Squad) -> QuerySet[FineTuneJob]:
+    require_squad_permission(user, squad, VIEW_SQUAD)
+    return FineTuneJob.objects.filter(squad=squad).select_related(
+        "squad", "dataset_version__dataset", "target", "created_by", "adapter"
+    )
+
+
+def finetune_job_get_for_user(*, user: User, squad: Squad, job_id: int) -> FineTuneJob:
+    job = finetune_job_list_for_user(user=user, squad=squad).filter(pk=job_id).first()
+    if job is None:
+        raise NotFound(f"Fine-tune job {job_id} not found in squad '{squad.slug}'.")
+    return job
+
+
+def finetune_job_log(*, user: User, job: FineTuneJob, tail_bytes: int = LOG_TAIL_BYTES) -> str:
+    """The end of the job's training log (the last `tail_bytes`, from a line start)."""
+    require_squad_permission(user, job.squad, VIEW_SQUAD)
+    path = Path(job.work_dir) / "train.log" if job.work_dir else None
+    if path is None or not path.exists():
+        return ""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        handle.seek(max(size - tail_bytes, 0))
+        data = handle.read()
+    text = data.decode("utf-8", errors="replace")
+    return text.split("\n", 1)[-1] if size > tail_bytes else text
+
+
+def adapter_list_for_user(*, user: User, squad: Squad) -> QuerySet[Adapter]:
+    require_squad_permission(user, squad, VIEW_SQUAD)
+    return Adapter.objects.filter(squad=squad).select_related(
+        "squad", "job__created_by", "dataset_version__dataset", "approved_by"
+    )
+
+
+def adapter_get_for_user(*, user: User, squad: Squad, adapter_id: int) -> Adapter:
+    adapter = adapter_list_for_user(user=user, squad=squad).filter(pk=adapter_id).first()
+    if adapter is None:
+        raise NotFound(f"Adapter {adapter_id} not found in squad '{squad.slug}'.")
+    return adapter
+
+
+ARCHIVE_FORMATS = ("tar.gz", "zip")
+
+
+def adapter_archive(*, user: User, adapter: Adapter, fmt: str) -> IO[bytes]:
+    """The adapter's directory as a .tar.gz or .zip (a temporary file, at offset 0), in the
+    layout PEFT and TGI's LORA_ADAPTERS read: adapter_config.json + adapter weights at the
+    archive's top level under `adapter-<id>/`."""
+    require_squad_permission(user, adapter.squad, VIEW_SQUAD)
+    if fmt not in ARCHIVE_FORMATS:
+        raise ValidationFailed(
+            f"Unknown archive format '{fmt}'; use {' or '.join(ARCHIVE_FORMATS)}.", field="format"
+        )
+    root = Path(adapter.path)
+    if not root.is_dir():
+        raise NotFound(f"The files of adapter {adapter.pk} are missing on this server.")
+    name = f"adapter-{adapter.pk}"
+    out = tempfile.TemporaryFile()  # noqa: SIM115 — handed to the response, which closes it
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    if fmt == "zip":
+        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for path in files:
+                archive.write(path, f"{name}/{path.relative_to(root)}")
+    else:
+        with tarfile.open(fileobj=out, mode="w:gz") as archive:
+            for path in files:
+                archive.add(path, f"{name}/{path.relative_to(root)}")
+    out.seek(0)
+    return out

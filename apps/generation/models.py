@@ -33,6 +33,12 @@ class ModelTarget(models.Model):
         max_length=100, blank=True, help_text="NAME of the environment variable with the token"
     )
     adapter_id = models.CharField(max_length=200, blank=True, help_text="TGI multi-LoRA adapter")
+    # local: a trained, approved LoRA adapter loaded on top of base_model (set only through
+    # apps.finetune.jobs.model_target_set_adapter). Not `adapter`: its column would clash
+    # with adapter_id above.
+    lora_adapter = models.ForeignKey(
+        "finetune.Adapter", null=True, blank=True, on_delete=models.PROTECT, related_name="targets"
+    )
     # both
     default_params = models.JSONField(default=dict, blank=True)
     context_length = models.PositiveIntegerField(default=8192)

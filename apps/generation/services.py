@@ -99,6 +99,7 @@ def _spec(target: ModelTarget):  # -> TargetSpec (imported lazily: workers.runti
         remote_model=target.remote_model,
         token_env=target.token_env,
         adapter_id=target.adapter_id,
+        adapter_dir=target.lora_adapter.path if target.lora_adapter_id else "",
     )
 
 

@@ -124,6 +124,18 @@ MANAGE_DATASETS = SquadPermission(
     "Create datasets and dataset versions",
     frozenset({Role.OWNER, Role.PROMPT_ENGINEER}),
 )
+RUN_FINETUNE = SquadPermission(
+    "run_finetune",
+    "Start and cancel LoRA fine-tune jobs",
+    frozenset({Role.OWNER, Role.PROMPT_ENGINEER}),
+)
+# Owners too, as with adjudication: a squad without a compliance lead can still approve.
+# Nobody approves an adapter from a job they started (apps.finetune.jobs.adapter_approve).
+APPROVE_ADAPTERS = SquadPermission(
+    "approve_adapters",
+    "Approve trained adapters for use on model targets",
+    frozenset({Role.OWNER, Role.COMPLIANCE}),
+)
 
 # --- governance: PII, blocked terms, limits -----------------------------------------------
 MANAGE_GOVERNANCE_POLICY = SquadPermission(
@@ -150,6 +162,8 @@ REGISTRY: tuple[SquadPermission, ...] = (
     ADJUDICATE_OUTPUTS,
     EXPORT_REVIEWED_OUTPUTS,
     MANAGE_DATASETS,
+    RUN_FINETUNE,
+    APPROVE_ADAPTERS,
     MANAGE_GOVERNANCE_POLICY,
 )
 BY_CODENAME: dict[str, SquadPermission] = {p.codename: p for p in REGISTRY}

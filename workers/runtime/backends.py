@@ -7,6 +7,7 @@ of failing its whole batch.
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from workers.runtime import BackendError, GenerationParams, GenerationResult
 
@@ -26,6 +27,8 @@ class TargetSpec:
     remote_model: str = ""
     token_env: str = ""
     adapter_id: str = ""
+    # local: a trained LoRA adapter's directory, loaded on top of base_model
+    adapter_dir: str = ""
     timeout: float = 120.0
 
 
@@ -63,9 +66,15 @@ def run_conversations(
 
 def _batch_function(spec: TargetSpec, params: GenerationParams, batch_size: int) -> BatchFunction:
     if spec.kind == "local":
-        from workers.runtime.local import load_local_model
+        base_model = spec.base_model or "smollm2-135m-instruct"
+        if spec.adapter_dir:
+            from workers.runtime.training import load_adapter_model
 
-        model = load_local_model(spec.base_model or "smollm2-135m-instruct")
+            model = load_adapter_model(base_model, Path(spec.adapter_dir))
+        else:
+            from workers.runtime.local import load_local_model
+
+            model = load_local_model(base_model)
 
         def local_batch(convs: list[Conversation]) -> list[Outcome]:
             return list(model.generate(convs, params, batch_size=batch_size))

@@ -1,0 +1,240 @@
+"""HTML views for fine-tune jobs and adapters: the job list with the start form, a job's
+page (progress and loss chart polled by htmx while it runs, log, cancel), and an
+adapter's page (approve, download). Each view parses the request, calls the service or
+selector the API calls, and renders the page or one of its partials."""
+
+from typing import Any
+
+from django.contrib.auth.decorators import login_required
+from django.http import FileResponse, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from apps.core.exceptions import ApplicationError, PermissionDenied, ValidationFailed
+from apps.finetune import jobs, selectors
+from apps.finetune.models import FineTuneJob
+from apps.squads.access import has_squad_permission
+from apps.squads.models import Squad
+from apps.squads.permissions import APPROVE_ADAPTERS, RUN_FINETUNE
+from apps.squads.selectors import squad_get_for_user
+
+LORA_FIELDS = ("r", "alpha", "dropout")
+TRAIN_FIELDS = ("learning_rate", "epochs", "max_steps", "batch_size", "grad_accum")
+TRAIN_FIELDS += ("max_seq_len", "seed")
+FORM_FIELDS = ("dataset", "version", "target", "target_modules", *LORA_FIELDS, *TRAIN_FIELDS)
+INTEGER_FIELDS = {"r", "max_steps", "batch_size", "grad_accum", "max_seq_len", "seed", "version"}
+CHART_WIDTH, CHART_HEIGHT = 600, 200
+
+
+def _inline(exc: ApplicationError) -> ApplicationError:
+    if isinstance(exc, PermissionDenied):
+        raise exc
+    return exc
+
+
+def _value(form: dict[str, str], name: str) -> int | float | None:
+    raw = form.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw) if name in INTEGER_FIELDS else float(raw)
+    except ValueError:
+        section = "lora" if name in LORA_FIELDS else "train"
+        raise ValidationFailed(
+            f"{name.replace('_', ' ').capitalize()} must be a number (got '{raw}').",
+            field=f"{section}.{name}",
+        ) from None
+
+
+def _list_context(
+    request: HttpRequest, squad: Squad, form: dict[str, str], error: ApplicationError | None
+) -> dict[str, Any]:
+    can_run = has_squad_permission(request.user, squad, RUN_FINETUNE)
+    context: dict[str, Any] = {
+        "squad": squad,
+        "jobs": selectors.finetune_job_list_for_user(user=request.user, squad=squad)[:100],
+        "adapters": selectors.adapter_list_for_user(user=request.user, squad=squad)[:100],
+        "can_run": can_run,
+        "form": form,
+        "error": error,
+    }
+    if can_run:
+        context["datasets"] = selectors.dataset_list_for_user(
+            user=request.user, squad=squad
+        ).filter(latest_version__isnull=False)
+    return context
+
+
+def _create(request: HttpRequest, squad: Squad, form: dict[str, str]) -> FineTuneJob:
+    dataset = selectors.dataset_get_for_user(user=request.user, squad=squad, slug=form["dataset"])
+    number = _value(form, "version") or (
+        dataset.latest_version.number if dataset.latest_version else 0
+    )
+    version = selectors.dataset_version_get(user=request.user, dataset=dataset, number=number)
+    modules = [m.strip() for m in form["target_modules"].split(",") if m.strip()]
+    lora: dict[str, Any] = {name: _value(form, name) for name in LORA_FIELDS}
+    lora["target_modules"] = modules or None
+    train = {name: _value(form, name) for name in TRAIN_FIELDS}
+    return jobs.finetune_job_create(
+        actor=request.user,
+        dataset_version=version,
+        target_name=form["target"] or None,
+        lora={k: v for k, v in lora.items() if v is not None},
+        train={k: v for k, v in train.items() if v is not None},
+        request=request,
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def job_list(request: HttpRequest, squad: str) -> HttpResponse:
+    """The squad's fine-tune jobs and adapters and, for those who may, the start form."""
+    squad_obj = squad_get_for_user(user=request.user, slug=squad)
+    if request.method == "GET":
+        form = dict.fromkeys(FORM_FIELDS, "") | {"target": jobs.DEFAULT_TARGET}
+        return render(
+            request, "finetune/job_list.html", _list_context(request, squad_obj, form, None)
+        )
+    form = {name: request.POST.get(name, "").strip() for name in FORM_FIELDS}
+    try:
+        job = _create(request, squad_obj, form)
+    except ApplicationError as exc:
+        context = _list_context(request, squad_obj, form, _inline(exc))
+        return render(request, "finetune/job_list.html", context, status=exc.status_code)
+    return redirect("finetune_jobs:detail", squad=squad, job_id=job.pk)
+
+
+def loss_chart(points: list[list[float | None]]) -> dict[str, Any]:
+    """SVG polylines (loss, smoothed, eval) scaled into the chart's box."""
+    if not points:
+        return {}
+    steps = [p[0] for p in points]
+    values = [v for p in points for v in p[1:] if v is not None]
+    if not values:
+        return {}
+    low, high = min(values), max(values)
+    first, last = steps[0], steps[-1]
+    span_x, span_y = max(last - first, 1), max(high - low, 1e-9)
+
+    def line(column: int) -> str:
+        return " ".join(
+            f"{(p[0] - first) / span_x * CHART_WIDTH:.1f},"
+            f"{CHART_HEIGHT - (p[column] - low) / span_y * CHART_HEIGHT:.1f}"
+            for p in points
+            if p[column] is not None
+        )
+
+    return {
+        "width": CHART_WIDTH,
+        "height": CHART_HEIGHT,
+        "loss": line(1),
+        "smoothed": line(2),
+        "eval": line(3),
+        "low": low,
+        "high": high,
+        "first": first,
+        "last": last,
+    }
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
+
+
+def _progress_context(request: HttpRequest, squad: Squad, job: FineTuneJob) -> dict[str, Any]:
+    total = job.total_steps or 0
+    return {
+        "squad": squad,
+        "job": job,
+        "percent": job.step * 100 // total if total else 0,
+        "eta": _duration(job.eta_seconds) if not job.finished else "—",
+        "chart": loss_chart(job.points),
+        "can_run": has_squad_permission(request.user, squad, RUN_FINETUNE),
+        "adapter": getattr(job, "adapter", None)
+        if job.status == FineTuneJob.Status.SUCCEEDED
+        else None,
+    }
+
+
+@login_required
+@require_GET
+def job_detail(request: HttpRequest, squad: str, job_id: int) -> HttpResponse:
+    """Settings, live progress with the loss chart (polled every 2 s while the job runs)
+    and the log."""
+    squad_obj = squad_get_for_user(user=request.user, slug=squad)
+    job = selectors.finetune_job_get_for_user(user=request.user, squad=squad_obj, job_id=job_id)
+    context = _progress_context(request, squad_obj, job)
+    target = request.htmx.target if request.htmx else None
+    if target == "progress":
+        return render(request, "finetune/job_detail.html#progress", context)
+    context["log"] = selectors.finetune_job_log(user=request.user, job=job)
+    if target == "log":
+        return render(request, "finetune/job_detail.html#log", context)
+    return render(request, "finetune/job_detail.html", context)
+
+
+@login_required
+@require_POST
+def job_cancel(request: HttpRequest, squad: str, job_id: int) -> HttpResponse:
+    squad_obj = squad_get_for_user(user=request.user, slug=squad)
+    job = selectors.finetune_job_get_for_user(user=request.user, squad=squad_obj, job_id=job_id)
+    try:
+        jobs.finetune_job_cancel(actor=request.user, job=job, request=request)
+    except ApplicationError as exc:
+        if not request.htmx:
+            raise
+        context = {**_progress_context(request, squad_obj, job), "cancel_error": _inline(exc)}
+        return render(request, "finetune/job_detail.html#progress", context, status=exc.status_code)
+    if not request.htmx:
+        return redirect("finetune_jobs:detail", squad=squad, job_id=job.pk)
+    job = selectors.finetune_job_get_for_user(user=request.user, squad=squad_obj, job_id=job_id)
+    return render(
+        request, "finetune/job_detail.html#progress", _progress_context(request, squad_obj, job)
+    )
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def adapter_detail(request: HttpRequest, squad: str, adapter_id: int) -> HttpResponse:
+    """An adapter's hashes, lineage, metrics and approval; POST approves it."""
+    squad_obj = squad_get_for_user(user=request.user, slug=squad)
+    adapter = selectors.adapter_get_for_user(
+        user=request.user, squad=squad_obj, adapter_id=adapter_id
+    )
+    error = None
+    if request.method == "POST":
+        try:
+            jobs.adapter_approve(actor=request.user, adapter=adapter, request=request)
+        except ApplicationError as exc:
+            error = _inline(exc)
+        else:
+            return redirect("finetune_jobs:adapter", squad=squad, adapter_id=adapter.pk)
+    context = {
+        "squad": squad_obj,
+        "adapter": adapter,
+        "error": error,
+        "can_approve": has_squad_permission(request.user, squad_obj, APPROVE_ADAPTERS),
+        "formats": selectors.ARCHIVE_FORMATS,
+    }
+    return render(
+        request,
+        "finetune/adapter_detail.html",
+        context,
+        status=error.status_code if error else 200,
+    )
+
+
+@login_required
+@require_GET
+def adapter_download(request: HttpRequest, squad: str, adapter_id: int, fmt: str) -> FileResponse:
+    squad_obj = squad_get_for_user(user=request.user, slug=squad)
+    adapter = selectors.adapter_get_for_user(
+        user=request.user, squad=squad_obj, adapter_id=adapter_id
+    )
+    archive = selectors.adapter_archive(user=request.user, adapter=adapter, fmt=fmt)
+    return FileResponse(archive, as_attachment=True, filename=f"adapter-{adapter.pk}.{fmt}")

@@ -1,0 +1,644 @@
+"""Fine-tune jobs and adapters: every write of them (apps.finetune.services holds datasets).
+
+Web side: `finetune_job_create` validates the settings (ranges here; target modules by
+name through `workers.runtime.training.check_settings`, which reads the converted
+model's config.json without torch — when the web node has no converted model yet, the
+worker checks again and fails the job with the same readable message), stores the job,
+audits it and enqueues `workers.finetune.run` at commit.
+
+Worker side: `finetune_job_run` claims the job (a live heartbeat keeps a second runner
+out), writes the training rows into the job's work dir, and calls
+`workers.runtime.training.train`, which resumes from the work dir's last checkpoint.
+Each step's progress is stored with a heartbeat; a heartbeat thread also beats while a
+step or the model load takes long. Cancellation is checked at every step. A killed
+worker leaves a stale heartbeat: `finetune_jobs_recover` (the workers' sweeper) requeues
+the job, or fails it after MAX_ATTEMPTS lost workers.
+"""
+
+import dataclasses
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import close_old_connections, transaction
+from django.http import HttpRequest
+from django.utils import timezone
+
+from apps.audit.services import audit_log
+from apps.core.exceptions import Conflict, NotFound, ValidationFailed
+from apps.finetune.models import Adapter, DatasetFormat, DatasetVersion, FineTuneJob
+from apps.generation.models import ModelTarget
+from apps.generation.services import STALE_AFTER, _worker_name
+from apps.generation.targets import target_resolve
+from apps.prompts.contracts import render_messages
+from apps.squads.access import require_squad_permission
+from apps.squads.permissions import APPROVE_ADAPTERS, MANAGE_TARGETS, RUN_FINETUNE
+
+User = AbstractBaseUser
+DEFAULT_TARGET = "local"
+MAX_ATTEMPTS = int(os.environ.get("STUDIO_FINETUNE_MAX_ATTEMPTS", "3"))
+MAX_POINTS = 400
+LOG_TAIL_BYTES = 64 * 1024
+
+# (field, type, lowest, highest) — a settings value outside is refused by name.
+LORA_LIMITS = {"r": (int, 1, 256), "alpha": (float, 0.01, 4096), "dropout": (float, 0.0, 0.9)}
+TRAIN_LIMITS = {
+    "learning_rate": (float, 1e-7, 1.0),
+    "epochs": (float, 0.01, 100.0),
+    "max_steps": (int, 1, 1_000_000),
+    "batch_size": (int, 1, 256),
+    "grad_accum": (int, 1, 256),
+    "max_seq_len": (int, 16, 1_048_576),
+    "seed": (int, 0, 2**31 - 1),
+    "eval_every": (int, 1, 1_000_000),
+    "checkpoint_every": (int, 1, 1_000_000),
+    "warmup_steps": (int, 0, 1_000_000),
+}
+
+
+# --- validation -------------------------------------------------------------------------
+
+
+def _number(section: str, name: str, value: Any, kind: type, low: float, high: float) -> Any:
+    where = f"{section}.{name}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationFailed(f"{where} must be a number (got {value!r}).", field=where)
+    if kind is int and value != int(value):
+        raise ValidationFailed(f"{where} must be a whole number (got {value}).", field=where)
+    if not low <= value <= high:
+        raise ValidationFailed(f"{where} must be {low} to {high} (got {value}).", field=where)
+    return kind(value)
+
+
+def clean_settings(
+    lora: dict[str, Any], train: dict[str, Any], *, context_length: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The LoRA and training settings with the runtime's defaults filled in, each value
+    checked (unknown keys, types, ranges; max_seq_len within the target's context).
+    Raises ValidationFailed naming the field as `lora.<name>` or `train.<name>`."""
+    from workers.runtime.training import LoraSettings, TrainSettings
+
+    out: dict[str, dict[str, Any]] = {}
+    for section, given, cls, limits in (
+        ("lora", lora, LoraSettings, LORA_LIMITS),
+        ("train", train, TrainSettings, TRAIN_LIMITS),
+    ):
+        known = {f.name: f.default for f in dataclasses.fields(cls)}
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise ValidationFailed(
+                f"Unknown {section} setting(s): {', '.join(unknown)}; known: {', '.join(known)}.",
+                field=f"{section}.{unknown[0]}",
+            )
+        values = {**known, **{k: v for k, v in given.items() if v is not None}}
+        for name, (kind, low, high) in limits.items():
+            if values.get(name) is not None:
+                values[name] = _number(section, name, values[name], kind, low, high)
+        out[section] = values
+    modules = out["lora"]["target_modules"]
+    if modules is not None:
+        if (
+            isinstance(modules, str)
+            or not isinstance(modules, list | tuple)
+            or not modules
+            or not all(isinstance(m, str) and m.strip() for m in modules)
+        ):
+            raise ValidationFailed(
+                "lora.target_modules must be a non-empty list of module names, or empty "
+                "for the architecture's default.",
+                field="lora.target_modules",
+            )
+        out["lora"]["target_modules"] = [m.strip() for m in modules]
+    if out["train"]["max_seq_len"] > context_length:
+        raise ValidationFailed(
+            f"train.max_seq_len {out['train']['max_seq_len']} is longer than the target's "
+            f"context of {context_length} tokens.",
+            field="train.max_seq_len",
+        )
+    return out["lora"], out["train"]
+
+
+def _runtime_settings(lora: dict[str, Any], train: dict[str, Any]):
+    from workers.runtime.training import LoraSettings, TrainSettings
+
+    modules = lora.get("target_modules")
+    return (
+        LoraSettings(**{**lora, "target_modules": tuple(modules) if modules else None}),
+        TrainSettings(**train),
+    )
+
+
+def _model_converted(base_model: str) -> bool:
+    from workers.runtime.local import model_dir
+
+    return (model_dir(base_model) / "config.json").exists()
+
+
+def settings_problems(base_model: str, lora: dict[str, Any], train: dict[str, Any]) -> list[str]:
+    """What the model refuses (target modules that do not exist, by name), read from its
+    converted config without torch; [] when this process has no converted model to read."""
+    if not _model_converted(base_model):
+        return []
+    from workers.runtime.training import check_settings
+
+    lora_settings, train_settings = _runtime_settings(lora, train)
+    return check_settings(base_model=base_model, lora=lora_settings, train=train_settings)
+
+
+# --- jobs: web side -----------------------------------------------------------------------
+
+
+def _local_target(squad_id: int, name: str | None) -> ModelTarget:
+    target = target_resolve(squad_id=squad_id, name=name or DEFAULT_TARGET)
+    if target.kind != ModelTarget.Kind.LOCAL:
+        raise ValidationFailed(
+            f"Target '{target.name}' is remote; fine-tuning trains a local target's base model.",
+            field="target",
+        )
+    return target
+
+
+def _job_dir(job: FineTuneJob) -> Path:
+    return Path(settings.DATA_DIR) / "finetune" / str(job.squad_id) / str(job.pk)
+
+
+@transaction.atomic
+def finetune_job_create(
+    *,
+    actor: User,
+    dataset_version: DatasetVersion,
+    target_name: str | None = None,
+    lora: dict[str, Any] | None = None,
+    train: dict[str, Any] | None = None,
+    request: HttpRequest | None = None,
+) -> FineTuneJob:
+    """Validate and queue a LoRA fine-tune of a local target's base model on a dataset
+    version (its train rows; its eval rows for the eval loss)."""
+    dataset = dataset_version.dataset
+    squad = dataset.squad
+    require_squad_permission(actor, squad, RUN_FINETUNE)
+    target = _local_target(squad.pk, target_name)
+    lora_clean, train_clean = clean_settings(
+        lora or {}, train or {}, context_length=target.context_length
+    )
+    if dataset_version.train_count == 0:
+        raise ValidationFailed(
+            f"Dataset '{dataset.slug}' v{dataset_version.number} has no train rows.",
+            field="dataset_version",
+        )
+    problems = settings_problems(target.base_model, lora_clean, train_clean)
+    if problems:
+        raise ValidationFailed(
+            f"Model '{target.base_model}' refuses these settings: {'; '.join(problems)}",
+            field="lora.target_modules",
+            extra=[{"message": p} for p in problems],
+        )
+    job = FineTuneJob.objects.create(
+        squad=squad,
+        dataset_version=dataset_version,
+        target=target,
+        base_model=target.base_model,
+        lora=lora_clean,
+        train=train_clean,
+        created_by=actor,
+    )
+    job.work_dir = str(_job_dir(job))
+    job.save(update_fields=["work_dir"])
+    audit_log(
+        actor=actor,
+        action="finetune.job_created",
+        squad=squad,
+        target=job,
+        data={
+            "dataset": dataset.slug,
+            "version": dataset_version.number,
+            "dataset_sha256": dataset_version.sha256,
+            "target": target.name,
+            "base_model": target.base_model,
+            "lora": lora_clean,
+            "train": train_clean,
+        },
+        request=request,
+    )
+    from workers.tasks import run_finetune_job
+
+    transaction.on_commit(lambda: run_finetune_job.delay(job.pk))
+    return job
+
+
+@transaction.atomic
+def finetune_job_cancel(
+    *, actor: User, job: FineTuneJob, request: HttpRequest | None = None
+) -> FineTuneJob:
+    """A queued job is cancelled at once; a running one stops at its next step."""
+    require_squad_permission(actor, job.squad, RUN_FINETUNE)
+    job = FineTuneJob.objects.select_for_update().select_related("squad").get(pk=job.pk)
+    if job.finished:
+        raise Conflict(f"Fine-tune job {job.pk} is already {job.status}.", field="status")
+    if job.cancel_requested:
+        raise Conflict(f"Fine-tune job {job.pk} is already being cancelled.", field="status")
+    job.cancel_requested = True
+    if job.status == FineTuneJob.Status.QUEUED:
+        job.status = FineTuneJob.Status.CANCELLED
+        job.finished_at = timezone.now()
+    job.save(update_fields=["cancel_requested", "status", "finished_at"])
+    audit_log(
+        actor=actor,
+        action="finetune.job_cancel_requested",
+        squad=job.squad,
+        target=job,
+        data={"status": job.status, "step": job.step, "total_steps": job.total_steps},
+        request=request,
+    )
+    return job
+
+
+# --- jobs: worker side --------------------------------------------------------------------
+
+
+def _claim(job_id: int) -> FineTuneJob | None:
+    """Take the job if nobody live holds it (no heartbeat within STALE_AFTER)."""
+    with transaction.atomic():
+        job = (
+            FineTuneJob.objects.select_for_update(of=("self",))
+            .select_related("squad", "dataset_version__dataset__prompt_version")
+            .get(pk=job_id)
+        )
+        if job.finished:
+            return None
+        now = timezone.now()
+        held = (
+            job.status == FineTuneJob.Status.RUNNING
+            and job.worker != _worker_name()
+            and job.heartbeat_at is not None
+            and now - job.heartbeat_at < STALE_AFTER
+        )
+        if held:
+            return None
+        job.status = FineTuneJob.Status.RUNNING
+        job.worker = _worker_name()
+        job.heartbeat_at = now
+        job.attempts += 1
+        job.started_at = job.started_at or now
+        job.save(update_fields=["status", "worker", "heartbeat_at", "attempts", "started_at"])
+        return job
+
+
+def _holding(job: FineTuneJob):
+    """The job's row while this process still holds its lease."""
+    return FineTuneJob.objects.filter(
+        pk=job.pk, worker=job.worker, status=FineTuneJob.Status.RUNNING
+    )
+
+
+def write_training_rows(job: FineTuneJob) -> Path:
+    """The version's rows as the runtime reads them, in the job's work dir: chat and
+    prompt/completion rows as they are (meta dropped); variables rows rendered with their
+    prompt version into chat rows, the output as the assistant's answer."""
+    version = job.dataset_version
+    dataset = version.dataset
+    path = Path(job.work_dir) / "rows.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    prompt = dataset.prompt_version
+    with open(version.path, encoding="utf-8") as source, open(tmp, "w", encoding="utf-8") as out:
+        for line in source:
+            row = json.loads(line)
+            split = row.get("split", "train")
+            if dataset.format == DatasetFormat.VARIABLES:
+                messages = render_messages(prompt.messages, prompt.input_schema, row["variables"])
+                kept = {"messages": [*messages, {"role": "assistant", "content": row["output"]}]}
+            elif dataset.format == DatasetFormat.CHAT:
+                kept = {"messages": row["messages"]}
+            else:
+                kept = {"prompt": row["prompt"], "completion": row["completion"]}
+            out.write(json.dumps({**kept, "split": split}, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+class _Run:
+    """One worker's run of a job: stores progress, answers should_cancel, appends the log,
+    and notices when the lease was lost (the sweeper gave the job to another worker)."""
+
+    def __init__(self, job: FineTuneJob) -> None:
+        self.job = job
+        self.lost = False
+        self.first = True
+        self.log_path = Path(job.work_dir) / "train.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(self, line: str) -> None:
+        with open(self.log_path, "a", encoding="utf-8") as handle:
+            handle.write(f"{timezone.now():%Y-%m-%d %H:%M:%S} {line.rstrip()}\n")
+
+    def on_progress(self, p: Any) -> None:
+        job = self.job
+        points = job.points
+        if self.first:
+            # Resumed from a checkpoint: the steps after it run again, so their points go.
+            self.first = False
+            points = [pt for pt in points if pt[0] < p.step]
+            job.resumed_at_steps = [*job.resumed_at_steps, max(p.step - 1, 0)]
+            self.log(f"run {job.attempts} starts at step {p.step}")
+        point = [p.step, _round(p.loss), _round(p.smoothed_loss), _round(p.eval_loss)]
+        points = [pt for pt in points if pt[0] != p.step] + [point]
+        if len(points) > MAX_POINTS:
+            points = points[:-1:2] + points[-1:]
+        job.points = points
+        fields = {
+            "step": p.step,
+            "total_steps": p.total_steps,
+            "epoch": p.epoch,
+            "loss": p.loss,
+            "smoothed_loss": p.smoothed_loss,
+            "tokens_per_second": p.tokens_per_second or 0.0,
+            "eta_seconds": p.eta_seconds,
+            "learning_rate": p.learning_rate,
+            "points": points,
+            "resumed_at_steps": job.resumed_at_steps,
+            "heartbeat_at": timezone.now(),
+        }
+        if p.eval_loss is not None:
+            fields["eval_loss"] = p.eval_loss
+        if not _holding(job).update(**fields):
+            self.lost = True
+
+    def should_cancel(self) -> bool:
+        if self.lost:
+            return True
+        state = _holding(self.job).values_list("cancel_requested", flat=True).first()
+        if state is None:
+            self.lost = True
+            return True
+        return state
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 5)
+
+
+class _Heartbeat:
+    """Beats every STALE_AFTER/4 while a long step or the model load runs, so a slow but
+    live worker is never taken for a dead one."""
+
+    def __init__(self, job: FineTuneJob) -> None:
+        self.job = job
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, name=f"finetune-{job.pk}", daemon=True)
+
+    def _beat(self) -> None:
+        interval = max(STALE_AFTER.total_seconds() / 4, 0.5)
+        beat = False
+        while not self.stop.wait(interval):
+            beat = True
+            _holding(self.job).update(heartbeat_at=timezone.now())
+        if beat:
+            close_old_connections()
+
+    def __enter__(self) -> "_Heartbeat":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def _finish(job: FineTuneJob, status: str, error: str = "", kind: str = "") -> None:
+    with transaction.atomic():
+        FineTuneJob.objects.filter(pk=job.pk).update(
+            status=status,
+            error=error[:5000],
+            failure_kind=kind,
+            finished_at=timezone.now(),
+            heartbeat_at=timezone.now(),
+        )
+        job.refresh_from_db()
+        audit_log(
+            actor=None,
+            action="finetune.job_finished",
+            squad=job.squad,
+            target=job,
+            data={
+                "status": status,
+                "step": job.step,
+                "total_steps": job.total_steps,
+                "attempts": job.attempts,
+                "failure_kind": kind,
+                "error": error[:500],
+            },
+        )
+
+
+def _succeed(job: FineTuneJob, result: Any) -> Adapter:
+    with transaction.atomic():
+        adapter = Adapter.objects.create(
+            squad_id=job.squad_id,
+            job=job,
+            dataset_version_id=job.dataset_version_id,
+            path=str(result.adapter_dir),
+            sha256=result.sha256,
+            size_bytes=result.size_bytes,
+            base_model=result.base_model,
+            base_model_sha256=result.base_model_sha256,
+            lora_config=result.lora_config,
+            metrics=result.metrics,
+        )
+        audit_log(
+            actor=None,
+            action="finetune.adapter_created",
+            squad=job.squad,
+            target=adapter,
+            data={
+                "job": job.pk,
+                "dataset_version": job.dataset_version_id,
+                "sha256": adapter.sha256,
+                "size_bytes": adapter.size_bytes,
+                "base_model": adapter.base_model,
+                "base_model_sha256": adapter.base_model_sha256,
+                "metrics": adapter.metrics,
+            },
+        )
+        _finish(job, FineTuneJob.Status.SUCCEEDED)
+    return adapter
+
+
+def finetune_job_run(*, job_id: int) -> FineTuneJob | None:
+    """Worker side. Resumable: train() continues from the work dir's last checkpoint, so a
+    job whose worker was killed goes on from there on the next run."""
+    job = _claim(job_id)
+    if job is None:
+        return None
+    from workers.runtime import training
+
+    run = _Run(job)
+    run.log(f"run {job.attempts} on {job.worker}")
+    try:
+        if job.cancel_requested:
+            _finish(job, FineTuneJob.Status.CANCELLED)
+            return job
+        rows_path = write_training_rows(job)
+        problems = settings_problems(job.base_model, job.lora, job.train)
+        if problems:
+            message = f"Model '{job.base_model}' refuses these settings: {'; '.join(problems)}"
+            run.log(message)
+            _finish(job, FineTuneJob.Status.FAILED, message, "invalid_settings")
+            return job
+        lora, train = _runtime_settings(job.lora, job.train)
+        with _Heartbeat(job):
+            result = training.train(
+                base_model=job.base_model,
+                rows_path=rows_path,
+                lora=lora,
+                train=train,
+                work_dir=Path(job.work_dir),
+                on_progress=run.on_progress,
+                should_cancel=run.should_cancel,
+                log=run.log,
+            )
+    except training.TrainingError as exc:
+        run.log(f"stopped: {exc.kind}: {exc}")
+        if run.lost:
+            return None  # another worker holds the job now; it decides how it ends
+        if exc.kind == "cancelled":
+            _finish(job, FineTuneJob.Status.CANCELLED)
+        else:
+            _finish(job, FineTuneJob.Status.FAILED, str(exc), exc.kind)
+        return job
+    except Exception as exc:
+        run.log(f"failed: {type(exc).__name__}: {exc}")
+        if not run.lost:
+            _finish(job, FineTuneJob.Status.FAILED, f"{type(exc).__name__}: {exc}", "internal")
+        raise
+    if run.lost:
+        return None
+    run.log(f"adapter {result.adapter_dir} sha256 {result.sha256}")
+    _succeed(job, result)
+    return job
+
+
+def finetune_jobs_recover() -> tuple[list[int], list[int]]:
+    """Running jobs whose worker stopped beating: requeued (the next run resumes from the
+    last checkpoint), or failed once MAX_ATTEMPTS workers were lost on them.
+    Returns (requeued, failed) job ids."""
+    from workers.tasks import run_finetune_job
+
+    cutoff = timezone.now() - STALE_AFTER
+    requeued: list[int] = []
+    failed: list[int] = []
+    stale = FineTuneJob.objects.filter(status=FineTuneJob.Status.RUNNING, heartbeat_at__lt=cutoff)
+    for job_id in stale.values_list("pk", flat=True):
+        with transaction.atomic():
+            job = (
+                FineTuneJob.objects.select_for_update()
+                .select_related("squad")
+                .filter(pk=job_id, status=FineTuneJob.Status.RUNNING, heartbeat_at__lt=cutoff)
+                .first()
+            )
+            if job is None:
+                continue
+            if job.attempts >= MAX_ATTEMPTS:
+                _finish(
+                    job,
+                    FineTuneJob.Status.FAILED,
+                    f"The worker running this job stopped {job.attempts} times (last: "
+                    f"{job.worker}, last heartbeat {job.heartbeat_at:%Y-%m-%d %H:%M:%S}); "
+                    "given up at step "
+                    f"{job.step}.",
+                    "worker_lost",
+                )
+                failed.append(job_id)
+            else:
+                transaction.on_commit(lambda job_id=job_id: run_finetune_job.delay(job_id))
+                requeued.append(job_id)
+    return requeued, failed
+
+
+# --- adapters -----------------------------------------------------------------------------
+
+
+@transaction.atomic
+def adapter_approve(
+    *, actor: User, adapter: Adapter, request: HttpRequest | None = None
+) -> Adapter:
+    """Approve an adapter for use on model targets. Whoever started its job cannot."""
+    require_squad_permission(actor, adapter.squad, APPROVE_ADAPTERS)
+    adapter = Adapter.objects.select_for_update().select_related("squad", "job").get(pk=adapter.pk)
+    if adapter.approved:
+        raise Conflict(f"Adapter {adapter.pk} is already approved.", field="adapter")
+    if adapter.job.created_by_id == actor.pk:
+        raise Conflict(
+            f"You started fine-tune job {adapter.job_id}; someone else must approve "
+            f"adapter {adapter.pk}.",
+            field="adapter",
+        )
+    adapter.approved_by = actor
+    adapter.approved_at = timezone.now()
+    adapter.save(update_fields=["approved_by", "approved_at"])
+    audit_log(
+        actor=actor,
+        action="finetune.adapter_approved",
+        squad=adapter.squad,
+        target=adapter,
+        data={"sha256": adapter.sha256, "job": adapter.job_id, "base_model": adapter.base_model},
+        request=request,
+    )
+    return adapter
+
+
+@transaction.atomic
+def model_target_set_adapter(
+    *,
+    actor: User,
+    target: ModelTarget,
+    adapter: Adapter | None,
+    request: HttpRequest | None = None,
+) -> ModelTarget:
+    """Attach an approved adapter to one of the squad's own local targets of the same base
+    model (or detach with None). Global targets carry no squad's adapter."""
+    if target.squad is None:
+        raise ValidationFailed(
+            f"Target '{target.name}' is global; attach adapters to a squad's own target.",
+            field="target",
+        )
+    require_squad_permission(actor, target.squad, MANAGE_TARGETS)
+    target = ModelTarget.objects.select_for_update().get(pk=target.pk)
+    if adapter is not None:
+        if adapter.squad_id != target.squad_id:
+            raise NotFound(f"Adapter {adapter.pk} not found.", field="adapter")
+        if target.kind != ModelTarget.Kind.LOCAL:
+            raise ValidationFailed(
+                f"Target '{target.name}' is remote; export the adapter and name it in "
+                "adapter_id on the serving side (TGI multi-LoRA).",
+                field="target",
+            )
+        if adapter.base_model != target.base_model:
+            raise ValidationFailed(
+                f"Adapter {adapter.pk} was trained on '{adapter.base_model}'; target "
+                f"'{target.name}' runs '{target.base_model}'.",
+                field="adapter",
+            )
+        if not adapter.approved:
+            raise Conflict(f"adapter {adapter.pk} is not approved", field="adapter")
+    previous = target.lora_adapter_id
+    target.lora_adapter = adapter
+    target.save(update_fields=["lora_adapter"])
+    audit_log(
+        actor=actor,
+        action="generation.target_adapter_set",
+        squad=target.squad,
+        target=target,
+        data={
+            "target": target.name,
+            "adapter": adapter.pk if adapter else None,
+            "sha256": adapter.sha256 if adapter else None,
+            "previous": previous,
+        },
+        request=request,
+    )
+    return target
