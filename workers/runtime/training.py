@@ -1,0 +1,880 @@
+"""LoRA fine-tuning of a local model with peft: the runtime behind fine-tune jobs.
+
+`train()` reads chat or prompt/completion rows (JSONL, each with `"split": "train"|"eval"`),
+trains a LoRA adapter on the train split and writes it to `work_dir/adapter/` with peft's
+`save_pretrained` (safetensors). What it does, and why:
+
+- Loss on the answer only. Each row is rendered with the model's chat template (a
+  prompt/completion row becomes one user turn and the assistant's answer): the prompt,
+  ending with the assistant's turn opener exactly as `LocalModel.prompt_ids` builds it
+  for generation, and the answer (the rest of the rendered conversation, end-of-turn
+  token included) are tokenized separately; labels are -100 on the prompt. A row over
+  `max_seq_len` loses prompt tokens from the left; a row whose answer alone leaves no
+  room for a prompt token, or with no answer, is refused (`TrainingError`, kind
+  `bad_data`, naming the row), since training on an answer without its question
+  teaches the wrong thing.
+- Length-grouped batches, padded per batch. Each epoch the train rows are shuffled
+  (seeded), cut into windows of 50 x batch_size rows, sorted by length inside each
+  window, split into batches, and the batches shuffled. A batch is padded to its own
+  longest row, so little compute goes to padding (the speed-up over a `Trainer` with
+  random batches; `bench/finetune.py`). The language-model head runs only at the
+  positions that have a label (the answer), not over the whole padded batch.
+- Loss weighting: the summed token loss of an optimizer step's micro-batches divided by
+  its number of answer tokens, so gradient accumulation equals one large batch.
+  AdamW (no weight decay), linear warm-up then linear decay, gradients clipped at 1.0:
+  the defaults of transformers' `Trainer`.
+- Crash safety: every `checkpoint_every` steps `work_dir/checkpoints/step-N/` gets the
+  adapter weights, optimizer, scheduler, python/numpy/torch RNG states and the data
+  position (epoch, the epoch's batch order, micro-batch index), written to a temporary
+  directory that is renamed into place; the last two are kept. Calling `train()` again
+  with the same `work_dir` resumes from the newest checkpoint: the step count goes on
+  and the data order is the same, so the result matches an uninterrupted run up to
+  float nondeterminism. A finished run (its adapter in place) is returned as is.
+- Threads: as for generation (`local.limit_cpu_threads`), one core is left to the web
+  server and broker sharing the machine in the embedded setup; a dedicated worker sets
+  OMP_NUM_THREADS to use every core.
+
+`check_settings()` needs no torch: it reads the converted model's `config.json`, so the
+web process can refuse unknown target modules by name before a job is queued.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workers.runtime import BackendError
+from workers.runtime.local import DEFAULT_MODEL_ID, LocalModel, model_dir
+
+LENGTH_WINDOW_BATCHES = 50
+KEEP_CHECKPOINTS = 2
+MAX_GRAD_NORM = 1.0
+SMOOTHING = 0.9  # the smoothed loss is an exponential moving average, bias-corrected
+# The embeddings are never trained here; saying so also stops peft from looking the base
+# model's name up on the Hugging Face Hub to compare vocabulary sizes.
+_SAVE = {"safe_serialization": True, "save_embedding_layers": False}
+ARTIFACT_FILES = ("adapter_config.json", "adapter_model.safetensors")
+RECORD_FILE = "studio_training.json"
+
+_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+_MLP = ("gate_proj", "up_proj", "down_proj")
+# model_type -> (default LoRA targets, every module name LoRA may target)
+ARCHITECTURES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    **{
+        name: (_ATTENTION, _ATTENTION + _MLP)
+        for name in (
+            "llama",
+            "mistral",
+            "qwen2",
+            "qwen3",
+            "gemma",
+            "gemma2",
+            "gemma3_text",
+            "olmo",
+            "olmo2",
+            "granite",
+            "smollm3",
+        )
+    },
+    "phi3": (("qkv_proj", "o_proj"), ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")),
+    "phi": (("q_proj", "k_proj", "v_proj", "dense"), ("q_proj", "k_proj", "v_proj", "dense")),
+    "gpt2": (("c_attn",), ("c_attn", "c_proj", "c_fc")),
+    **{
+        name: (
+            ("query_key_value",),
+            ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
+        )
+        for name in ("gpt_neox", "falcon")
+    },
+}
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] | None = None  # None: the architecture's default
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    learning_rate: float = 2e-4
+    epochs: float = 1.0
+    max_steps: int | None = None  # when set, wins over epochs
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_seq_len: int = 512
+    seed: int = 0
+    eval_every: int = 20
+    checkpoint_every: int = 20
+    warmup_steps: int = 0
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int
+    total_steps: int
+    epoch: float
+    loss: float
+    smoothed_loss: float
+    eval_loss: float | None
+    tokens_per_second: float
+    eta_seconds: float | None
+    learning_rate: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    adapter_dir: Path
+    sha256: str
+    size_bytes: int
+    base_model: str
+    base_model_sha256: str
+    lora_config: dict
+    metrics: dict
+
+
+class TrainingError(Exception):
+    """Training stopped for a reason a person can act on; `kind` is one of KINDS."""
+
+    KINDS = ("bad_data", "out_of_memory", "cancelled", "invalid_settings")
+
+    def __init__(self, message: str, *, kind: str) -> None:
+        assert kind in self.KINDS, kind
+        super().__init__(message)
+        self.kind = kind
+
+
+# --- settings, without torch ----------------------------------------------------------
+
+
+def default_target_modules(model_type: str) -> tuple[str, ...]:
+    """The attention projections of `model_type`'s layers; ValueError for an
+    architecture this runtime does not know (then name the modules explicitly)."""
+    try:
+        return ARCHITECTURES[model_type][0]
+    except KeyError:
+        raise ValueError(
+            f"no default LoRA target modules for model type {model_type!r}; "
+            "name them in lora.target_modules"
+        ) from None
+
+
+def check_settings(*, base_model: str, lora: LoraSettings, train: TrainSettings) -> list[str]:
+    """Every problem with these settings for `base_model` (a directory name under
+    `model_dir()`), as readable strings naming the setting; [] when all is well.
+
+    Reads the converted model's config.json (and, for an architecture not in
+    ARCHITECTURES, the tensor names in its safetensors headers); never imports torch.
+    """
+    problems = _range_problems(lora, train)
+    config_path = model_dir(base_model) / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as exc:
+        return [*problems, f"base model {base_model!r} cannot be read ({config_path}: {exc})"]
+    model_type = config.get("model_type", "")
+    if model_type in ARCHITECTURES:
+        known = ARCHITECTURES[model_type][1]
+    else:
+        known = _weight_module_names(config_path.parent)
+    targets = lora.target_modules
+    if targets is None:
+        try:
+            targets = default_target_modules(model_type)
+        except ValueError as exc:
+            problems.append(f"lora.target_modules: {exc}")
+            targets = ()
+    elif not targets:
+        problems.append("lora.target_modules: name at least one module, or none for the default")
+    unknown = [name for name in targets if name not in known]
+    if unknown:
+        problems.append(
+            f"lora.target_modules: {', '.join(map(repr, unknown))} "
+            f"{'is not a module' if len(unknown) == 1 else 'are not modules'} "
+            f"of {model_type or 'this'} models (known: {', '.join(known)})"
+        )
+    context = config.get("max_position_embeddings")
+    if isinstance(context, int) and train.max_seq_len > context:
+        problems.append(
+            f"train.max_seq_len: {train.max_seq_len} is longer than the model's context "
+            f"of {context} tokens"
+        )
+    return problems
+
+
+def _range_problems(lora: LoraSettings, train: TrainSettings) -> list[str]:
+    checks = [
+        ("lora.r", lora.r, 1, 1024),
+        ("lora.alpha", lora.alpha, 1e-6, None),
+        ("lora.dropout", lora.dropout, 0.0, 0.99),
+        ("train.learning_rate", train.learning_rate, 1e-12, 10.0),
+        ("train.epochs", train.epochs, 1e-6, None),
+        ("train.max_steps", train.max_steps, 1, None),
+        ("train.batch_size", train.batch_size, 1, None),
+        ("train.grad_accum", train.grad_accum, 1, None),
+        ("train.max_seq_len", train.max_seq_len, 8, None),
+        ("train.seed", train.seed, 0, None),
+        ("train.eval_every", train.eval_every, 1, None),
+        ("train.checkpoint_every", train.checkpoint_every, 1, None),
+        ("train.warmup_steps", train.warmup_steps, 0, None),
+    ]
+    problems = []
+    for name, value, low, high in checks:
+        if value is None and name == "train.max_steps":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            problems.append(f"{name}: must be a number (got {value!r})")
+        elif value < low or (high is not None and value > high):
+            bounds = f"at least {low}" if high is None else f"between {low} and {high}"
+            problems.append(f"{name}: must be {bounds} (got {value})")
+    return problems
+
+
+def _weight_module_names(directory: Path) -> tuple[str, ...]:
+    """Names of the modules holding a 2-D `weight` in the safetensors files (read from
+    their JSON headers, no torch): the candidates for LoRA in an unknown architecture."""
+    names: set[str] = set()
+    for path in sorted(directory.glob("*.safetensors")):
+        with open(path, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            header = json.loads(handle.read(size))
+        for tensor, meta in header.items():
+            parts = tensor.split(".")
+            if len(parts) >= 2 and parts[-1] == "weight" and len(meta.get("shape", ())) == 2:
+                names.add(parts[-2])
+    return tuple(sorted(names))
+
+
+# --- rows --------------------------------------------------------------------------------
+
+
+@dataclass
+class Example:
+    """One tokenized row: `input_ids`, and `labels` (-100 on the prompt)."""
+
+    row: int  # 1-based line of the rows file
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool = False
+
+    @property
+    def trainable(self) -> int:
+        """Tokens the loss sees: every label but the first position's (nothing predicts
+        it)."""
+        return sum(1 for label in self.labels[1:] if label != -100)
+
+
+def read_examples(
+    rows_path: Path, tokenizer: Any, max_seq_len: int
+) -> tuple[list[Example], list[Example]]:
+    """The (train, eval) examples of a JSONL rows file. TrainingError(bad_data) names the
+    first row that cannot be trained on."""
+    train_rows: list[Example] = []
+    eval_rows: list[Example] = []
+    with open(rows_path, encoding="utf-8") as source:
+        for line_number, line in enumerate(source, start=1):
+            if not line.strip():
+                continue
+            example, split = _example(line_number, line, tokenizer, max_seq_len)
+            (eval_rows if split == "eval" else train_rows).append(example)
+    if not train_rows:
+        raise TrainingError(f"{rows_path.name} has no rows in the train split", kind="bad_data")
+    return train_rows, eval_rows
+
+
+def _bad(row: int, message: str) -> TrainingError:
+    return TrainingError(f"row {row}: {message}", kind="bad_data")
+
+
+def _example(row: int, line: str, tokenizer: Any, max_seq_len: int) -> tuple[Example, str]:
+    try:
+        data = json.loads(line)
+    except ValueError as exc:
+        raise _bad(row, f"not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise _bad(row, "not a JSON object")
+    split = data.get("split", "train")
+    if split not in ("train", "eval"):
+        raise _bad(row, f"split must be 'train' or 'eval' (got {split!r})")
+    if "messages" in data:
+        messages = data["messages"]
+        if not isinstance(messages, list) or not all(
+            isinstance(m, dict)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str)
+            for m in messages
+        ):
+            raise _bad(row, "messages must be a list of {role, content} strings")
+    elif "prompt" in data and "completion" in data:
+        if not isinstance(data["prompt"], str) or not isinstance(data["completion"], str):
+            raise _bad(row, "prompt and completion must be strings")
+        messages = [
+            {"role": "user", "content": data["prompt"]},
+            {"role": "assistant", "content": data["completion"]},
+        ]
+    elif "variables" in data:
+        raise _bad(row, "variables rows must be rendered into chat rows before training")
+    else:
+        raise _bad(row, "expected messages, or prompt and completion")
+    if not messages or messages[-1]["role"] != "assistant":
+        last = messages[-1]["role"] if messages else "nobody"
+        raise _bad(row, f"the last message is from {last}, not the assistant: nothing to train on")
+    if not any(m["role"] != "assistant" for m in messages[:-1]):
+        raise _bad(row, "the assistant's answer needs a message before it")
+    prompt_text = tokenizer.apply_chat_template(
+        messages[:-1], tokenize=False, add_generation_prompt=True
+    )
+    full_text = tokenizer.apply_chat_template(messages, tokenize=False)
+    if not full_text.startswith(prompt_text):
+        raise _bad(row, "the chat template does not render the answer after the prompt")
+    prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    answer = tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
+    if not answer:
+        raise _bad(row, "no trainable token: the answer is empty")
+    if len(answer) + 1 > max_seq_len:
+        raise _bad(
+            row,
+            f"no trainable token left: the answer alone is {len(answer)} tokens, which leaves "
+            f"no room for the prompt in max_seq_len {max_seq_len}; raise max_seq_len or "
+            "shorten the answer",
+        )
+    room = max_seq_len - len(answer)
+    truncated = len(prompt) > room
+    prompt = prompt[-room:]
+    example = Example(row, prompt + answer, [-100] * len(prompt) + answer, truncated)
+    return example, split
+
+
+def length_grouped_batches(
+    lengths: list[int], batch_size: int, seed: int, window_batches: int = LENGTH_WINDOW_BATCHES
+) -> list[list[int]]:
+    """Indexes into `lengths` in batches of `batch_size` rows of similar length: a seeded
+    shuffle, windows of `window_batches` batches sorted by length (longest first), the
+    batches shuffled. The same arguments give the same batches."""
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = window_batches * batch_size
+    batches: list[list[int]] = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: -lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _epoch_batches(examples: list[Example], batch_size: int, seed: int, epoch: int):
+    return length_grouped_batches(
+        [len(e.input_ids) for e in examples], batch_size, seed * 1_000_003 + epoch
+    )
+
+
+# --- training ----------------------------------------------------------------------------
+
+
+@dataclass
+class _State:
+    """What a checkpoint stores besides tensors."""
+
+    run: str  # fingerprint of base model, rows and settings
+    step: int = 0
+    micro: int = 0  # micro-batches done since the start
+    epoch: int = 0
+    epoch_batches: list[list[int]] = field(default_factory=list)
+    ema: float = 0.0
+    ema_count: int = 0
+    first_loss: float | None = None
+    last_loss: float | None = None
+    eval_loss: float | None = None
+    tokens: int = 0  # non-padding tokens trained on
+    seconds: float = 0.0
+
+
+def train(
+    *,
+    base_model: str,
+    rows_path: Path,
+    lora: LoraSettings,
+    train: TrainSettings,
+    work_dir: Path,
+    on_progress: Callable[[Progress], None],
+    should_cancel: Callable[[], bool],
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train a LoRA adapter of `base_model` on the rows at `rows_path`; see the module
+    docstring. `on_progress` is called after every optimizer step; `should_cancel` before
+    every micro-batch (TrainingError(cancelled) when it says so). Resumes from
+    `work_dir`'s newest checkpoint; returns the stored result if `work_dir` holds a
+    finished adapter of the same run."""
+    work_dir = Path(work_dir)
+    rows_path = Path(rows_path)
+    directory = _converted_model(base_model)
+    problems = check_settings(base_model=base_model, lora=lora, train=train)
+    if problems:
+        raise TrainingError("; ".join(problems), kind="invalid_settings")
+    run = _fingerprint(base_model, rows_path, lora, train)
+    finished = _finished(work_dir, run)
+    if finished is not None:
+        log(f"adapter already trained in {finished.adapter_dir}")
+        return finished
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import get_linear_schedule_with_warmup
+
+    from workers.runtime.local import _load_directory
+
+    loaded = _load_directory(directory)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    train_rows, eval_rows = read_examples(rows_path, tokenizer, train.max_seq_len)
+    truncated = sum(e.truncated for e in train_rows + eval_rows)
+    log(
+        f"{len(train_rows)} train / {len(eval_rows)} eval rows"
+        + (
+            f", {truncated} with the prompt cut to max_seq_len {train.max_seq_len}"
+            if truncated
+            else ""
+        )
+    )
+
+    config = json.loads((directory / "config.json").read_text())
+    targets = lora.target_modules or default_target_modules(config["model_type"])
+    torch.manual_seed(train.seed)
+    peft_config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(targets),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    try:
+        peft_model = get_peft_model(model, peft_config)
+    except ValueError as exc:
+        raise TrainingError(f"lora.target_modules: {exc}", kind="invalid_settings") from exc
+    peft_model.peft_config["default"].base_model_name_or_path = base_model
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=train.learning_rate, weight_decay=0.0)
+
+    batches_per_epoch = math.ceil(len(train_rows) / train.batch_size)
+    total_steps = train.max_steps or max(
+        1, math.ceil(train.epochs * batches_per_epoch / train.grad_accum)
+    )
+    scheduler = get_linear_schedule_with_warmup(optimizer, train.warmup_steps, total_steps)
+
+    checkpoints = work_dir / "checkpoints"
+    state = _State(run=run)
+    latest = _latest_checkpoint(checkpoints)
+    resumed_from = 0
+    if latest is not None:
+        state = _restore(latest, peft_model, optimizer, scheduler, run)
+        resumed_from = state.step
+        log(f"resuming from checkpoint {latest.name} (step {state.step} of {total_steps})")
+    else:
+        state.epoch_batches = _epoch_batches(train_rows, train.batch_size, train.seed, 0)
+
+    loss_of = _loss_function(peft_model, torch)
+    device = peft_model.get_base_model().device
+    pad_id = tokenizer.pad_token_id
+
+    def collate(examples: list[Example]):
+        width = max(len(e.input_ids) for e in examples)
+        ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(examples), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(examples), width), dtype=torch.long)
+        for i, e in enumerate(examples):
+            ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
+            labels[i, : len(e.labels)] = torch.tensor(e.labels)
+            mask[i, : len(e.input_ids)] = 1
+        return ids.to(device), mask.to(device), labels.to(device)
+
+    def next_batch() -> list[Example]:
+        position = state.micro - state.epoch * batches_per_epoch
+        if position >= len(state.epoch_batches):
+            state.epoch += 1
+            state.epoch_batches = _epoch_batches(
+                train_rows, train.batch_size, train.seed, state.epoch
+            )
+            position = 0
+        state.micro += 1
+        return [train_rows[i] for i in state.epoch_batches[position]]
+
+    def evaluate() -> float | None:
+        if not eval_rows:
+            return None
+        peft_model.eval()
+        total, count = 0.0, 0
+        order = sorted(range(len(eval_rows)), key=lambda i: len(eval_rows[i].input_ids))
+        with torch.no_grad():
+            for start in range(0, len(order), train.batch_size):
+                chunk = [eval_rows[i] for i in order[start : start + train.batch_size]]
+                with _out_of_memory_as_error(chunk, device, "evaluating"):
+                    loss_sum, n = loss_of(*collate(chunk))
+                total += float(loss_sum)
+                count += n
+        peft_model.train()
+        return total / count if count else None
+
+    peft_model.train()
+    run_start = time.perf_counter()
+    run_tokens = 0
+    seconds_before = state.seconds
+    while state.step < total_steps:
+        micro_batches = [next_batch() for _ in range(train.grad_accum)]
+        step_tokens = sum(e.trainable for batch in micro_batches for e in batch)
+        learning_rate = scheduler.get_last_lr()[0]
+        step_loss = 0.0
+        for batch in micro_batches:
+            if should_cancel():
+                raise TrainingError(f"cancelled at step {state.step + 1}", kind="cancelled")
+            with _out_of_memory_as_error(batch, device, f"at step {state.step + 1}"):
+                loss_sum, _ = loss_of(*collate(batch))
+                if step_tokens:
+                    (loss_sum / step_tokens).backward()
+            step_loss += loss_sum.item()
+            run_tokens += sum(len(e.input_ids) for e in batch)
+        torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        loss = step_loss / step_tokens if step_tokens else 0.0
+        state.last_loss = loss
+        if state.first_loss is None:
+            state.first_loss = loss
+        state.ema = SMOOTHING * state.ema + (1 - SMOOTHING) * loss
+        state.ema_count += 1
+        if state.step % train.eval_every == 0 or state.step == total_steps:
+            state.eval_loss = evaluate()
+            if state.eval_loss is not None:
+                log(f"step {state.step}: eval loss {state.eval_loss:.4f}")
+        elapsed = time.perf_counter() - run_start
+        state.seconds = seconds_before + elapsed
+        state.tokens += sum(len(e.input_ids) for batch in micro_batches for e in batch)
+        if state.step % train.checkpoint_every == 0 and state.step < total_steps:
+            _save_checkpoint(checkpoints, peft_model, optimizer, scheduler, state)
+            log(f"checkpoint step-{state.step}")
+        done_here = state.step - resumed_from
+        on_progress(
+            Progress(
+                step=state.step,
+                total_steps=total_steps,
+                epoch=state.micro / batches_per_epoch,
+                loss=loss,
+                smoothed_loss=state.ema / (1 - SMOOTHING**state.ema_count),
+                eval_loss=state.eval_loss,
+                tokens_per_second=run_tokens / elapsed if elapsed > 0 else 0.0,
+                eta_seconds=(total_steps - state.step) * elapsed / done_here,
+                learning_rate=learning_rate,
+            )
+        )
+
+    metrics = {
+        "train_loss": state.ema / (1 - SMOOTHING**state.ema_count),
+        "first_loss": state.first_loss,
+        "last_loss": state.last_loss,
+        "eval_loss": state.eval_loss,
+        "steps": state.step,
+        "epochs": state.micro / batches_per_epoch,
+        "tokens": state.tokens,
+        "seconds": round(state.seconds, 3),
+        "resumed_from_step": resumed_from,
+        "train_rows": len(train_rows),
+        "eval_rows": len(eval_rows),
+        "trainable_parameters": sum(p.numel() for p in params),
+    }
+    result = _save_adapter(work_dir, peft_model, base_model, directory, lora, targets, metrics, run)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    log(f"adapter saved: {result.adapter_dir} ({result.size_bytes} bytes)")
+    return result
+
+
+def _converted_model(base_model: str) -> Path:
+    """The model's safetensors directory; the default model is converted on first use."""
+    directory = model_dir(base_model)
+    if not (directory / "config.json").exists():
+        if base_model != DEFAULT_MODEL_ID:
+            raise TrainingError(
+                f"base model {base_model!r} is not available: {directory} does not exist",
+                kind="invalid_settings",
+            )
+        from workers.runtime.local import load_local_model
+
+        try:
+            load_local_model(base_model)
+        except BackendError as exc:
+            raise TrainingError(str(exc), kind="invalid_settings") from exc
+    return directory
+
+
+def _loss_function(peft_model: Any, torch: Any):
+    """(input_ids, attention_mask, labels) -> (summed token loss, token count).
+
+    Runs the decoder, then the output head only at positions whose next token has a
+    label: on answer-only training most positions are prompt or padding, and the head
+    (hidden size x vocabulary) is a large share of a small model's compute. Models
+    whose logits are post-processed (soft-capping, scaling) use the full forward."""
+    import torch.nn.functional as F
+
+    inner = peft_model.get_base_model()
+    config = inner.config
+    decoder = inner.get_decoder() if hasattr(inner, "get_decoder") else None
+    head = inner.get_output_embeddings()
+    direct = (
+        decoder is not None
+        and head is not None
+        and getattr(config, "final_logit_softcapping", None) is None
+        and getattr(config, "logits_scaling", None) in (None, 1, 1.0)
+    )
+
+    def loss_of(ids, mask, labels):
+        targets = labels[:, 1:]
+        keep = targets != -100
+        if direct:
+            hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False)[0]
+            logits = head(hidden[:, :-1][keep])
+        else:
+            logits = inner(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1][keep]
+        loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+        return loss, int(keep.sum())
+
+    return loss_of
+
+
+@contextmanager
+def _out_of_memory_as_error(batch: list[Example], device: Any, where: str) -> Iterator[None]:
+    """Turns the device's out-of-memory error into TrainingError(out_of_memory)."""
+    from workers.runtime.local import _is_out_of_memory
+
+    try:
+        yield
+    except RuntimeError as exc:
+        if not _is_out_of_memory(exc):
+            raise
+        longest = max(len(e.input_ids) for e in batch)
+        raise TrainingError(
+            f"out of memory on {device} {where} with a batch of {len(batch)} rows of up to "
+            f"{longest} tokens; lower batch_size (raise grad_accum to keep the effective "
+            "batch) or max_seq_len",
+            kind="out_of_memory",
+        ) from exc
+
+
+# --- checkpoints and the adapter ---------------------------------------------------------
+
+
+def _fingerprint(base_model: str, rows_path: Path, lora: LoraSettings, train: TrainSettings):
+    rows_sha = hashlib.sha256(rows_path.read_bytes()).hexdigest()
+    payload = {
+        "base_model": base_model,
+        "rows": rows_sha,
+        "lora": asdict(lora),
+        "train": asdict(train),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()
+
+
+def _latest_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest complete checkpoint; leftovers of an interrupted write are removed."""
+    if not checkpoints.is_dir():
+        return None
+    complete = []
+    for path in checkpoints.iterdir():
+        if path.name.startswith("."):
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.name.startswith("step-") and (path / "state.json").exists():
+            complete.append((int(path.name.removeprefix("step-")), path))
+    return max(complete)[1] if complete else None
+
+
+def _save_checkpoint(checkpoints: Path, peft_model, optimizer, scheduler, state: _State) -> None:
+    import numpy as np
+    import torch
+
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".step-{state.step}-", dir=checkpoints))
+    try:
+        peft_model.save_pretrained(staging / "adapter", **_SAVE)
+        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+        torch.save(scheduler.state_dict(), staging / "scheduler.pt")
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+        torch.save({"torch": torch.get_rng_state(), "cuda": cuda}, staging / "rng.pt")
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        rng = {"python": random.getstate(), "numpy": [name, keys.tolist(), pos, has_gauss, cached]}
+        (staging / "rng.json").write_text(json.dumps(rng))
+        (staging / "state.json").write_text(json.dumps(asdict(state)))
+        target = checkpoints / f"step-{state.step}"
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    steps = sorted(
+        int(p.name.removeprefix("step-"))
+        for p in checkpoints.iterdir()
+        if p.name.startswith("step-")
+    )
+    for old in steps[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(checkpoints / f"step-{old}", ignore_errors=True)
+
+
+def _restore(path: Path, peft_model, optimizer, scheduler, run: str) -> _State:
+    import numpy as np
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = _State(**json.loads((path / "state.json").read_text()))
+    if state.run != run:
+        raise TrainingError(
+            f"{path.parent.parent} holds checkpoints of a run with other rows or settings; "
+            "use a new work directory",
+            kind="invalid_settings",
+        )
+    weights = load_file(path / "adapter" / "adapter_model.safetensors")
+    set_peft_model_state_dict(peft_model, weights)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    rng = torch.load(path / "rng.pt", weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    states = json.loads((path / "rng.json").read_text())
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    return state
+
+
+def _save_adapter(
+    work_dir: Path, peft_model, base_model: str, directory: Path, lora, targets, metrics, run
+) -> TrainResult:
+    import peft
+
+    staging = Path(tempfile.mkdtemp(prefix=".adapter-", dir=work_dir))
+    target = work_dir / "adapter"
+    try:
+        peft_model.save_pretrained(staging, **_SAVE)
+        (staging / "README.md").unlink(missing_ok=True)  # peft's empty model card
+        record = {
+            "run": run,
+            "sha256": _files_sha256(staging),
+            "size_bytes": sum((staging / name).stat().st_size for name in ARTIFACT_FILES),
+            "base_model": base_model,
+            "base_model_sha256": _model_sha256(directory),
+            "lora_config": {
+                "r": lora.r,
+                "alpha": lora.alpha,
+                "dropout": lora.dropout,
+                "target_modules": list(targets),
+                "bias": "none",
+                "task_type": "CAUSAL_LM",
+                "peft_version": peft.__version__,
+            },
+            "metrics": metrics,
+        }
+        (staging / RECORD_FILE).write_text(json.dumps(record, indent=2))
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return _result(target, record)
+
+
+def _finished(work_dir: Path, run: str) -> TrainResult | None:
+    path = work_dir / "adapter" / RECORD_FILE
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    if record["run"] != run:
+        raise TrainingError(
+            f"{work_dir} holds an adapter trained on other rows or settings; use a new "
+            "work directory",
+            kind="invalid_settings",
+        )
+    return _result(path.parent, record)
+
+
+def _result(adapter_dir: Path, record: dict) -> TrainResult:
+    return TrainResult(
+        adapter_dir=adapter_dir,
+        **{k: v for k, v in record.items() if k != "run"},
+    )
+
+
+def _files_sha256(directory: Path) -> str:
+    """sha256 over the adapter's config and weights: `<name> <sha256 of the file>` lines."""
+    lines = [f"{name} {_sha256(directory / name)}\n" for name in ARTIFACT_FILES]
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+_model_hashes: dict[tuple[str, int, int], str] = {}
+
+
+def _model_sha256(directory: Path) -> str:
+    """sha256 of the base model's weights (its safetensors files, by name), memoised per
+    file size and modification time."""
+    files = sorted(directory.glob("*.safetensors"))
+    lines = []
+    for path in files:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key not in _model_hashes:
+            _model_hashes[key] = _sha256(path)
+        lines.append(f"{path.name} {_model_hashes[key]}\n")
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+# --- generation with an adapter ----------------------------------------------------------
+
+_adapter_models: dict[tuple[Path, Path], LocalModel] = {}
+_adapter_lock = threading.Lock()
+KEEP_ADAPTER_MODELS = 2
+
+
+def load_adapter_model(base_model: str, adapter_dir: Path) -> LocalModel:
+    """A LocalModel of `base_model` with the adapter's LoRA weights merged in, loaded from
+    disk into its own copy (the shared base model of `load_local_model` is left as is).
+    The last KEEP_ADAPTER_MODELS are kept per process."""
+    from peft import PeftModel
+
+    from workers.runtime.local import _load_directory
+
+    directory = _converted_model(base_model).resolve()
+    adapter_dir = Path(adapter_dir).resolve()
+    if not (adapter_dir / "adapter_config.json").exists():
+        raise BackendError(f"no adapter in {adapter_dir}")
+    key = (directory, adapter_dir)
+    with _adapter_lock:
+        model = _adapter_models.pop(key, None)
+        if model is None:
+            base = _load_directory(directory)
+            merged = PeftModel.from_pretrained(base.model, adapter_dir).merge_and_unload()
+            model = LocalModel(merged, base.tokenizer)
+        _adapter_models[key] = model  # newest last
+        while len(_adapter_models) > KEEP_ADAPTER_MODELS:
+            _adapter_models.pop(next(iter(_adapter_models)))
+        return model
