@@ -101,7 +101,10 @@ class Recorder:
         return [p.step for p in self.progress]
 
 
-def run(base, rows_path, work_dir, recorder=None, lora=LoraSettings(), settings=FAST):
+DEFAULT_LORA = LoraSettings()
+
+
+def run(base, rows_path, work_dir, recorder=None, lora=DEFAULT_LORA, settings=FAST):
     recorder = recorder or Recorder()
     return train(
         base_model=base,
@@ -469,7 +472,7 @@ def test_unknown_target_module_fails_before_training(tiny, rows_path, tmp_path):
 def test_bad_rows_fail_the_run_with_the_row(tiny, tmp_path):
     path = write_rows(tmp_path / "rows.jsonl", [ROWS[0], {"messages": []}])
 
-    with pytest.raises(TrainingError, match="^row 2: the last message is from nobody") as info:
+    with pytest.raises(TrainingError, match=r"^row 2: the last message is from nobody") as info:
         run(tiny, path, tmp_path / "job")
     assert info.value.kind == "bad_data"
 
