@@ -22,7 +22,16 @@ LORA_FIELDS = ("r", "alpha", "dropout")
 TRAIN_FIELDS = ("learning_rate", "epochs", "max_steps", "batch_size", "grad_accum")
 TRAIN_FIELDS += ("max_seq_len", "seed")
 FORM_FIELDS = ("dataset", "version", "target", "target_modules", *LORA_FIELDS, *TRAIN_FIELDS)
-INTEGER_FIELDS = {"r", "max_steps", "batch_size", "grad_accum", "max_seq_len", "seed", "version"}
+INTEGER_FIELDS = {
+    "r",
+    "alpha",
+    "max_steps",
+    "batch_size",
+    "grad_accum",
+    "max_seq_len",
+    "seed",
+    "version",
+}
 CHART_WIDTH, CHART_HEIGHT = 600, 200
 
 

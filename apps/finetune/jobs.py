@@ -45,7 +45,7 @@ MAX_POINTS = 400
 LOG_TAIL_BYTES = 64 * 1024
 
 # (field, type, lowest, highest) — a settings value outside is refused by name.
-LORA_LIMITS = {"r": (int, 1, 256), "alpha": (float, 0.01, 4096), "dropout": (float, 0.0, 0.9)}
+LORA_LIMITS = {"r": (int, 1, 256), "alpha": (int, 1, 4096), "dropout": (float, 0.0, 0.9)}
 TRAIN_LIMITS = {
     "learning_rate": (float, 1e-7, 1.0),
     "epochs": (float, 0.01, 100.0),

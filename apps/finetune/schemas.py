@@ -93,7 +93,7 @@ class DiffOut(Schema):
 
 class LoraIn(Schema):
     r: int | None = Field(None, description="LoRA rank (default 8)")
-    alpha: float | None = Field(None, description="LoRA alpha (default 16)")
+    alpha: int | None = Field(None, description="LoRA alpha (default 16)")
     dropout: float | None = Field(None, description="LoRA dropout (default 0.05)")
     target_modules: list[str] | None = Field(
         None,

@@ -17,7 +17,7 @@ KNOWN_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
 @dataclass(frozen=True)
 class LoraSettings:
     r: int = 8
-    alpha: float = 16
+    alpha: int = 16
     dropout: float = 0.05
     target_modules: tuple[str, ...] | None = None
 
