@@ -421,6 +421,7 @@ def train(
     finished adapter of the same run."""
     work_dir = Path(work_dir)
     rows_path = Path(rows_path)
+    work_dir.mkdir(parents=True, exist_ok=True)
     directory = _converted_model(base_model)
     problems = check_settings(base_model=base_model, lora=lora, train=train)
     if problems:
