@@ -633,3 +633,20 @@ def test_real_adapter_changes_generations_and_reloads_identically(real_adapter):
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[-1]) == adapted
+
+
+def test_adapter_of_another_base_model_or_no_adapter_is_a_backend_error(tiny, rows_path, tmp_path):
+    from workers.runtime import BackendError
+
+    result = run(tiny, rows_path, tmp_path / "job")
+
+    with pytest.raises(BackendError, match="was trained on 'tiny-llama', not 'other'"):
+        load_adapter_model("other", result.adapter_dir)
+    with pytest.raises(BackendError, match="no adapter in"):
+        load_adapter_model(tiny, tmp_path)
+    import shutil
+
+    unrecorded = shutil.copytree(result.adapter_dir, tmp_path / "unrecorded")
+    (unrecorded / "studio_training.json").unlink()
+    with pytest.raises(BackendError, match="base model 'missing' is not available"):
+        load_adapter_model("missing", unrecorded)

@@ -859,15 +859,26 @@ KEEP_ADAPTER_MODELS = 2
 def load_adapter_model(base_model: str, adapter_dir: Path) -> LocalModel:
     """A LocalModel of `base_model` with the adapter's LoRA weights merged in, loaded from
     disk into its own copy (the shared base model of `load_local_model` is left as is).
-    The last KEEP_ADAPTER_MODELS are kept per process."""
+    The last KEEP_ADAPTER_MODELS are kept per process. BackendError (not retryable) when
+    the base model or the adapter is missing, or the adapter was trained on another
+    base model."""
     from peft import PeftModel
 
     from workers.runtime.local import _load_directory
 
-    directory = _converted_model(base_model).resolve()
     adapter_dir = Path(adapter_dir).resolve()
     if not (adapter_dir / "adapter_config.json").exists():
         raise BackendError(f"no adapter in {adapter_dir}")
+    record = adapter_dir / RECORD_FILE
+    trained_on = json.loads(record.read_text())["base_model"] if record.exists() else base_model
+    if trained_on != base_model:
+        raise BackendError(
+            f"the adapter in {adapter_dir} was trained on {trained_on!r}, not {base_model!r}"
+        )
+    try:
+        directory = _converted_model(base_model).resolve()
+    except TrainingError as exc:
+        raise BackendError(str(exc)) from exc
     key = (directory, adapter_dir)
     with _adapter_lock:
         model = _adapter_models.pop(key, None)
