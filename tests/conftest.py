@@ -27,10 +27,22 @@ def _clear_cache():
     HOT.clear()
 
 
+def _restore_default_targets() -> None:
+    """Tests on real transactions (worker tests) end by flushing every table, rows written
+    by data migrations included: put back the global `local` target, with the migration's
+    own code, so later tests do not depend on the order they run in."""
+    from importlib import import_module
+
+    from django.apps import apps
+
+    import_module("apps.generation.migrations.0002_default_local_target").create(apps, None)
+
+
 @pytest.fixture
 def squad(db):
     """Squad 'acme' with one member per role: owner, engineer, sme, compliance, viewer;
     plus 'outsider', a user in no squad."""
+    _restore_default_targets()
     UserFactory(username="outsider")
     owner = UserFactory(username="owner")
     return make_squad(
