@@ -32,7 +32,7 @@ from apps.audit.services import audit_log
 from apps.core.exceptions import Conflict, NotFound, ValidationFailed
 from apps.finetune.models import Adapter, DatasetFormat, DatasetVersion, FineTuneJob
 from apps.generation.models import ModelTarget
-from apps.generation.services import STALE_AFTER, _worker_name
+from apps.generation.services import STALE_AFTER, claim_job
 from apps.generation.targets import target_resolve
 from apps.prompts.contracts import render_messages
 from apps.squads.access import require_squad_permission
@@ -261,31 +261,8 @@ def finetune_job_cancel(
 
 
 def _claim(job_id: int) -> FineTuneJob | None:
-    """Take the job if nobody live holds it (no heartbeat within STALE_AFTER)."""
-    with transaction.atomic():
-        job = (
-            FineTuneJob.objects.select_for_update(of=("self",))
-            .select_related("squad", "dataset_version__dataset__prompt_version")
-            .get(pk=job_id)
-        )
-        if job.finished:
-            return None
-        now = timezone.now()
-        held = (
-            job.status == FineTuneJob.Status.RUNNING
-            and job.worker != _worker_name()
-            and job.heartbeat_at is not None
-            and now - job.heartbeat_at < STALE_AFTER
-        )
-        if held:
-            return None
-        job.status = FineTuneJob.Status.RUNNING
-        job.worker = _worker_name()
-        job.heartbeat_at = now
-        job.attempts += 1
-        job.started_at = job.started_at or now
-        job.save(update_fields=["status", "worker", "heartbeat_at", "attempts", "started_at"])
-        return job
+    jobs = FineTuneJob.objects.select_related("squad", "dataset_version__dataset__prompt_version")
+    return claim_job(jobs, job_id)
 
 
 def _holding(job: FineTuneJob):

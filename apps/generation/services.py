@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
+from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
@@ -647,32 +648,39 @@ def _worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _claim(job_id: int) -> BatchJob | None:
-    """Take the job if nobody live holds it (no heartbeat within STALE_AFTER)."""
+JobT = TypeVar("JobT", bound=models.Model)
+
+
+def claim_job(jobs: QuerySet[JobT], job_id: int) -> JobT | None:
+    """Take a job row (a BatchJob or a FineTuneJob: status, worker, heartbeat_at, attempts,
+    started_at) for this worker process if nobody live holds it (no heartbeat within
+    STALE_AFTER). Only the job's own row is locked, whatever `jobs` joins."""
     with transaction.atomic():
-        job = (
-            BatchJob.objects.select_for_update()
-            .select_related("prompt_version__template", "target", "squad")
-            .get(pk=job_id)
-        )
+        job = jobs.select_for_update(of=("self",)).get(pk=job_id)
         if job.finished:
             return None
         now = timezone.now()
+        running = type(job).Status.RUNNING
         held = (
-            job.status == BatchJob.Status.RUNNING
+            job.status == running
             and job.worker != _worker_name()
             and job.heartbeat_at is not None
             and now - job.heartbeat_at < STALE_AFTER
         )
         if held:
             return None
-        job.status = BatchJob.Status.RUNNING
+        job.status = running
         job.worker = _worker_name()
         job.heartbeat_at = now
         job.attempts += 1
         job.started_at = job.started_at or now
         job.save(update_fields=["status", "worker", "heartbeat_at", "attempts", "started_at"])
         return job
+
+
+def _claim(job_id: int) -> BatchJob | None:
+    jobs = BatchJob.objects.select_related("prompt_version__template", "target", "squad")
+    return claim_job(jobs, job_id)
 
 
 def _finish(job: BatchJob, status: str, error: str = "") -> None:

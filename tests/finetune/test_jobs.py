@@ -203,7 +203,7 @@ def test_a_dead_worker_s_job_is_requeued_and_resumes_from_its_checkpoint(
         assert jobs.finetune_jobs_recover() == ([job.pk], [])
     assert enqueued == [job.pk]
     script.die_at = None
-    monkeypatch.setattr("apps.finetune.jobs._worker_name", lambda: "rescuer:1")
+    monkeypatch.setattr("apps.generation.services._worker_name", lambda: "rescuer:1")
     jobs.finetune_job_run(job_id=job.pk)
     job.refresh_from_db()
     assert job.status == "succeeded" and job.attempts == 2 and job.worker == "rescuer:1"
