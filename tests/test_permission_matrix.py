@@ -567,6 +567,12 @@ def test_matrix_covers_every_registered_permission() -> None:
         "run_finetune": "finetune.create",
         "approve_adapters": "adapter.approve",
         "manage_governance_policy": "governance.policy_update",
+        "write_test_cases": "eval.case_create",
+        "run_evals": "eval.run",
+        "submit_feedback": "feedback.submit",
+        "manage_alerts": "alert.acknowledge",
+        "manage_webhooks": "webhook.create",
+        "export_evidence": "evidence.export",
     }
     assert {p.codename for p in REGISTRY} == set(covered)
     names = {a.name for a in ACTIONS}

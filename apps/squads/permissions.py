@@ -144,6 +144,41 @@ MANAGE_GOVERNANCE_POLICY = SquadPermission(
     frozenset({Role.OWNER, Role.COMPLIANCE}),
 )
 
+# --- evals: test cases and eval runs --------------------------------------------------------
+WRITE_TEST_CASES = SquadPermission(
+    "write_test_cases",
+    "Write, import and delete a template's eval test cases",
+    frozenset({Role.OWNER, Role.PROMPT_ENGINEER, Role.SME}),
+)
+RUN_EVALS = SquadPermission(
+    "run_evals",
+    "Start and cancel eval runs of a prompt version on a model target",
+    frozenset({Role.OWNER, Role.PROMPT_ENGINEER}),
+)
+
+# --- observability: feedback, alerts, webhooks, evidence ------------------------------------
+# Production callers report feedback with a service account's token; a viewer may do it.
+SUBMIT_FEEDBACK = SquadPermission(
+    "submit_feedback",
+    "Report feedback (thumbs, score, edited text) on generations",
+    ALL_ROLES,
+)
+MANAGE_ALERTS = SquadPermission(
+    "manage_alerts",
+    "Set drift-alert thresholds and acknowledge alerts",
+    frozenset({Role.OWNER, Role.PROMPT_ENGINEER, Role.COMPLIANCE}),
+)
+MANAGE_WEBHOOKS = SquadPermission(
+    "manage_webhooks",
+    "Add, change, test and remove the squad's webhooks and read their delivery log",
+    frozenset({Role.OWNER}),
+)
+EXPORT_EVIDENCE = SquadPermission(
+    "export_evidence",
+    "Download a prompt version's compliance evidence pack",
+    frozenset({Role.OWNER, Role.COMPLIANCE}),
+)
+
 REGISTRY: tuple[SquadPermission, ...] = (
     VIEW_SQUAD,
     CHANGE_SQUAD,
@@ -165,6 +200,12 @@ REGISTRY: tuple[SquadPermission, ...] = (
     RUN_FINETUNE,
     APPROVE_ADAPTERS,
     MANAGE_GOVERNANCE_POLICY,
+    WRITE_TEST_CASES,
+    RUN_EVALS,
+    SUBMIT_FEEDBACK,
+    MANAGE_ALERTS,
+    MANAGE_WEBHOOKS,
+    EXPORT_EVIDENCE,
 )
 BY_CODENAME: dict[str, SquadPermission] = {p.codename: p for p in REGISTRY}
 
