@@ -35,4 +35,4 @@ app.conf.update(
     worker_hijack_root_logger=False,
     worker_send_task_events=False,
 )
-app.autodiscover_tasks(["apps.audit", "apps.squads", "workers"])
+app.autodiscover_tasks(["apps.audit", "apps.squads", "apps.webhooks", "workers"])

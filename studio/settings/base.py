@@ -39,6 +39,7 @@ INSTALLED_APPS = [
     "apps.reviews",
     "apps.finetune",
     "apps.governance",
+    "apps.webhooks",
 ]
 
 MIDDLEWARE = [
@@ -177,6 +178,10 @@ STUDIO_HOT_MEMO_SECONDS = env.float("STUDIO_HOT_MEMO_SECONDS", default=1.0)
 # SECRET_KEY; production refuses to start without explicit keys.
 STUDIO_PROVENANCE_KEYS = env.str("STUDIO_PROVENANCE_KEYS", default="")
 STUDIO_REVIEW_CLAIM_SECONDS = env.int("STUDIO_REVIEW_CLAIM_SECONDS", default=30 * 60)
+# Webhook deliveries: seconds before a receiver counts as not answering, and attempts
+# before a delivery is failed (backoff 30 s, 2 min, 10 min, 1 h, 6 h; capped at 10).
+STUDIO_WEBHOOK_TIMEOUT = env.float("STUDIO_WEBHOOK_TIMEOUT", default=10.0)
+STUDIO_WEBHOOK_MAX_ATTEMPTS = env.int("STUDIO_WEBHOOK_MAX_ATTEMPTS", default=6)
 
 LOGGING = {
     "version": 1,
