@@ -40,6 +40,7 @@ INSTALLED_APPS = [
     "apps.finetune",
     "apps.governance",
     "apps.webhooks",
+    "apps.evals",
 ]
 
 MIDDLEWARE = [
