@@ -22,6 +22,7 @@ from apps.reviews.api.queues import router as review_queues_router
 from apps.squads.api import router as squads_router
 from apps.squads.api import tokens_router
 from apps.squads.services import api_token_authenticate
+from apps.webhooks.api import router as webhooks_router
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
@@ -116,3 +117,4 @@ api.add_router("/", reviews_approvals_router)
 api.add_router("/", review_queues_router)
 api.add_router("/", finetune_router)
 api.add_router("/", governance_router)
+api.add_router("/", webhooks_router)
