@@ -31,6 +31,13 @@ def run_batch_job(job_id: int) -> None:
     batch_job_run(job_id=job_id)
 
 
+@shared_task(name="workers.evals.run", acks_late=True, max_retries=0)
+def run_eval(run_id: int) -> None:
+    from apps.evals.services import eval_run_execute
+
+    eval_run_execute(run_id=run_id)
+
+
 @shared_task(
     name="workers.finetune.run",
     acks_late=True,
@@ -53,6 +60,14 @@ def _sweep_once() -> None:
             logger.warning("requeued stale batch jobs: %s", requeued)
     except Exception:
         logger.exception("batch job sweeper failed")
+    try:
+        from apps.evals.services import eval_runs_recover
+
+        requeued = eval_runs_recover()
+        if requeued:
+            logger.warning("requeued stale eval runs: %s", requeued)
+    except Exception:
+        logger.exception("eval run sweeper failed")
     try:
         requeued, failed = finetune_jobs_recover()
         if requeued:

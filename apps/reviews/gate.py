@@ -1,7 +1,7 @@
 """The protected-label gate. `prompts.services.label_move` — the one path every label
 move takes (UI, API, admin, commands) — calls `check_label_move` before it writes."""
 
-from apps.core.exceptions import Conflict
+from apps.core.exceptions import Conflict, NotFound
 from apps.prompts.models import PromptVersion
 from apps.reviews.models import ApprovalPolicy, ReviewRequest
 from apps.reviews.policy import missing_text, required_slots
@@ -17,6 +17,7 @@ def check_label_move(*, squad: Squad, label: str, version: PromptVersion) -> Non
         ReviewRequest.objects.filter(version=version).order_by("-created_at", "-pk")[:5]
     )
     if any(r.state == ReviewRequest.State.APPROVED for r in requests):
+        check_eval_gate(squad=squad, label=label, version=version)
         return
     where = f"Label '{label}' is protected: version {version.number} is not approved"
     holding = next((r for r in requests if r.state in ReviewRequest.HOLDING_STATES), None)
@@ -42,3 +43,42 @@ def check_label_move(*, squad: Squad, label: str, version: PromptVersion) -> Non
         field="version",
         extra={"review_request": None, "state": None, "missing": needs},
     )
+
+
+def check_eval_gate(*, squad: Squad, label: str, version: PromptVersion) -> None:
+    """With the policy's minimum eval pass rate set, the latest succeeded eval run of the
+    version on its own model target (`model.target`, resolved for the squad) must reach it."""
+    from apps.evals.selectors import eval_run_latest
+    from apps.generation.targets import target_resolve
+
+    policy = ApprovalPolicy.objects.filter(squad=squad).first()
+    minimum = policy.min_eval_pass_rate if policy else None
+    if minimum is None:
+        return
+    where = f"Label '{label}' is protected and needs an eval pass rate of at least {minimum:.0%}"
+    name = version.model_settings.get("target", "")
+    try:
+        target = target_resolve(squad_id=squad.pk, name=name)
+    except NotFound as exc:
+        raise Conflict(
+            f"{where}: version {version.number}'s model target '{name}' is not available.",
+            field="version",
+            extra={"eval_run": None, "target": name, "minimum": minimum},
+        ) from exc
+    run = eval_run_latest(version=version, target=target)
+    extra = {"eval_run": run.pk if run else None, "target": target.name, "minimum": minimum}
+    if run is None:
+        raise Conflict(
+            f"{where}: version {version.number} has no finished eval run on target "
+            f"'{target.name}'. Run its test cases first.",
+            field="version",
+            extra={**extra, "pass_rate": None},
+        )
+    if run.pass_rate is None or run.pass_rate < minimum:
+        rate = f"{run.pass_rate:.0%}" if run.pass_rate is not None else "no pass rate"
+        raise Conflict(
+            f"{where}: the latest eval run #{run.pk} of version {version.number} on "
+            f"'{target.name}' passed {rate} ({run.passed} of {run.total}), below {minimum:.0%}.",
+            field="version",
+            extra={**extra, "pass_rate": run.pass_rate},
+        )
