@@ -5,6 +5,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from apps.prompts import fast
+from apps.telemetry.views import metrics_view
 from studio.api import api
 
 
@@ -15,6 +16,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
+    path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     # The runtime fetch, served without ninja's per-request overhead (apps/prompts/fast.py).
     path("api/v1/squads/<slug:squad>/prompts/<slug:slug>", fast.prompt_fetch),

@@ -50,6 +50,18 @@ def run_finetune_job(job_id: int) -> None:
     finetune_job_run(job_id=job_id)
 
 
+@shared_task(
+    name="workers.finetune.compare",
+    acks_late=True,
+    max_retries=0,
+    time_limit=settings.GPU_TASK_TIME_LIMIT,
+)
+def run_adapter_comparison(comparison_id: int) -> None:
+    from apps.finetune.comparisons import adapter_comparison_run
+
+    adapter_comparison_run(comparison_id=comparison_id)
+
+
 def _sweep_once() -> None:
     from apps.finetune.jobs import finetune_jobs_recover
     from apps.generation.services import batch_jobs_recover
@@ -76,6 +88,14 @@ def _sweep_once() -> None:
             logger.warning("failed fine-tune jobs that lost too many workers: %s", failed)
     except Exception:
         logger.exception("fine-tune job sweeper failed")
+    try:
+        from apps.finetune.comparisons import adapter_comparisons_recover
+
+        requeued, failed = adapter_comparisons_recover()
+        if requeued or failed:
+            logger.warning("stale adapter comparisons: requeued %s, failed %s", requeued, failed)
+    except Exception:
+        logger.exception("adapter comparison sweeper failed")
 
 
 def _sweep_forever(interval: float, stop: threading.Event) -> None:

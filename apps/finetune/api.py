@@ -6,10 +6,12 @@ from ninja import File, Form, Query, Router, Schema, Status
 from ninja.files import UploadedFile
 
 from apps.core.exceptions import NotFound
-from apps.finetune import jobs, rows, selectors, services
-from apps.finetune.models import Adapter, Dataset, DatasetVersion, FineTuneJob
+from apps.finetune import comparisons, jobs, rows, selectors, services
+from apps.finetune.models import Adapter, AdapterComparison, Dataset, DatasetVersion, FineTuneJob
 from apps.finetune.schemas import (
     AdapterOut,
+    ComparisonCreateIn,
+    ComparisonOut,
     DatasetCreateIn,
     DatasetOut,
     DatasetVersionOut,
@@ -468,3 +470,82 @@ def target_set_adapter(
         actor=request.auth, target=target, adapter=adapter, request=request
     )
     return {"target": target.name, "adapter": target.lora_adapter_id}
+
+
+def comparison_out(c: AdapterComparison) -> dict[str, Any]:
+    return {
+        "id": c.pk,
+        "adapter": c.adapter_id,
+        "adapter_sha256": c.adapter.sha256,
+        "status": c.status,
+        "inputs": c.inputs,
+        "params": c.params,
+        "base_loss": c.base_loss,
+        "adapter_loss": c.adapter_loss,
+        "loss_delta": c.loss_delta,
+        "base_ppl": c.base_ppl,
+        "adapter_ppl": c.adapter_ppl,
+        "ppl_delta": c.ppl_delta,
+        "eval_rows": c.eval_rows,
+        "eval_tokens": c.eval_tokens,
+        "outputs": c.outputs,
+        "error": c.error,
+        "created_by": c.created_by.get_username() if c.created_by else None,
+        "created_at": c.created_at,
+        "finished_at": c.finished_at,
+    }
+
+
+@router.post(
+    "/squads/{squad}/adapters/{adapter_id}/comparisons",
+    response={201: ComparisonOut},
+    tags=["fine-tuning"],
+)
+def comparison_create(
+    request: HttpRequest, squad: str, adapter_id: int, payload: ComparisonCreateIn
+) -> Status:
+    """Queue a comparison with the base model on the gpu queue: eval loss and perplexity
+    of both on the eval split (answer tokens only), and both models' outputs for the
+    prompts and eval rows given, with the same parameters and seed."""
+    adapter = _adapter(request, squad, adapter_id)
+    comparison = comparisons.adapter_comparison_create(
+        actor=request.auth,
+        adapter=adapter,
+        prompts=payload.prompts,
+        eval_rows=payload.eval_rows,
+        params=payload.params.dict(exclude_none=True),
+        request=request,
+    )
+    comparison.adapter = adapter
+    return Status(201, comparison_out(comparison))
+
+
+@router.get(
+    "/squads/{squad}/adapters/{adapter_id}/comparisons",
+    response=list[ComparisonOut],
+    tags=["fine-tuning"],
+)
+def comparison_list(request: HttpRequest, squad: str, adapter_id: int) -> list:
+    adapter = _adapter(request, squad, adapter_id)
+    found = selectors.adapter_comparison_list_for_user(user=request.auth, adapter=adapter)
+    out = []
+    for c in found:
+        c.adapter = adapter
+        out.append(comparison_out(c))
+    return out
+
+
+@router.get(
+    "/squads/{squad}/adapters/{adapter_id}/comparisons/{comparison_id}",
+    response=ComparisonOut,
+    tags=["fine-tuning"],
+)
+def comparison_detail(
+    request: HttpRequest, squad: str, adapter_id: int, comparison_id: int
+) -> dict:
+    """Poll until `status` is succeeded or failed."""
+    adapter = _adapter(request, squad, adapter_id)
+    comparison = selectors.adapter_comparison_get_for_user(
+        user=request.auth, adapter=adapter, comparison_id=comparison_id
+    )
+    return comparison_out(comparison)

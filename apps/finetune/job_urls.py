@@ -10,6 +10,17 @@ urlpatterns = [
     path("jobs/<int:job_id>/", job_views.job_detail, name="detail"),
     path("jobs/<int:job_id>/cancel", job_views.job_cancel, name="cancel"),
     path("adapters/<int:adapter_id>/", job_views.adapter_detail, name="adapter"),
+    path("adapters/<int:adapter_id>/attach", job_views.adapter_attach, name="adapter_attach"),
+    path(
+        "adapters/<int:adapter_id>/comparisons",
+        job_views.comparison_create,
+        name="comparison_create",
+    ),
+    path(
+        "adapters/<int:adapter_id>/comparisons/<int:comparison_id>/",
+        job_views.comparison_detail,
+        name="comparison",
+    ),
     path(
         "adapters/<int:adapter_id>/download.<str:fmt>",
         job_views.adapter_download,

@@ -1,7 +1,9 @@
 """HTML views for fine-tune jobs and adapters: the job list with the start form, a job's
-page (progress and loss chart polled by htmx while it runs, log, cancel), and an
-adapter's page (approve, download). Each view parses the request, calls the service or
-selector the API calls, and renders the page or one of its partials."""
+page (progress and loss chart polled by htmx while it runs, log, cancel), an adapter's
+page (approve, attach to or detach from a local target, download, start a comparison)
+and a comparison's page (polled by htmx until done). Each view parses the request,
+calls the service or selector the API calls, and renders the page or one of its
+partials."""
 
 from typing import Any
 
@@ -11,11 +13,14 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from apps.core.exceptions import ApplicationError, PermissionDenied, ValidationFailed
+from apps.finetune import comparisons as comparisons_service
 from apps.finetune import jobs, selectors
-from apps.finetune.models import FineTuneJob
+from apps.finetune.models import Adapter, FineTuneJob
+from apps.generation import selectors as generation_selectors
+from apps.generation.models import ModelTarget
 from apps.squads.access import has_squad_permission
 from apps.squads.models import Squad
-from apps.squads.permissions import APPROVE_ADAPTERS, RUN_FINETUNE
+from apps.squads.permissions import APPROVE_ADAPTERS, MANAGE_TARGETS, RUN_FINETUNE
 from apps.squads.selectors import squad_get_for_user
 
 LORA_FIELDS = ("r", "alpha", "dropout")
@@ -207,35 +212,178 @@ def job_cancel(request: HttpRequest, squad: str, job_id: int) -> HttpResponse:
     )
 
 
-@login_required
-@require_http_methods(["GET", "POST"])
-def adapter_detail(request: HttpRequest, squad: str, adapter_id: int) -> HttpResponse:
-    """An adapter's hashes, lineage, metrics and approval; POST approves it."""
+def _adapter_context(
+    request: HttpRequest, squad: Squad, adapter: Adapter, **extra: Any
+) -> dict[str, Any]:
+    user = request.user
+    can_attach = has_squad_permission(user, squad, MANAGE_TARGETS)
+    own_local = generation_selectors.model_target_list_for_user(user=user, squad=squad).filter(
+        squad=squad, kind=ModelTarget.Kind.LOCAL
+    )
+    attached = [t for t in own_local if t.lora_adapter_id == adapter.pk]
+    attachable = [
+        t
+        for t in own_local
+        if t.base_model == adapter.base_model and t.lora_adapter_id != adapter.pk
+    ]
+    comparisons = selectors.adapter_comparison_list_for_user(user=user, adapter=adapter)
+    return {
+        "squad": squad,
+        "adapter": adapter,
+        "error": None,
+        "can_approve": has_squad_permission(user, squad, APPROVE_ADAPTERS),
+        "can_attach": can_attach,
+        "can_compare": has_squad_permission(user, squad, RUN_FINETUNE),
+        "attached": attached,
+        "attachable": attachable,
+        "comparisons": comparisons[:20],
+        "compare_form": {
+            "prompts": "",
+            "eval_rows": "",
+            **{k: str(v) for k, v in comparisons_service.DEFAULT_PARAMS.items()},
+        },
+        "max_inputs": comparisons_service.MAX_INPUTS,
+        "formats": selectors.ARCHIVE_FORMATS,
+        **extra,
+    }
+
+
+def _adapter_page(request: HttpRequest, squad: Squad, adapter: Adapter, **extra: Any):
+    context = _adapter_context(request, squad, adapter, **extra)
+    error = context["error"]
+    status = error.status_code if error else 200
+    return render(request, "finetune/adapter_detail.html", context, status=status)
+
+
+def _adapter_for(request: HttpRequest, squad: str, adapter_id: int) -> tuple[Squad, Adapter]:
     squad_obj = squad_get_for_user(user=request.user, slug=squad)
     adapter = selectors.adapter_get_for_user(
         user=request.user, squad=squad_obj, adapter_id=adapter_id
     )
-    error = None
+    return squad_obj, adapter
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def adapter_detail(request: HttpRequest, squad: str, adapter_id: int) -> HttpResponse:
+    """An adapter's hashes, lineage, metrics and approval, the targets it is on, its
+    comparisons with the base model; POST approves it."""
+    squad_obj, adapter = _adapter_for(request, squad, adapter_id)
     if request.method == "POST":
         try:
             jobs.adapter_approve(actor=request.user, adapter=adapter, request=request)
         except ApplicationError as exc:
-            error = _inline(exc)
-        else:
-            return redirect("finetune_jobs:adapter", squad=squad, adapter_id=adapter.pk)
-    context = {
-        "squad": squad_obj,
-        "adapter": adapter,
-        "error": error,
-        "can_approve": has_squad_permission(request.user, squad_obj, APPROVE_ADAPTERS),
-        "formats": selectors.ARCHIVE_FORMATS,
-    }
-    return render(
-        request,
-        "finetune/adapter_detail.html",
-        context,
-        status=error.status_code if error else 200,
+            return _adapter_page(request, squad_obj, adapter, error=_inline(exc))
+        return redirect("finetune_jobs:adapter", squad=squad, adapter_id=adapter.pk)
+    return _adapter_page(request, squad_obj, adapter)
+
+
+def _own_target(request: HttpRequest, squad: Squad, name: str) -> ModelTarget:
+    target = (
+        generation_selectors.model_target_list_for_user(user=request.user, squad=squad)
+        .filter(squad=squad, name=name)
+        .first()
     )
+    if target is None:
+        raise ValidationFailed(
+            f"Squad '{squad.slug}' has no model target '{name}'." if name else "Choose a target.",
+            field="target",
+        )
+    return target
+
+
+@login_required
+@require_POST
+def adapter_attach(request: HttpRequest, squad: str, adapter_id: int) -> HttpResponse:
+    """Put the adapter on one of the squad's own local targets (POST `target`), or take
+    it off (`detach=1`): the service the API's PUT targets/<name>/adapter calls."""
+    squad_obj, adapter = _adapter_for(request, squad, adapter_id)
+    name = request.POST.get("target", "").strip()
+    detach = request.POST.get("detach") == "1"
+    try:
+        target = _own_target(request, squad_obj, name)
+        if detach and target.lora_adapter_id != adapter.pk:
+            raise ValidationFailed(
+                f"Adapter {adapter.pk} is not on target '{target.name}'.", field="target"
+            )
+        jobs.model_target_set_adapter(
+            actor=request.user,
+            target=target,
+            adapter=None if detach else adapter,
+            request=request,
+        )
+    except ApplicationError as exc:
+        return _adapter_page(request, squad_obj, adapter, error=_inline(exc))
+    return redirect("finetune_jobs:adapter", squad=squad, adapter_id=adapter.pk)
+
+
+def _row_numbers(raw: str) -> list[int]:
+    numbers = []
+    for i, part in enumerate(p.strip() for p in raw.replace(",", " ").split()):
+        try:
+            numbers.append(int(part))
+        except ValueError:
+            raise ValidationFailed(
+                f"Eval rows must be row numbers separated by commas (got '{part}').",
+                field=f"eval_rows[{i}]",
+            ) from None
+    return numbers
+
+
+@login_required
+@require_POST
+def comparison_create(request: HttpRequest, squad: str, adapter_id: int) -> HttpResponse:
+    """Queue a comparison with the base model: prompts one per line, eval rows by number,
+    the generation parameters (both models get the same)."""
+    squad_obj, adapter = _adapter_for(request, squad, adapter_id)
+    form = {
+        name: request.POST.get(name, "").strip()
+        for name in ("prompts", "eval_rows", *comparisons_service.DEFAULT_PARAMS)
+    }
+    try:
+        params: dict[str, Any] = {}
+        for name, (kind, _, _) in comparisons_service.PARAM_LIMITS.items():
+            if form[name]:
+                try:
+                    params[name] = kind(form[name])
+                except ValueError:
+                    raise ValidationFailed(
+                        f"{name.replace('_', ' ').capitalize()} must be a number "
+                        f"(got '{form[name]}').",
+                        field=f"params.{name}",
+                    ) from None
+        comparison = comparisons_service.adapter_comparison_create(
+            actor=request.user,
+            adapter=adapter,
+            prompts=[line for line in form["prompts"].splitlines() if line.strip()],
+            eval_rows=_row_numbers(form["eval_rows"]),
+            params=params,
+            request=request,
+        )
+    except ApplicationError as exc:
+        return _adapter_page(
+            request, squad_obj, adapter, compare_error=_inline(exc), compare_form=form
+        )
+    return redirect(
+        "finetune_jobs:comparison", squad=squad, adapter_id=adapter.pk, comparison_id=comparison.pk
+    )
+
+
+@login_required
+@require_GET
+def comparison_detail(
+    request: HttpRequest, squad: str, adapter_id: int, comparison_id: int
+) -> HttpResponse:
+    """Loss and perplexity of base and adapter with their deltas, and the side-by-side
+    outputs; polled every 2 s by htmx until the comparison has finished."""
+    squad_obj, adapter = _adapter_for(request, squad, adapter_id)
+    comparison = selectors.adapter_comparison_get_for_user(
+        user=request.user, adapter=adapter, comparison_id=comparison_id
+    )
+    context = {"squad": squad_obj, "adapter": adapter, "comparison": comparison}
+    if request.htmx and request.htmx.target == "comparison":
+        return render(request, "finetune/comparison_detail.html#comparison", context)
+    return render(request, "finetune/comparison_detail.html", context)
 
 
 @login_required

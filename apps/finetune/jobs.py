@@ -19,24 +19,27 @@ import dataclasses
 import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import close_old_connections, transaction
+from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 
 from apps.audit.services import audit_log
 from apps.core.exceptions import Conflict, NotFound, ValidationFailed
-from apps.finetune.models import Adapter, DatasetFormat, DatasetVersion, FineTuneJob
+from apps.finetune.models import Adapter, Dataset, DatasetFormat, DatasetVersion, FineTuneJob
 from apps.generation.models import ModelTarget
 from apps.generation.services import STALE_AFTER, claim_job
 from apps.generation.targets import target_resolve
 from apps.prompts.contracts import render_messages
 from apps.squads.access import require_squad_permission
 from apps.squads.permissions import APPROVE_ADAPTERS, MANAGE_TARGETS, RUN_FINETUNE
+from apps.webhooks import emitters as webhooks
 
 User = AbstractBaseUser
 DEFAULT_TARGET = "local"
@@ -254,6 +257,8 @@ def finetune_job_cancel(
         data={"status": job.status, "step": job.step, "total_steps": job.total_steps},
         request=request,
     )
+    if job.status == FineTuneJob.Status.CANCELLED:
+        webhooks.finetune_job_finished(job=job)
     return job
 
 
@@ -272,30 +277,37 @@ def _holding(job: FineTuneJob):
     )
 
 
-def write_training_rows(job: FineTuneJob) -> Path:
-    """The version's rows as the runtime reads them, in the job's work dir: chat and
-    prompt/completion rows as they are (meta dropped); variables rows rendered with their
-    prompt version into chat rows, the output as the assistant's answer."""
-    version = job.dataset_version
-    dataset = version.dataset
-    path = Path(job.work_dir) / "rows.jsonl"
+def training_row(dataset: Dataset, row: dict[str, Any]) -> dict[str, Any]:
+    """A version row as the runtime reads it: chat and prompt/completion rows as they are
+    (meta and split dropped); variables rows rendered with their prompt version into chat
+    rows, the output as the assistant's answer."""
+    if dataset.format == DatasetFormat.VARIABLES:
+        prompt = dataset.prompt_version
+        messages = render_messages(prompt.messages, prompt.input_schema, row["variables"])
+        return {"messages": [*messages, {"role": "assistant", "content": row["output"]}]}
+    if dataset.format == DatasetFormat.CHAT:
+        return {"messages": row["messages"]}
+    return {"prompt": row["prompt"], "completion": row["completion"]}
+
+
+def write_rows(version: DatasetVersion, path: Path) -> Path:
+    """The version's rows as the runtime reads them (`training_row`, with their split),
+    written atomically to `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    prompt = dataset.prompt_version
+    dataset = version.dataset
     with open(version.path, encoding="utf-8") as source, open(tmp, "w", encoding="utf-8") as out:
         for line in source:
             row = json.loads(line)
-            split = row.get("split", "train")
-            if dataset.format == DatasetFormat.VARIABLES:
-                messages = render_messages(prompt.messages, prompt.input_schema, row["variables"])
-                kept = {"messages": [*messages, {"role": "assistant", "content": row["output"]}]}
-            elif dataset.format == DatasetFormat.CHAT:
-                kept = {"messages": row["messages"]}
-            else:
-                kept = {"prompt": row["prompt"], "completion": row["completion"]}
-            out.write(json.dumps({**kept, "split": split}, ensure_ascii=False) + "\n")
+            kept = training_row(dataset, row)
+            out.write(json.dumps({**kept, "split": row.get("split", "train")}, ensure_ascii=False))
+            out.write("\n")
     os.replace(tmp, path)
     return path
+
+
+def write_training_rows(job: FineTuneJob) -> Path:
+    return write_rows(job.dataset_version, Path(job.work_dir) / "rows.jsonl")
 
 
 class _Run:
@@ -363,17 +375,18 @@ class _Heartbeat:
     """Beats every STALE_AFTER/4 while a long step or the model load runs, so a slow but
     live worker is never taken for a dead one."""
 
-    def __init__(self, job: FineTuneJob) -> None:
-        self.job = job
+    def __init__(self, job: Any, holding: Callable[[], QuerySet] | None = None) -> None:
+        self.holding = holding or (lambda: _holding(job))
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._beat, name=f"finetune-{job.pk}", daemon=True)
+        name = f"{type(job).__name__.lower()}-{job.pk}"
+        self.thread = threading.Thread(target=self._beat, name=name, daemon=True)
 
     def _beat(self) -> None:
         interval = max(STALE_AFTER.total_seconds() / 4, 0.5)
         beat = False
         while not self.stop.wait(interval):
             beat = True
-            _holding(self.job).update(heartbeat_at=timezone.now())
+            self.holding().update(heartbeat_at=timezone.now())
         if beat:
             close_old_connections()
 
@@ -410,6 +423,7 @@ def _finish(job: FineTuneJob, status: str, error: str = "", kind: str = "") -> N
                 "error": error[:500],
             },
         )
+        webhooks.finetune_job_finished(job=job)
 
 
 def _succeed(job: FineTuneJob, result: Any) -> Adapter:

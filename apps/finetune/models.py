@@ -195,3 +195,71 @@ class Adapter(models.Model):
     @property
     def approved(self) -> bool:
         return self.approved_at is not None
+
+
+class AdapterComparison(models.Model):
+    """An adapter against its base model, run on the gpu queue: loss and perplexity of
+    both on the adapter's dataset version's eval split (answer tokens only, as in
+    training), and both models' generations on the chosen inputs with the same seed and
+    parameters. `inputs` and `params` are fixed when it is requested."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    squad = models.ForeignKey(
+        "squads.Squad", on_delete=models.CASCADE, related_name="adapter_comparisons"
+    )
+    adapter = models.ForeignKey(Adapter, on_delete=models.CASCADE, related_name="comparisons")
+    # [{"source": "prompt" | "eval row <n>", "messages": [...], "reference": str}, ...]
+    inputs = models.JSONField(default=list)
+    # {"max_new_tokens", "temperature", "top_p", "seed"}: the same for both models
+    params = models.JSONField(default=dict)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    base_loss = models.FloatField(null=True, blank=True)
+    adapter_loss = models.FloatField(null=True, blank=True)
+    base_ppl = models.FloatField(null=True, blank=True)
+    adapter_ppl = models.FloatField(null=True, blank=True)
+    eval_rows = models.PositiveIntegerField(default=0)
+    eval_tokens = models.PositiveIntegerField(default=0)
+    # [{"input", "source", "reference", "base", "adapter", "base_error", "adapter_error"}]
+    outputs = models.JSONField(default=list, blank=True)
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    # the lease (apps.generation.services.claim_job) and its heartbeat
+    worker = models.CharField(max_length=200, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["status", "heartbeat_at"], name="comparison_status_heartbeat")
+        ]
+
+    def __str__(self) -> str:
+        return f"Comparison {self.pk} of adapter {self.adapter_id} ({self.status})"
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (self.Status.SUCCEEDED, self.Status.FAILED)
+
+    @property
+    def loss_delta(self) -> float | None:
+        """Adapter minus base: negative when the adapter fits the eval rows better."""
+        if self.base_loss is None or self.adapter_loss is None:
+            return None
+        return self.adapter_loss - self.base_loss
+
+    @property
+    def ppl_delta(self) -> float | None:
+        if self.base_ppl is None or self.adapter_ppl is None:
+            return None
+        return self.adapter_ppl - self.base_ppl

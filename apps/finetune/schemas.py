@@ -179,3 +179,52 @@ class TargetAdapterIn(Schema):
 class TargetAdapterOut(Schema):
     target: str
     adapter: int | None
+
+
+class ComparisonParamsIn(Schema):
+    max_new_tokens: int | None = Field(None, description="Default 128")
+    temperature: float | None = Field(None, description="Default 0 (greedy)")
+    top_p: float | None = None
+    seed: int | None = Field(None, description="Default 0; both models get the same")
+
+
+class ComparisonCreateIn(Schema):
+    prompts: list[str] = Field(default_factory=list, description="Typed inputs, one user turn each")
+    eval_rows: list[int] = Field(
+        default_factory=list,
+        description="Row numbers (1-based) of the eval split of the adapter's dataset version; "
+        "with no prompts and no rows, the first 3 eval rows",
+    )
+    params: ComparisonParamsIn = Field(default_factory=ComparisonParamsIn)
+
+
+class ComparisonOutputOut(Schema):
+    input: str
+    source: str
+    reference: str
+    base: str
+    adapter: str
+    base_error: str
+    adapter_error: str
+
+
+class ComparisonOut(Schema):
+    id: int
+    adapter: int
+    adapter_sha256: str
+    status: str
+    inputs: list[dict[str, Any]]
+    params: dict[str, Any]
+    base_loss: float | None
+    adapter_loss: float | None
+    loss_delta: float | None
+    base_ppl: float | None
+    adapter_ppl: float | None
+    ppl_delta: float | None
+    eval_rows: int
+    eval_tokens: int
+    outputs: list[ComparisonOutputOut]
+    error: str
+    created_by: str | None
+    created_at: datetime
+    finished_at: datetime | None

@@ -16,7 +16,7 @@ from django.db.models import QuerySet
 
 from apps.core.exceptions import NotFound, ValidationFailed
 from apps.finetune.jobs import LOG_TAIL_BYTES
-from apps.finetune.models import Adapter, Dataset, DatasetVersion, FineTuneJob
+from apps.finetune.models import Adapter, AdapterComparison, Dataset, DatasetVersion, FineTuneJob
 from apps.finetune.rows import content_hash
 from apps.squads.access import require_squad_permission
 from apps.squads.models import Squad
@@ -213,3 +213,27 @@ def adapter_archive(*, user: User, adapter: Adapter, fmt: str) -> IO[bytes]:
                 archive.add(path, f"{name}/{path.relative_to(root)}")
     out.seek(0)
     return out
+
+
+# --- adapter comparisons --------------------------------------------------------------------
+
+
+def adapter_comparison_list_for_user(
+    *, user: User, adapter: Adapter
+) -> QuerySet[AdapterComparison]:
+    require_squad_permission(user, adapter.squad, VIEW_SQUAD)
+    return AdapterComparison.objects.filter(adapter=adapter).select_related("created_by")
+
+
+def adapter_comparison_get_for_user(
+    *, user: User, adapter: Adapter, comparison_id: int
+) -> AdapterComparison:
+    comparison = (
+        adapter_comparison_list_for_user(user=user, adapter=adapter)
+        .filter(pk=comparison_id)
+        .first()
+    )
+    if comparison is None:
+        raise NotFound(f"Comparison {comparison_id} of adapter {adapter.pk} not found.")
+    comparison.adapter = adapter
+    return comparison

@@ -183,6 +183,9 @@ class Generation(models.Model):
     provenance = models.JSONField(null=True, blank=True)
     provenance_signature = models.CharField(max_length=64, blank=True)
     provenance_key_id = models.CharField(max_length=50, blank=True)
+    # The caller's business context (X-Studio-Context header, apps.telemetry.context) for
+    # playground and API calls: {"use_case": "contract_review", ...}.
+    context = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

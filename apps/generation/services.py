@@ -42,6 +42,10 @@ from apps.prompts.models import PromptVersion
 from apps.squads.access import require_squad_permission
 from apps.squads.models import Squad
 from apps.squads.permissions import MANAGE_TARGETS, RUN_GENERATION
+from apps.telemetry.context import request_context
+from apps.telemetry.metrics import job_finished
+from apps.telemetry.recording import bind_generation, generations_finished
+from apps.webhooks import emitters as webhooks
 
 User = AbstractBaseUser
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
@@ -406,6 +410,7 @@ def generation_request(
     if source not in (Generation.Source.PLAYGROUND, Generation.Source.API):
         raise ValidationFailed("source must be playground or api.", field="source")
     target = target_resolve(squad_id=squad.pk, name=target_name or version.model_settings["target"])
+    bind_generation(version, target)
     _render(version, variables)  # RenderFailed (422) lists every variable error
     # Only what the policy lets through is stored: redacted variables, never the originals.
     prepared = _prepare(version, variables, policy_version_current(squad_id=squad.pk))
@@ -419,10 +424,12 @@ def generation_request(
         requested_by=actor,
         findings=prepared.findings,
         policy_version=prepared.policy,
+        context=request_context(request),
     )
     if prepared.blocked:
         _block(generation, prepared, version, target)
         generation.save()
+        generations_finished([generation], prompt=version.template.slug, target=target.name)
         return generation
     generation.save()
     from workers.tasks import run_generation
@@ -641,6 +648,8 @@ def batch_job_cancel(*, actor: User, job: BatchJob, request: HttpRequest | None 
         data={"rows_done": job.rows_done, "rows_total": job.rows_total},
         request=request,
     )
+    if job.status == BatchJob.Status.CANCELLED:
+        webhooks.batch_job_finished(job=job)
     return job
 
 
@@ -704,6 +713,7 @@ def _finish(job: BatchJob, status: str, error: str = "") -> None:
                 "error": error[:500],
             },
         )
+        webhooks.batch_job_finished(job=job)
 
 
 def batch_job_run(*, job_id: int) -> BatchJob | None:

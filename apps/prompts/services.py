@@ -16,6 +16,7 @@ from apps.reviews.gate import check_label_move
 from apps.squads.access import require_squad_permission
 from apps.squads.models import Squad
 from apps.squads.permissions import EDIT_PROMPTS, MOVE_PROTECTED_LABELS
+from apps.webhooks import emitters as webhooks
 
 User = AbstractBaseUser
 SLUG_RE = re.compile(r"^[a-z0-9]+(?:[-_][a-z0-9]+)*$")
@@ -299,6 +300,7 @@ def prompt_version_create(
         },
         request=request,
     )
+    webhooks.version_created(version=version, actor=actor)
     return version
 
 
@@ -360,5 +362,6 @@ def label_move(
         },
         request=request,
     )
+    webhooks.label_moved(label=label, previous=previous, protected=protected, actor=actor)
     runtime.forget_label(squad_id=squad.pk, template_slug=template.slug, label=name)
     return label

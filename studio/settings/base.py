@@ -8,6 +8,8 @@ from pathlib import Path
 
 import environ
 
+from apps.telemetry.logconfig import configure as log_configure
+
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
 env = environ.Env()
@@ -39,11 +41,14 @@ INSTALLED_APPS = [
     "apps.reviews",
     "apps.finetune",
     "apps.governance",
+    "apps.telemetry",
     "apps.webhooks",
     "apps.evals",
 ]
 
 MIDDLEWARE = [
+    # First, so its request id, log bindings and latency cover everything below.
+    "apps.telemetry.middleware.RequestTelemetryMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -184,10 +189,16 @@ STUDIO_REVIEW_CLAIM_SECONDS = env.int("STUDIO_REVIEW_CLAIM_SECONDS", default=30 
 STUDIO_WEBHOOK_TIMEOUT = env.float("STUDIO_WEBHOOK_TIMEOUT", default=10.0)
 STUDIO_WEBHOOK_MAX_ATTEMPTS = env.int("STUDIO_WEBHOOK_MAX_ATTEMPTS", default=6)
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
-}
+# --- Telemetry (apps/telemetry) ----------------------------------------------------
+# GET /metrics: a bearer token (empty: token access off), or a client address in these
+# networks (REMOTE_ADDR). Multiprocess mode follows PROMETHEUS_MULTIPROC_DIR (scripts/run.sh).
+STUDIO_METRICS_TOKEN = env.str("STUDIO_METRICS_TOKEN", default="")
+STUDIO_METRICS_ALLOW = env.list("STUDIO_METRICS_ALLOW", default=["127.0.0.1/32", "::1/128"])
+
+# JSON lines on stdout through structlog (apps/telemetry/logconfig.py); "console" or
+# "auto" (console when DEBUG and a terminal) for development.
+LOGGING = log_configure(
+    log_format=env.str("STUDIO_LOG_FORMAT", default="json"),
+    level=env.str("LOG_LEVEL", default="INFO"),
+    debug=DEBUG,
+)

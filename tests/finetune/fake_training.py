@@ -1,10 +1,12 @@
 """A stand-in for workers.runtime.training with its interface, for the service tests: no
 torch, a few milliseconds per job. It trains nothing; it counts steps, checkpoints the
 step number in the work dir (so a second run resumes after it), honours should_cancel at
-every step, and can be told to fail with a TrainingError kind at a given step."""
+every step, and can be told to fail with a TrainingError kind at a given step.
+evaluate() returns fixed losses (base 2.0, adapter 1.5) over the rows of the split."""
 
 import hashlib
 import json
+import math
 import sys
 import types
 from collections.abc import Callable
@@ -76,6 +78,17 @@ class Script:
     on_step: Callable[[int], None] | None = None
     calls: list[int] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)
+    # evaluate(): each call's (adapter_dir, max_seq_len, batch_size); fail with this kind
+    evaluations: list[tuple] = field(default_factory=list)
+    eval_fail_kind: str | None = None
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float | None
+    perplexity: float | None
+    rows: int
+    tokens: int
 
 
 def default_target_modules(model_type: str) -> tuple[str, ...]:
@@ -145,6 +158,30 @@ def make_module(script: Script) -> types.ModuleType:
             metrics={"final_loss": 2.0 / total, "steps": total},
         )
 
+    def evaluate(
+        *,
+        base_model,
+        rows_path,
+        adapter_dir=None,
+        max_seq_len=512,
+        batch_size=4,
+        split="eval",
+        should_cancel=None,
+    ):
+        """Loss 2.0 for the base model, 1.5 with an adapter, over the split's rows (each
+        counted as 10 answer tokens)."""
+        script.evaluations.append((adapter_dir, max_seq_len, batch_size))
+        if script.eval_fail_kind:
+            raise TrainingError(f"row 2: cannot be scored ({script.eval_fail_kind})", "bad_data")
+        lines = Path(rows_path).read_text().splitlines()
+        rows = sum(1 for line in lines if json.loads(line).get("split") == split)
+        if not rows:
+            return EvalResult(None, None, 0, 0)
+        loss = 1.5 if adapter_dir is not None else 2.0
+        return EvalResult(loss, math.exp(loss), rows, rows * 10)
+
+    module.EvalResult = EvalResult
+    module.evaluate = evaluate
     module.LoraSettings = LoraSettings
     module.TrainSettings = TrainSettings
     module.Progress = Progress

@@ -36,6 +36,10 @@ trains a LoRA adapter on the train split and writes it to `work_dir/adapter/` wi
 
 `check_settings()` needs no torch: it reads the converted model's `config.json`, so the
 web process can refuse unknown target modules by name before a job is queued.
+
+`evaluate()` scores the base model, or the base model with an adapter merged in, on a
+split of the same rows with the same masking and batching as the training eval loss
+(loss per answer token and perplexity): the comparison page's numbers.
 """
 
 from __future__ import annotations
@@ -492,15 +496,7 @@ def train(
     pad_id = tokenizer.pad_token_id
 
     def collate(examples: list[Example]):
-        width = max(len(e.input_ids) for e in examples)
-        ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-        labels = torch.full((len(examples), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(examples), width), dtype=torch.long)
-        for i, e in enumerate(examples):
-            ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
-            labels[i, : len(e.labels)] = torch.tensor(e.labels)
-            mask[i, : len(e.input_ids)] = 1
-        return ids.to(device), mask.to(device), labels.to(device)
+        return _collate(examples, pad_id, device, torch)
 
     def next_batch() -> list[Example]:
         position = state.micro - state.epoch * batches_per_epoch
@@ -517,15 +513,7 @@ def train(
         if not eval_rows:
             return None
         peft_model.eval()
-        total, count = 0.0, 0
-        order = sorted(range(len(eval_rows)), key=lambda i: len(eval_rows[i].input_ids))
-        with torch.no_grad():
-            for start in range(0, len(order), train.batch_size):
-                chunk = [eval_rows[i] for i in order[start : start + train.batch_size]]
-                with _out_of_memory_as_error(chunk, device, "evaluating"):
-                    loss_sum, n = loss_of(*collate(chunk))
-                total += float(loss_sum)
-                count += n
+        total, count = _loss_sum(eval_rows, train.batch_size, loss_of, collate, device, torch)
         peft_model.train()
         return total / count if count else None
 
@@ -630,7 +618,7 @@ def _loss_function(peft_model: Any, torch: Any):
     whose logits are post-processed (soft-capping, scaling) use the full forward."""
     import torch.nn.functional as F
 
-    inner = peft_model.get_base_model()
+    inner = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
     config = inner.config
     decoder = inner.get_decoder() if hasattr(inner, "get_decoder") else None
     head = inner.get_output_embeddings()
@@ -653,6 +641,44 @@ def _loss_function(peft_model: Any, torch: Any):
         return loss, int(keep.sum())
 
     return loss_of
+
+
+def _collate(examples: list[Example], pad_id: int, device: Any, torch: Any):
+    """(input_ids, attention_mask, labels) of a batch, right-padded to its longest row."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
+        labels[i, : len(e.labels)] = torch.tensor(e.labels)
+        mask[i, : len(e.input_ids)] = 1
+    return ids.to(device), mask.to(device), labels.to(device)
+
+
+def _loss_sum(
+    examples: list[Example],
+    batch_size: int,
+    loss_of: Callable,
+    collate: Callable,
+    device: Any,
+    torch: Any,
+    should_cancel: Callable[[], bool] | None = None,
+) -> tuple[float, int]:
+    """(summed answer-token loss, answer tokens) over `examples`, without gradients, in
+    batches of rows of similar length. The caller puts the model in eval mode."""
+    total, count = 0.0, 0
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            if should_cancel is not None and should_cancel():
+                raise TrainingError("cancelled while evaluating", kind="cancelled")
+            chunk = [examples[i] for i in order[start : start + batch_size]]
+            with _out_of_memory_as_error(chunk, device, "evaluating"):
+                loss_sum, n = loss_of(*collate(chunk))
+            total += float(loss_sum)
+            count += n
+    return total, count
 
 
 @contextmanager
@@ -890,3 +916,86 @@ def load_adapter_model(base_model: str, adapter_dir: Path) -> LocalModel:
         while len(_adapter_models) > KEEP_ADAPTER_MODELS:
             _adapter_models.pop(next(iter(_adapter_models)))
         return model
+
+
+# --- evaluation: base model vs adapter ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float | None  # mean cross-entropy per answer token; None without rows to score
+    perplexity: float | None  # exp(loss)
+    rows: int
+    tokens: int  # answer tokens scored
+
+
+def perplexity(loss: float | None) -> float | None:
+    """exp(loss), capped so that a diverged model still gives a finite number."""
+    return None if loss is None else math.exp(min(loss, 700.0))
+
+
+def read_split(rows_path: Path, tokenizer: Any, max_seq_len: int, split: str) -> list[Example]:
+    """The examples of one split of a rows file, tokenized and masked exactly as train()
+    does (answer-only labels, prompt cut from the left). TrainingError(bad_data) names
+    the first row that cannot be scored."""
+    examples: list[Example] = []
+    with open(rows_path, encoding="utf-8") as source:
+        for line_number, line in enumerate(source, start=1):
+            if not line.strip():
+                continue
+            example, row_split = _example(line_number, line, tokenizer, max_seq_len)
+            if row_split == split:
+                examples.append(example)
+    return examples
+
+
+def evaluate(
+    *,
+    base_model: str,
+    rows_path: Path,
+    adapter_dir: Path | None = None,
+    max_seq_len: int = 512,
+    batch_size: int = 4,
+    split: str = "eval",
+    should_cancel: Callable[[], bool] | None = None,
+) -> EvalResult:
+    """Loss and perplexity of `base_model` (with the adapter in `adapter_dir` merged in,
+    when given) on the `split` rows of `rows_path`: the same tokenization, answer-only
+    masking and loss as train()'s eval loss, so the base model and an adapter trained
+    with the same max_seq_len are scored on exactly the same tokens.
+
+    TrainingError: `invalid_settings` when the model or adapter cannot be loaded,
+    `bad_data` naming a row, `out_of_memory`, `cancelled` (checked per batch)."""
+    import torch
+
+    if adapter_dir is None:
+        from workers.runtime.local import load_local_model
+
+        _converted_model(base_model)
+        try:
+            loaded = load_local_model(base_model)
+        except BackendError as exc:
+            raise TrainingError(str(exc), kind="invalid_settings") from exc
+    else:
+        try:
+            loaded = load_adapter_model(base_model, Path(adapter_dir))
+        except BackendError as exc:
+            raise TrainingError(str(exc), kind="invalid_settings") from exc
+    examples = read_split(Path(rows_path), loaded.tokenizer, max_seq_len, split)
+    if not examples:
+        return EvalResult(loss=None, perplexity=None, rows=0, tokens=0)
+    model = loaded.model
+    model.eval()
+    device = model.device
+    pad_id = loaded.tokenizer.pad_token_id
+    total, count = _loss_sum(
+        examples,
+        batch_size,
+        _loss_function(model, torch),
+        lambda chunk: _collate(chunk, pad_id, device, torch),
+        device,
+        torch,
+        should_cancel,
+    )
+    loss = total / count if count else None
+    return EvalResult(loss=loss, perplexity=perplexity(loss), rows=len(examples), tokens=count)

@@ -34,6 +34,7 @@ from apps.squads.permissions import (
     Role,
 )
 from apps.squads.selectors import squad_cache_key
+from apps.webhooks import emitters as webhooks
 
 User = AbstractBaseUser
 State = ReviewRequest.State
@@ -417,6 +418,7 @@ def review_request_open(
         },
         request=request,
     )
+    webhooks.review_requested(review=review, actor=actor)
     recipients = named or _members_holding(squad=squad, roles=snapshot["required_approvals"])
     _notify(
         recipients,
@@ -509,6 +511,9 @@ def review_decide(
             "missing": review.missing,
         },
         request=request,
+    )
+    webhooks.review_decided(
+        review=review, actor=actor, verdict=verdict, roles=roles, state_before=before
     )
     told = [review.opened_by, version.author]
     url = _version_url(version)

@@ -1,0 +1,384 @@
+"""Adapter comparisons: an adapter against its base model, as a job on the gpu queue.
+
+Web side: `adapter_comparison_create` checks the inputs (typed prompts, or rows of the
+eval split of the adapter's dataset version, resolved to conversations now, so the job
+runs exactly what was asked) and the generation parameters, stores the comparison,
+audits it and enqueues `workers.finetune.compare` at commit.
+
+Worker side: `adapter_comparison_run` claims the comparison (the same lease as the
+fine-tune and batch jobs), scores the base model and the adapter on the eval split with
+`workers.runtime.training.evaluate` (answer tokens only, the adapter's own max_seq_len,
+so both are scored on the same tokens), then generates every input with both models in
+one batch each, with the same parameters and seed. A killed worker leaves a stale
+heartbeat: `adapter_comparisons_recover` (the workers' sweeper) requeues the comparison
+or fails it after MAX_ATTEMPTS; a rerun starts over (it writes nothing until the end).
+"""
+
+import dataclasses
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils import timezone
+
+from apps.audit.services import audit_log
+from apps.core.exceptions import ValidationFailed
+from apps.finetune.jobs import MAX_ATTEMPTS, _Heartbeat, _number, training_row, write_rows
+from apps.finetune.models import Adapter, AdapterComparison
+from apps.generation.services import STALE_AFTER, claim_job
+from apps.squads.access import require_squad_permission
+from apps.squads.permissions import RUN_FINETUNE
+
+User = AbstractBaseUser
+MAX_INPUTS = 8
+MAX_PROMPT_CHARS = 4000
+DEFAULT_EVAL_INPUTS = 3
+DEFAULT_PARAMS: dict[str, Any] = {
+    "max_new_tokens": 128,
+    "temperature": 0.0,
+    "top_p": 1.0,
+    "seed": 0,
+}
+PARAM_LIMITS = {
+    "max_new_tokens": (int, 1, 2048),
+    "temperature": (float, 0.0, 2.0),
+    "top_p": (float, 0.01, 1.0),
+    "seed": (int, 0, 2**31 - 1),
+}
+
+
+# --- web side -----------------------------------------------------------------------------
+
+
+def clean_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The generation parameters with defaults filled in; ValidationFailed naming
+    `params.<name>` for an unknown key or a value out of range."""
+    unknown = sorted(set(params) - set(DEFAULT_PARAMS))
+    if unknown:
+        raise ValidationFailed(
+            f"Unknown params setting(s): {', '.join(unknown)}; known: {', '.join(DEFAULT_PARAMS)}.",
+            field=f"params.{unknown[0]}",
+        )
+    values = {**DEFAULT_PARAMS, **{k: v for k, v in params.items() if v is not None}}
+    for name, (kind, low, high) in PARAM_LIMITS.items():
+        values[name] = _number("params", name, values[name], kind, low, high)
+    return values
+
+
+def _as_input(converted: dict[str, Any], source: str) -> dict[str, Any]:
+    """A runtime row as a comparison input: the conversation up to the answer, and the
+    answer as the reference."""
+    if "messages" in converted:
+        messages = converted["messages"]
+        if messages and messages[-1]["role"] == "assistant":
+            return {
+                "source": source,
+                "messages": messages[:-1],
+                "reference": messages[-1]["content"],
+            }
+        return {"source": source, "messages": messages, "reference": ""}
+    return {
+        "source": source,
+        "messages": [{"role": "user", "content": converted["prompt"]}],
+        "reference": converted["completion"],
+    }
+
+
+def _eval_row_inputs(adapter: Adapter, numbers: list[int] | None) -> list[dict[str, Any]]:
+    """The chosen rows (1-based row numbers of the version's file), each in the eval
+    split; with `numbers` None, the first DEFAULT_EVAL_INPUTS eval rows."""
+    version = adapter.dataset_version
+    dataset = version.dataset
+    inputs: list[dict[str, Any]] = []
+    if numbers is None:
+        with open(version.path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                row = json.loads(line)
+                if row.get("split") == "eval":
+                    inputs.append(_as_input(training_row(dataset, row), f"eval row {number}"))
+                    if len(inputs) == DEFAULT_EVAL_INPUTS:
+                        break
+        return inputs
+    wanted: dict[int, int] = {}
+    for i, number in enumerate(numbers):
+        where = f"eval_rows[{i}]"
+        if isinstance(number, bool) or not isinstance(number, int):
+            raise ValidationFailed(f"{where} must be a row number (got {number!r}).", field=where)
+        if not 1 <= number <= version.row_count:
+            raise ValidationFailed(
+                f"{where}: {dataset.slug} v{version.number} has rows 1 to {version.row_count} "
+                f"(got {number}).",
+                field=where,
+            )
+        if number in wanted:
+            raise ValidationFailed(f"{where}: row {number} is chosen twice.", field=where)
+        wanted[number] = i
+    found: dict[int, dict[str, Any]] = {}
+    with open(version.path, encoding="utf-8") as handle:
+        for number, line in enumerate(itertools.islice(handle, max(wanted)), start=1):
+            if number in wanted:
+                row = json.loads(line)
+                if row.get("split") != "eval":
+                    where = f"eval_rows[{wanted[number]}]"
+                    raise ValidationFailed(
+                        f"{where}: row {number} is in the {row.get('split', 'train')} split; "
+                        "choose rows of the eval split (the adapter was trained on the others).",
+                        field=where,
+                    )
+                found[number] = _as_input(training_row(dataset, row), f"eval row {number}")
+    return [found[number] for number in numbers]
+
+
+def _prompt_inputs(prompts: list[str]) -> list[dict[str, Any]]:
+    inputs = []
+    for i, text in enumerate(prompts):
+        where = f"prompts[{i}]"
+        if not isinstance(text, str) or not text.strip():
+            raise ValidationFailed(f"{where} is empty.", field=where)
+        if len(text) > MAX_PROMPT_CHARS:
+            raise ValidationFailed(
+                f"{where} is {len(text)} characters; the limit is {MAX_PROMPT_CHARS}.",
+                field=where,
+            )
+        inputs.append(
+            {"source": "prompt", "messages": [{"role": "user", "content": text}], "reference": ""}
+        )
+    return inputs
+
+
+@transaction.atomic
+def adapter_comparison_create(
+    *,
+    actor: User,
+    adapter: Adapter,
+    prompts: list[str] | None = None,
+    eval_rows: list[int] | None = None,
+    params: dict[str, Any] | None = None,
+    request: HttpRequest | None = None,
+) -> AdapterComparison:
+    """Queue a comparison of `adapter` with its base model. Inputs: the typed `prompts`
+    (each one user message) and the chosen `eval_rows` (row numbers in the adapter's
+    dataset version, eval split only); with neither, the first DEFAULT_EVAL_INPUTS eval
+    rows. At most MAX_INPUTS in all."""
+    squad = adapter.squad
+    require_squad_permission(actor, squad, RUN_FINETUNE)
+    clean = clean_params(params or {})
+    inputs = _prompt_inputs(prompts or [])
+    if eval_rows or not inputs:
+        inputs += _eval_row_inputs(adapter, eval_rows or None)
+    if not inputs:
+        raise ValidationFailed(
+            f"{adapter.dataset_version.dataset.slug} v{adapter.dataset_version.number} has no "
+            "eval rows to pick from; type at least one prompt.",
+            field="prompts",
+        )
+    if len(inputs) > MAX_INPUTS:
+        raise ValidationFailed(
+            f"{len(inputs)} inputs; a comparison takes at most {MAX_INPUTS}.", field="prompts"
+        )
+    comparison = AdapterComparison.objects.create(
+        squad=squad, adapter=adapter, inputs=inputs, params=clean, created_by=actor
+    )
+    audit_log(
+        actor=actor,
+        action="finetune.comparison_requested",
+        squad=squad,
+        target=comparison,
+        data={
+            "adapter": adapter.pk,
+            "sha256": adapter.sha256,
+            "inputs": [i["source"] for i in inputs],
+            "params": clean,
+        },
+        request=request,
+    )
+    from workers.tasks import run_adapter_comparison
+
+    transaction.on_commit(lambda: run_adapter_comparison.delay(comparison.pk))
+    return comparison
+
+
+# --- worker side --------------------------------------------------------------------------
+
+
+def _work_dir(comparison: AdapterComparison) -> Path:
+    return (
+        Path(settings.DATA_DIR)
+        / "finetune"
+        / str(comparison.squad_id)
+        / "comparisons"
+        / str(comparison.pk)
+    )
+
+
+def _holding(comparison: AdapterComparison) -> QuerySet[AdapterComparison]:
+    return AdapterComparison.objects.filter(
+        pk=comparison.pk, worker=comparison.worker, status=AdapterComparison.Status.RUNNING
+    )
+
+
+def _finish(comparison: AdapterComparison, status: str, error: str = "", **results: Any) -> None:
+    with transaction.atomic():
+        now = timezone.now()
+        AdapterComparison.objects.filter(pk=comparison.pk).update(
+            status=status, error=error[:5000], finished_at=now, heartbeat_at=now, **results
+        )
+        comparison.refresh_from_db()
+        audit_log(
+            actor=None,
+            action="finetune.comparison_finished",
+            squad=comparison.squad,
+            target=comparison,
+            data={
+                "adapter": comparison.adapter_id,
+                "status": status,
+                "base_loss": comparison.base_loss,
+                "adapter_loss": comparison.adapter_loss,
+                "eval_rows": comparison.eval_rows,
+                "attempts": comparison.attempts,
+                "error": error[:500],
+            },
+        )
+
+
+def _text(outcome: Any) -> tuple[str, str]:
+    """(output, error) of one runtime outcome."""
+    from workers.runtime import BackendError
+
+    if isinstance(outcome, BackendError):
+        return "", str(outcome)
+    return outcome.text, ""
+
+
+def adapter_comparison_run(*, comparison_id: int) -> AdapterComparison | None:
+    """Worker side; see the module docstring. None when another live worker holds the
+    comparison, or it is already finished."""
+    jobs = AdapterComparison.objects.select_related(
+        "squad", "adapter__job", "adapter__dataset_version__dataset__prompt_version"
+    )
+    comparison = claim_job(jobs, comparison_id)
+    if comparison is None:
+        return None
+    from workers.runtime import GenerationParams, backends, training
+
+    adapter = comparison.adapter
+    max_seq_len = int(adapter.job.train.get("max_seq_len") or 512)
+    batch_size = int(adapter.job.train.get("batch_size") or 4)
+    lost = False
+
+    def should_stop() -> bool:
+        nonlocal lost
+        lost = lost or not _holding(comparison).exists()
+        return lost
+
+    try:
+        rows_path = write_rows(adapter.dataset_version, _work_dir(comparison) / "rows.jsonl")
+        with _Heartbeat(comparison, holding=lambda: _holding(comparison)):
+            scores = {}
+            for name, adapter_dir in (("base", None), ("adapter", Path(adapter.path))):
+                scores[name] = training.evaluate(
+                    base_model=adapter.base_model,
+                    rows_path=rows_path,
+                    adapter_dir=adapter_dir,
+                    max_seq_len=max_seq_len,
+                    batch_size=batch_size,
+                    should_cancel=should_stop,
+                )
+            params = GenerationParams(**comparison.params)
+            conversations = [i["messages"] for i in comparison.inputs]
+            base_spec = backends.TargetSpec(
+                name="base", kind="local", base_model=adapter.base_model
+            )
+            adapter_spec = dataclasses.replace(
+                base_spec, name=f"adapter-{adapter.pk}", adapter_dir=adapter.path
+            )
+            size = len(conversations)
+            base_out = backends.run_conversations(base_spec, conversations, params, batch_size=size)
+            if should_stop():
+                return None
+            tuned_out = backends.run_conversations(
+                adapter_spec, conversations, params, batch_size=size
+            )
+    except training.TrainingError as exc:
+        if lost:
+            return None  # another worker holds the comparison now
+        _finish(comparison, AdapterComparison.Status.FAILED, f"{exc.kind}: {exc}")
+        return comparison
+    except Exception as exc:
+        if not lost:
+            _finish(comparison, AdapterComparison.Status.FAILED, f"{type(exc).__name__}: {exc}")
+        raise
+    if should_stop():
+        return None
+    outputs = []
+    for given, base, tuned in zip(comparison.inputs, base_out, tuned_out, strict=True):
+        base_text, base_error = _text(base)
+        tuned_text, tuned_error = _text(tuned)
+        outputs.append(
+            {
+                "input": given["messages"][-1]["content"] if given["messages"] else "",
+                "source": given["source"],
+                "reference": given["reference"],
+                "base": base_text,
+                "adapter": tuned_text,
+                "base_error": base_error,
+                "adapter_error": tuned_error,
+            }
+        )
+    base, tuned = scores["base"], scores["adapter"]
+    _finish(
+        comparison,
+        AdapterComparison.Status.SUCCEEDED,
+        base_loss=base.loss,
+        adapter_loss=tuned.loss,
+        base_ppl=base.perplexity,
+        adapter_ppl=tuned.perplexity,
+        eval_rows=tuned.rows,
+        eval_tokens=tuned.tokens,
+        outputs=outputs,
+    )
+    return comparison
+
+
+def adapter_comparisons_recover() -> tuple[list[int], list[int]]:
+    """Running comparisons whose worker stopped beating: requeued, or failed once
+    MAX_ATTEMPTS workers were lost on them. Returns (requeued, failed) ids."""
+    from workers.tasks import run_adapter_comparison
+
+    cutoff = timezone.now() - STALE_AFTER
+    requeued: list[int] = []
+    failed: list[int] = []
+    stale = AdapterComparison.objects.filter(
+        status=AdapterComparison.Status.RUNNING, heartbeat_at__lt=cutoff
+    )
+    for comparison_id in stale.values_list("pk", flat=True):
+        with transaction.atomic():
+            comparison = (
+                AdapterComparison.objects.select_for_update()
+                .filter(
+                    pk=comparison_id,
+                    status=AdapterComparison.Status.RUNNING,
+                    heartbeat_at__lt=cutoff,
+                )
+                .first()
+            )
+            if comparison is None:
+                continue
+            if comparison.attempts >= MAX_ATTEMPTS:
+                _finish(
+                    comparison,
+                    AdapterComparison.Status.FAILED,
+                    f"worker_lost: the worker running this comparison stopped "
+                    f"{comparison.attempts} times (last: {comparison.worker}).",
+                )
+                failed.append(comparison_id)
+            else:
+                transaction.on_commit(lambda cid=comparison_id: run_adapter_comparison.delay(cid))
+                requeued.append(comparison_id)
+    return requeued, failed
