@@ -29,6 +29,10 @@ urlpatterns = [
     ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("audit/", include("apps.audit.urls")),
+    path(
+        "squads/<slug:squad>/prompts/<slug:slug>/versions/<int:number>/evidence",
+        include("apps.evidence.urls"),
+    ),
     path("squads/<slug:squad>/prompts/", include("apps.prompts.urls")),
     path("squads/<slug:squad>/datasets/", include("apps.finetune.urls")),
     path("squads/<slug:squad>/finetune/", include("apps.finetune.job_urls")),
