@@ -10,9 +10,16 @@ PORT=${STUDIO_PORT:-8000}
 $PY manage.py migrate --noinput
 $PY manage.py seed_demo
 
+# Prometheus multiprocess mode: the gunicorn workers and the Celery worker each write
+# their metrics to files here and /metrics sums them; a previous run's files go first.
+export PROMETHEUS_MULTIPROC_DIR=${PROMETHEUS_MULTIPROC_DIR:-${STUDIO_DATA_DIR:-var}/prometheus}
+mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+find "$PROMETHEUS_MULTIPROC_DIR" -maxdepth 1 -name '*.db' -delete
+
 .venv/bin/celery -A studio worker -Q default,gpu --concurrency 1 --loglevel INFO &
 WORKER=$!
-.venv/bin/gunicorn studio.wsgi:application --bind "$HOST:$PORT" --workers 2 --access-logfile - &
+.venv/bin/gunicorn studio.wsgi:application -c studio/gunicorn.conf.py \
+    --bind "$HOST:$PORT" --workers 2 &
 WEB=$!
 stop() { kill $WORKER $WEB 2>/dev/null; wait 2>/dev/null; echo stopped; }
 trap 'stop; exit 0' INT TERM

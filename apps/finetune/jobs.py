@@ -39,6 +39,7 @@ from apps.generation.targets import target_resolve
 from apps.prompts.contracts import render_messages
 from apps.squads.access import require_squad_permission
 from apps.squads.permissions import APPROVE_ADAPTERS, MANAGE_TARGETS, RUN_FINETUNE
+from apps.telemetry.metrics import job_finished
 from apps.webhooks import emitters as webhooks
 
 User = AbstractBaseUser
@@ -248,6 +249,7 @@ def finetune_job_cancel(
     if job.status == FineTuneJob.Status.QUEUED:
         job.status = FineTuneJob.Status.CANCELLED
         job.finished_at = timezone.now()
+        transaction.on_commit(lambda: job_finished("finetune", FineTuneJob.Status.CANCELLED, 0.0))
     job.save(update_fields=["cancel_requested", "status", "finished_at"])
     audit_log(
         actor=actor,
@@ -409,6 +411,8 @@ def _finish(job: FineTuneJob, status: str, error: str = "", kind: str = "") -> N
             heartbeat_at=timezone.now(),
         )
         job.refresh_from_db()
+        seconds = (job.finished_at - (job.started_at or job.finished_at)).total_seconds()
+        transaction.on_commit(lambda: job_finished("finetune", status, seconds))
         audit_log(
             actor=None,
             action="finetune.job_finished",

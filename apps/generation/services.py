@@ -16,6 +16,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -452,6 +453,13 @@ def generation_run(*, generation_id: int) -> Generation:
         generation.status = Generation.Status.RUNNING
         generation.save(update_fields=["status"])
     version, policy = generation.prompt_version, generation.policy_version
+    bind_generation(version, generation.target, generation_id=generation.pk)
+    finished = partial(
+        generations_finished,
+        [generation],
+        prompt=version.template.slug,
+        target=generation.target.name,
+    )
     try:
         # The stored variables are already redacted; this renders them and redacts what
         # the template adds, under the policy version the request was checked with.
@@ -469,9 +477,11 @@ def generation_run(*, generation_id: int) -> Generation:
         generation.errors = [{"path": "", "message": f"{type(exc).__name__}: {exc}"}]
         generation.finished_at = timezone.now()
         generation.save(update_fields=["status", "errors", "finished_at"])
+        finished()
         raise
     _apply(generation, outcome, version, policy)
     generation.save()
+    finished()
     return generation
 
 
@@ -639,6 +649,7 @@ def batch_job_cancel(*, actor: User, job: BatchJob, request: HttpRequest | None 
     if job.status == BatchJob.Status.QUEUED:
         job.status = BatchJob.Status.CANCELLED
         job.finished_at = timezone.now()
+        transaction.on_commit(lambda: job_finished("batch", BatchJob.Status.CANCELLED, 0.0))
     job.save(update_fields=["cancel_requested", "status", "finished_at"])
     audit_log(
         actor=actor,
@@ -714,6 +725,8 @@ def _finish(job: BatchJob, status: str, error: str = "") -> None:
             },
         )
         webhooks.batch_job_finished(job=job)
+    started = job.started_at or job.finished_at
+    job_finished("batch", status, (job.finished_at - started).total_seconds())
 
 
 def batch_job_run(*, job_id: int) -> BatchJob | None:
@@ -723,6 +736,7 @@ def batch_job_run(*, job_id: int) -> BatchJob | None:
     if job is None:
         return None
     version, target = job.prompt_version, job.target
+    bind_generation(version, target)
     try:
         with open(job.rows_path, encoding="utf-8") as handle:
             rows = [json.loads(line) for line in handle if line.strip()]
@@ -793,6 +807,7 @@ def _row_generation(job: BatchJob, index: int, prepared: Prepared) -> Generation
 def _store_chunk(job: BatchJob, generations: list[Generation], elapsed: float) -> None:
     tokens = sum(g.output_tokens for g in generations)
     with transaction.atomic():
+        created = generations
         try:
             with transaction.atomic():
                 Generation.objects.bulk_create(generations)
@@ -803,7 +818,11 @@ def _store_chunk(job: BatchJob, generations: list[Generation], elapsed: float) -
                     batch_job=job, row_index__in=[g.row_index for g in generations]
                 ).values_list("row_index", flat=True)
             )
-            Generation.objects.bulk_create([g for g in generations if g.row_index not in existing])
+            created = [g for g in generations if g.row_index not in existing]
+            Generation.objects.bulk_create(created)
+        generations_finished(
+            created, prompt=job.prompt_version.template.slug, target=job.target.name
+        )
         rows_done = Generation.objects.filter(batch_job=job).count()
         BatchJob.objects.filter(pk=job.pk).update(
             rows_done=rows_done,

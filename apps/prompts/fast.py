@@ -16,6 +16,7 @@ from django.urls.resolvers import RoutePattern
 
 from apps.core.exceptions import ApplicationError, AuthenticationFailed, ValidationFailed
 from apps.prompts import runtime
+from apps.telemetry.recording import bind_prompt
 
 DEFAULT_LABEL = "production"
 _ninja: URLResolver | None = None
@@ -59,6 +60,7 @@ def prompt_fetch(request: HttpRequest, squad: str, slug: str) -> HttpResponse:
                 ) from None
         if label is None and version is None:
             label = DEFAULT_LABEL
+        bind_prompt(slug, label=label, version=version)
         fetched = runtime.fetch(
             user=user, squad_slug=squad, template_slug=slug, label=label, version=version
         )
