@@ -9,7 +9,10 @@ Labels are bounded: views by their route pattern, never the raw path; prompts by
 template slug; targets by name; jobs by kind and outcome.
 """
 
+import structlog
 from prometheus_client import Counter, Histogram
+
+logger = structlog.get_logger("studio.jobs")
 
 # Generation and request latencies: from a cached fetch (ms) to a long local generation.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -61,3 +64,40 @@ def job_finished(kind: str, outcome: str, seconds: float) -> None:
         raise ValueError(f"unknown job kind {kind!r}; expected one of {', '.join(JOB_KINDS)}")
     jobs.labels(type=kind, outcome=outcome).inc()
     job_duration.labels(type=kind, outcome=outcome).observe(max(seconds, 0.0))
+    logger.info("job finished", job_type=kind, outcome=outcome, seconds=round(seconds, 3))
+
+
+def generation_finished(
+    *,
+    squad: str,
+    prompt: str,
+    target: str,
+    status: str,
+    source: str,
+    called_model: bool,
+    latency_seconds: float = 0.0,
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+    cost: float = 0.0,
+) -> None:
+    """Record one finished generation (ok, invalid, failed or blocked). Latency, tokens and
+    cost only when a model was called: a generation blocked before the call has none."""
+    generations.labels(status=status, source=source).inc()
+    if not called_model:
+        return
+    generation_latency.labels(squad=squad, target=target, prompt=prompt).observe(latency_seconds)
+    tokens = generation_tokens.labels
+    tokens(squad=squad, target=target, prompt=prompt, direction="input").inc(input_tokens)
+    tokens(squad=squad, target=target, prompt=prompt, direction="output").inc(output_tokens)
+    generation_cost.labels(squad=squad, target=target).inc(cost)
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def request_finished(*, view: str, method: str, status: int, seconds: float) -> None:
+    """Record one HTTP request; `view` is the route pattern (bounded), never the path."""
+    method = method if method in _METHODS else "other"
+    http_request_duration.labels(view=view, method=method, status=f"{status // 100}xx").observe(
+        seconds
+    )

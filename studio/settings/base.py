@@ -10,6 +10,8 @@ import environ
 
 from apps.telemetry.logconfig import configure as log_configure
 
+from apps.telemetry.logconfig import configure as log_configure
+
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
 env = environ.Env()
@@ -41,6 +43,7 @@ INSTALLED_APPS = [
     "apps.reviews",
     "apps.finetune",
     "apps.governance",
+    "apps.telemetry",
     "apps.evidence",
     "apps.telemetry",
     "apps.webhooks",
