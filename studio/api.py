@@ -24,7 +24,6 @@ from apps.squads.api import router as squads_router
 from apps.squads.api import tokens_router
 from apps.squads.services import api_token_authenticate
 from apps.telemetry.middleware import bind_user
-from apps.telemetry.middleware import bind_user
 from apps.webhooks.api import router as webhooks_router
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
@@ -57,7 +56,6 @@ class BearerOrSession(HttpBearer):
     def authenticate(self, request: HttpRequest, token: str) -> object:
         user = api_token_authenticate(raw=token)
         request.user = user
-        bind_user(user)
         bind_user(user)
         return user
 

@@ -13,8 +13,6 @@ from celery import Celery
 
 import apps.telemetry.worker  # noqa: F401  (logging through settings.LOGGING, task ids bound)
 
-import apps.telemetry.worker  # noqa: F401  (logging through settings.LOGGING, task ids bound)
-
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "studio.settings.base")
 
 

@@ -6,7 +6,6 @@ from django.views.generic import RedirectView
 
 from apps.prompts import fast
 from apps.telemetry.views import metrics_view
-from apps.telemetry.views import metrics_view
 from studio.api import api
 
 
@@ -17,7 +16,6 @@ def healthz(request: HttpRequest) -> JsonResponse:
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
-    path("metrics", metrics_view, name="metrics"),
     path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     # The runtime fetch, served without ninja's per-request overhead (apps/prompts/fast.py).

@@ -583,6 +583,7 @@ def _evaluate(
                 0, {"type": "generation", "passed": False, "detail": f"{row.status}: {message}"}
             )
         result.assertion_results = verdicts
+        result.passed = all(v["passed"] for v in verdicts)
         results.append(result)
     return results
 

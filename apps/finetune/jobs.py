@@ -40,7 +40,6 @@ from apps.prompts.contracts import render_messages
 from apps.squads.access import require_squad_permission
 from apps.squads.permissions import APPROVE_ADAPTERS, MANAGE_TARGETS, RUN_FINETUNE
 from apps.telemetry.metrics import job_finished
-from apps.telemetry.metrics import job_finished
 from apps.webhooks import emitters as webhooks
 
 User = AbstractBaseUser
@@ -250,7 +249,6 @@ def finetune_job_cancel(
     if job.status == FineTuneJob.Status.QUEUED:
         job.status = FineTuneJob.Status.CANCELLED
         job.finished_at = timezone.now()
-        transaction.on_commit(lambda: job_finished("finetune", FineTuneJob.Status.CANCELLED, 0.0))
         transaction.on_commit(lambda: job_finished("finetune", FineTuneJob.Status.CANCELLED, 0.0))
     job.save(update_fields=["cancel_requested", "status", "finished_at"])
     audit_log(

@@ -17,7 +17,6 @@ from django.urls.resolvers import RoutePattern
 from apps.core.exceptions import ApplicationError, AuthenticationFailed, ValidationFailed
 from apps.prompts import runtime
 from apps.telemetry.recording import bind_prompt
-from apps.telemetry.recording import bind_prompt
 
 DEFAULT_LABEL = "production"
 _ninja: URLResolver | None = None

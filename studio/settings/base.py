@@ -10,8 +10,6 @@ import environ
 
 from apps.telemetry.logconfig import configure as log_configure
 
-from apps.telemetry.logconfig import configure as log_configure
-
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 
 env = environ.Env()

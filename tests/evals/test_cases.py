@@ -1,0 +1,174 @@
+import json
+
+import pytest
+
+from apps.audit.models import AuditEvent
+from apps.core.exceptions import Conflict, PermissionDenied, ValidationFailed
+from apps.evals import selectors, services
+from apps.evals.models import TestCase as Case
+from tests.evals.conftest import add_case
+from tests.factories import UserFactory
+
+pytestmark = pytest.mark.django_db
+CONTAINS = [{"type": "contains", "value": "tides"}]
+
+
+def _line(**case) -> str:
+    base = {"name": "c", "variables": {"topic": "x"}, "assertions": CONTAINS, "tags": []}
+    return json.dumps({**base, **case})
+
+
+def test_create_update_delete_are_audited(writer):
+    template = writer.template
+    case = add_case(template, "tides", "tides", CONTAINS, tags=["smoke", "smoke", " core "])
+    assert case.tags == ["core", "smoke"] and case.squad_id == template.squad_id
+    engineer = UserFactory(username="sme")
+    services.test_case_update(actor=engineer, case=case, assertions=[{"type": "schema_valid"}])
+    case.refresh_from_db()
+    assert case.assertions == [{"type": "schema_valid"}] and case.name == "tides"
+    services.test_case_delete(actor=engineer, case=case)
+    assert not Case.objects.exists()
+    actions = list(
+        AuditEvent.objects.filter(action__startswith="eval.").values_list("action", flat=True)
+    )
+    assert actions == ["eval.case_created", "eval.case_updated", "eval.case_deleted"]
+
+
+def test_who_writes_cases(writer):
+    add_case(writer.template, "by sme", "x", CONTAINS, user="sme")
+    add_case(writer.template, "by owner", "x", CONTAINS, user="owner")
+    for user in ("viewer", "compliance"):
+        with pytest.raises(PermissionDenied):
+            add_case(writer.template, f"by {user}", "x", CONTAINS, user=user)
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "message"),
+    [
+        ({"name": "  "}, "name", "non-empty"),
+        ({"variables": []}, "variables", "JSON object"),
+        ({"variables": {"n": 1}}, "variables", "'topic' is a required property"),
+        ({"variables": {"topic": ""}}, "variables.topic", "should be non-empty"),
+        ({"assertions": [{"type": "regex", "pattern": "("}]}, "assertions[0].pattern", "regular"),
+        (
+            {"assertions": [{"type": "judge", "rubric": "r", "target": "nope", "threshold": 1}]},
+            "assertions[0].target",
+            "No enabled model target named 'nope'",
+        ),
+        ({"tags": "a,b"}, "tags", "list of strings"),
+    ],
+)
+def test_bad_cases_are_refused_naming_the_field(writer, changes, field, message):
+    data = {"name": "c", "variables": {"topic": "x"}, "assertions": CONTAINS, **changes}
+    with pytest.raises(ValidationFailed, match=message) as info:
+        services.test_case_create(
+            actor=UserFactory(username="engineer"), template=writer.template, **data
+        )
+    assert info.value.field == field
+    assert not Case.objects.exists()
+
+
+def test_duplicate_names_conflict(writer):
+    add_case(writer.template, "one", "x", CONTAINS)
+    with pytest.raises(Conflict, match="already exists"):
+        add_case(writer.template, "one", "y", CONTAINS)
+    two = add_case(writer.template, "two", "x", CONTAINS)
+    with pytest.raises(Conflict):
+        services.test_case_update(actor=UserFactory(username="engineer"), case=two, name="one")
+
+
+def test_import_adds_and_replaces_and_export_round_trips(writer):
+    template = writer.template
+    add_case(template, "old", "x", CONTAINS)
+    content = "\n".join(
+        [
+            _line(name="old", variables={"topic": "changed"}),
+            "",
+            _line(name="new", tags=["smoke"]),
+        ]
+    )
+    result = services.test_cases_import(
+        actor=UserFactory(username="sme"), template=template, content=content.encode()
+    )
+    assert (result.created, result.updated, result.unchanged) == (1, 1, 0)
+    cases = list(
+        selectors.test_case_list_for_user(user=UserFactory(username="viewer"), template=template)
+    )
+    exported = services.test_cases_export(cases)
+    assert [json.loads(line)["name"] for line in exported.splitlines()] == ["new", "old"]
+    again = services.test_cases_import(
+        actor=UserFactory(username="sme"), template=template, content=exported.encode()
+    )
+    assert (again.created, again.updated, again.unchanged) == (0, 0, 2)
+    assert AuditEvent.objects.filter(action="eval.cases_imported").count() == 2
+
+
+def test_import_refuses_the_whole_file_with_every_problem_by_line(writer):
+    template = writer.template
+    lines = [
+        _line(name="fine"),
+        "{not json",
+        _line(name="bad regex", assertions=[{"type": "regex", "pattern": "["}]),
+        "[1, 2]",
+        _line(name="fine"),
+        json.dumps({"name": "extra", "variables": {"topic": "x"}, "colour": "red"}),
+        _line(name="bad vars", variables={"topic": 5}),
+    ]
+    with pytest.raises(ValidationFailed, match="nothing was imported") as info:
+        services.test_cases_import(
+            actor=UserFactory(username="engineer"),
+            template=template,
+            content="\n".join(lines).encode(),
+        )
+    errors = info.value.extra
+    assert [(e["line"], e["field"]) for e in errors] == [
+        (2, ""),
+        (3, "assertions[0].pattern"),
+        (4, ""),
+        (5, "name"),
+        (6, "colour"),
+        (7, "variables.topic"),
+    ]
+    assert "already used on line 1" in errors[3]["message"]
+    assert info.value.field == "file"
+    assert not Case.objects.exists()
+    assert not AuditEvent.objects.filter(action="eval.cases_imported").exists()
+
+
+def test_import_lists_at_most_100_errors(writer):
+    content = "\n".join("{bad" for _ in range(150)).encode()
+    with pytest.raises(ValidationFailed, match="150 problem") as info:
+        services.test_cases_import(
+            actor=UserFactory(username="engineer"), template=writer.template, content=content
+        )
+    assert len(info.value.extra) == 100 and info.value.extra[-1]["line"] == 100
+
+
+def test_import_refuses_unreadable_files_and_viewers(writer):
+    engineer = UserFactory(username="engineer")
+    with pytest.raises(ValidationFailed, match="no test cases"):
+        services.test_cases_import(actor=engineer, template=writer.template, content=b"\n\n")
+    with pytest.raises(ValidationFailed, match="not UTF-8"):
+        services.test_cases_import(
+            actor=engineer, template=writer.template, content=b"\xff\xfe\x00"
+        )
+    with pytest.raises(PermissionDenied):
+        services.test_cases_import(
+            actor=UserFactory(username="viewer"),
+            template=writer.template,
+            content=_line().encode(),
+        )
+
+
+def test_tag_filter(writer):
+    add_case(writer.template, "a", "x", CONTAINS, tags=["smoke"])
+    add_case(writer.template, "b", "x", CONTAINS, tags=["slow"])
+    add_case(writer.template, "c", "x", CONTAINS)
+    viewer = UserFactory(username="viewer")
+    names = lambda tags: [  # noqa: E731
+        c.name
+        for c in selectors.test_case_list_for_user(user=viewer, template=writer.template, tags=tags)
+    ]
+    assert names(None) == ["a", "b", "c"]
+    assert names(["smoke"]) == ["a"]
+    assert names(["smoke", "slow"]) == ["a", "b"]
