@@ -16,9 +16,9 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from datetime import timedelta
 from decimal import Decimal
-from functools import partial
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,9 +44,6 @@ from apps.prompts.models import PromptVersion
 from apps.squads.access import require_squad_permission
 from apps.squads.models import Squad
 from apps.squads.permissions import MANAGE_TARGETS, RUN_GENERATION
-from apps.telemetry.context import request_context
-from apps.telemetry.metrics import job_finished
-from apps.telemetry.recording import bind_generation, generations_finished
 from apps.telemetry.context import request_context
 from apps.telemetry.metrics import job_finished
 from apps.telemetry.recording import bind_generation, generations_finished
@@ -464,13 +461,6 @@ def generation_run(*, generation_id: int) -> Generation:
         prompt=version.template.slug,
         target=generation.target.name,
     )
-    bind_generation(version, generation.target, generation_id=generation.pk)
-    finished = partial(
-        generations_finished,
-        [generation],
-        prompt=version.template.slug,
-        target=generation.target.name,
-    )
     try:
         # The stored variables are already redacted; this renders them and redacts what
         # the template adds, under the policy version the request was checked with.
@@ -738,8 +728,6 @@ def _finish(job: BatchJob, status: str, error: str = "") -> None:
         webhooks.batch_job_finished(job=job)
     started = job.started_at or job.finished_at
     job_finished("batch", status, (job.finished_at - started).total_seconds())
-    started = job.started_at or job.finished_at
-    job_finished("batch", status, (job.finished_at - started).total_seconds())
 
 
 def batch_job_run(*, job_id: int) -> BatchJob | None:
@@ -749,7 +737,6 @@ def batch_job_run(*, job_id: int) -> BatchJob | None:
     if job is None:
         return None
     version, target = job.prompt_version, job.target
-    bind_generation(version, target)
     bind_generation(version, target)
     try:
         with open(job.rows_path, encoding="utf-8") as handle:
