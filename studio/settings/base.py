@@ -41,6 +41,7 @@ INSTALLED_APPS = [
     "apps.reviews",
     "apps.finetune",
     "apps.governance",
+    "apps.evidence",
     "apps.telemetry",
     "apps.evidence",
     "apps.telemetry",
