@@ -8,7 +8,6 @@ transaction; if that transaction fails the file is removed again.
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from django.http import HttpRequest
 
 from apps.audit.services import audit_log
 from apps.core.exceptions import Conflict, NotFound, ValidationFailed
+from apps.core.files import write_atomically
 from apps.finetune import rows as rowlib
 from apps.finetune.models import Dataset, DatasetFormat, DatasetVersion
 from apps.finetune.tokens import token_counter, token_stats
@@ -227,10 +227,7 @@ def _store_version(
         )
     number = (parent.number if parent else 0) + 1
     path = _version_path(dataset, number)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_atomically(path, data)
     try:
         version = DatasetVersion.objects.create(
             dataset=dataset,

@@ -31,6 +31,7 @@ from django.utils import timezone
 
 from apps.audit.services import audit_log
 from apps.core.exceptions import Conflict, ValidationFailed
+from apps.core.files import write_atomically
 from apps.generation import structured
 from apps.generation.models import BatchJob, Generation, ModelTarget
 from apps.generation.targets import clean_target_fields, target_resolve
@@ -334,6 +335,16 @@ def _check_output(generation: Generation, policy: PolicyVersion | None) -> None:
             generation.output_json = governance.redact_value(generation.output_json, rules)
 
 
+def adapter_identity(target: ModelTarget) -> str:
+    """The adapter a target generates with, as Generation.adapter and the provenance
+    manifest name it: a local target's trained adapter as `adapter-<id>@sha256:<hash of
+    its files>` (the name its export unpacks to, and its Adapter.sha256), a remote
+    target's TGI `adapter_id`, else ""."""
+    if target.lora_adapter_id:
+        return f"adapter-{target.lora_adapter_id}@sha256:{target.lora_adapter.sha256}"
+    return target.adapter_id
+
+
 def _seal(
     generation: Generation,
     version: PromptVersion,
@@ -341,6 +352,7 @@ def _seal(
     policy: PolicyVersion | None,
 ) -> None:
     """Sign the generation's provenance manifest (HMAC, apps.governance.provenance)."""
+    generation.adapter = adapter_identity(target)
     signed = provenance.sign(
         provenance.manifest_build(
             squad_id=generation.squad_id,
@@ -354,7 +366,7 @@ def _seal(
                 "kind": target.kind,
                 "model": target.base_model or target.remote_model,
             },
-            adapter=target.adapter_id or None,
+            adapter=generation.adapter or None,
             parameters=_param_values(version, target, rules_of(policy)["max_output_tokens"]),
             variables=generation.variables,
             input_sha256=generation.rendered_hash,
@@ -597,10 +609,7 @@ def batch_job_create(
         batch_size=batch_size,
     )
     path = Path(settings.DATA_DIR) / "batches" / f"{job.pk}" / "rows.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    write_atomically(path, data)
     try:
         job.rows_path = str(path)
         job.save(update_fields=["rows_path"])
