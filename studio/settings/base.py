@@ -41,7 +41,6 @@ INSTALLED_APPS = [
     "apps.reviews",
     "apps.finetune",
     "apps.governance",
-    "apps.telemetry",
     "apps.evidence",
     "apps.telemetry",
     "apps.webhooks",
