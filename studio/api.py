@@ -14,6 +14,7 @@ from ninja.utils import check_csrf
 from apps.audit.api import router as audit_router
 from apps.core.exceptions import ApplicationError, AuthenticationFailed, PermissionDenied
 from apps.evidence.api import router as evidence_router
+from apps.feedback.api import router as feedback_router
 from apps.finetune.api import router as finetune_router
 from apps.generation.api import router as generation_router
 from apps.governance.api import router as governance_router
@@ -122,3 +123,4 @@ api.add_router("/", finetune_router)
 api.add_router("/", governance_router)
 api.add_router("/", evidence_router)
 api.add_router("/", webhooks_router)
+api.add_router("/", feedback_router)

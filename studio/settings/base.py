@@ -41,10 +41,11 @@ INSTALLED_APPS = [
     "apps.reviews",
     "apps.finetune",
     "apps.governance",
-    "apps.evidence",
     "apps.telemetry",
+    "apps.evidence",
     "apps.webhooks",
     "apps.evals",
+    "apps.feedback",
 ]
 
 MIDDLEWARE = [
