@@ -397,6 +397,54 @@ ACTIONS = [
         view=lambda c: c.get("/squads/acme/prompts/support/versions/2/evidence"),
     ),
     Action(
+        "webhook.create",
+        frozenset({"owner"}),
+        api=lambda c: c.call(
+            "POST", WH, {"url": "https://receiver.example/h", "events": ["label.moved"]}
+        ),
+        view=lambda c: c.post(
+            f"{WHV}/", {"url": "https://receiver.example/h", "events": ["label.moved"]}
+        ),
+    ),
+    Action(
+        "webhook.list",
+        frozenset({"owner"}),
+        api=lambda c: c.call("GET", WH),
+        view=lambda c: c.get(f"{WHV}/"),
+    ),
+    Action(
+        "webhook.update",
+        frozenset({"owner"}),
+        api=lambda c: c.call("PATCH", f"{WH}/{_webhook()}", {"enabled": False}),
+        view=lambda c: c.post(
+            f"{WHV}/{_webhook()}/", {"url": "https://r.example/h", "events": ["job.finished"]}
+        ),
+    ),
+    Action(
+        "webhook.rotate_secret",
+        frozenset({"owner"}),
+        api=lambda c: c.call("POST", f"{WH}/{_webhook()}/secret"),
+        view=lambda c: c.post(f"{WHV}/{_webhook()}/secret"),
+    ),
+    Action(
+        "webhook.test_send",
+        frozenset({"owner"}),
+        api=lambda c: c.call("POST", f"{WH}/{_webhook()}/test"),
+        view=lambda c: c.post(f"{WHV}/{_webhook()}/test"),
+    ),
+    Action(
+        "webhook.deliveries",
+        frozenset({"owner"}),
+        api=lambda c: c.call("GET", f"{WH}/{_webhook()}/deliveries"),
+        view=lambda c: c.get(f"{WHV}/{_webhook()}/"),
+    ),
+    Action(
+        "webhook.delete",
+        frozenset({"owner"}),
+        api=lambda c: c.call("DELETE", f"{WH}/{_webhook()}"),
+        view=lambda c: c.post(f"{WHV}/{_webhook()}/delete"),
+    ),
+    Action(
         "token.revoke_other_users",
         frozenset(),
         api=lambda c: c.call("DELETE", f"/api/v1/tokens/{_other_token_id()}"),
@@ -404,6 +452,25 @@ ACTIONS = [
         hidden_from=EVERYONE,
     ),
 ]
+
+
+WH = "/api/v1/squads/acme/webhooks"
+WHV = "/squads/acme/webhooks"
+
+
+def _webhook() -> int:
+    """A webhook of squad acme (its test-send is queued at commit, which a test never
+    reaches: nothing is sent)."""
+    from apps.squads.models import Squad
+    from apps.webhooks import services as webhooks
+
+    webhook, _ = webhooks.webhook_create(
+        actor=UserFactory(username="owner"),
+        squad=Squad.objects.get(slug="acme"),
+        url="https://receiver.example/hook",
+        events=["version.created"],
+    )
+    return webhook.pk
 
 
 def _finetune_dataset():

@@ -1,5 +1,5 @@
 from django.http import HttpRequest
-from ninja import Router
+from ninja import Router, Status
 
 from apps.squads.selectors import squad_get_for_user
 from apps.webhooks import selectors, services
@@ -43,13 +43,13 @@ def webhook_list(request: HttpRequest, squad: str) -> list:
 
 
 @router.post(BASE, response={201: WebhookCreatedOut})
-def webhook_create(request: HttpRequest, squad: str, payload: WebhookCreateIn) -> tuple:
+def webhook_create(request: HttpRequest, squad: str, payload: WebhookCreateIn) -> Status:
     """Add a webhook (owners). The response carries the signing secret, shown only now."""
     squad_obj = squad_get_for_user(user=request.auth, slug=squad)
     webhook, secret = services.webhook_create(
         actor=request.auth, squad=squad_obj, request=request, **payload.dict()
     )
-    return 201, {**_out(webhook), "secret": secret}
+    return Status(201, {**_out(webhook), "secret": secret})
 
 
 @router.get(BASE + "/{webhook_id}", response=WebhookOut)
@@ -71,11 +71,11 @@ def webhook_update(
 
 
 @router.delete(BASE + "/{webhook_id}", response={204: None})
-def webhook_delete(request: HttpRequest, squad: str, webhook_id: int) -> tuple:
+def webhook_delete(request: HttpRequest, squad: str, webhook_id: int) -> Status:
     services.webhook_delete(
         actor=request.auth, webhook=_webhook(request, squad, webhook_id), request=request
     )
-    return 204, None
+    return Status(204, None)
 
 
 @router.post(BASE + "/{webhook_id}/secret", response=WebhookSecretOut)
@@ -88,12 +88,12 @@ def webhook_secret_rotate(request: HttpRequest, squad: str, webhook_id: int) -> 
 
 
 @router.post(BASE + "/{webhook_id}/test", response={202: DeliveryOut})
-def webhook_test_send(request: HttpRequest, squad: str, webhook_id: int) -> tuple:
+def webhook_test_send(request: HttpRequest, squad: str, webhook_id: int) -> Status:
     """Queue a signed `webhook.test` event to this webhook; follow it in its deliveries."""
     delivery = services.webhook_test_send(
         actor=request.auth, webhook=_webhook(request, squad, webhook_id), request=request
     )
-    return 202, delivery
+    return Status(202, delivery)
 
 
 @router.get(BASE + "/{webhook_id}/deliveries", response=list[DeliveryOut])
@@ -120,4 +120,6 @@ def delivery_redeliver(request: HttpRequest, squad: str, webhook_id: int, delive
     delivery = selectors.delivery_get_for_user(
         user=request.auth, webhook=webhook, delivery_id=delivery_id
     )
-    return 202, services.delivery_redeliver(actor=request.auth, delivery=delivery, request=request)
+    return Status(
+        202, services.delivery_redeliver(actor=request.auth, delivery=delivery, request=request)
+    )
