@@ -96,6 +96,14 @@ def _sweep_once() -> None:
             logger.warning("stale adapter comparisons: requeued %s, failed %s", requeued, failed)
     except Exception:
         logger.exception("adapter comparison sweeper failed")
+    try:
+        from apps.webhooks.delivery import deliveries_retry_due
+
+        queued = deliveries_retry_due()
+        if queued:
+            logger.warning("queued overdue webhook deliveries: %s", queued)
+    except Exception:
+        logger.exception("webhook delivery sweeper failed")
 
 
 def _sweep_forever(interval: float, stop: threading.Event) -> None:

@@ -255,3 +255,18 @@ def test_broker_outage_at_commit_leaves_the_delivery_for_the_sweeper(
     delivery = _emit(django_capture_on_commit_callbacks)  # does not raise
     assert delivery.status == "pending"
     assert delivery.next_attempt_at is not None
+
+
+def test_workers_sweeper_queues_overdue_deliveries(
+    make_webhook, scheduled, django_capture_on_commit_callbacks
+) -> None:
+    from workers.tasks import _sweep_once
+
+    make_webhook()
+    delivery = _emit(django_capture_on_commit_callbacks)
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(
+        next_attempt_at=timezone.now() - timedelta(minutes=10)
+    )
+    scheduled.clear()
+    _sweep_once()
+    assert scheduled == [(delivery.pk, 0)]
