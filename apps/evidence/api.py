@@ -10,6 +10,14 @@ router = Router(tags=["evidence"])
     "/squads/{squad}/prompts/{slug}/versions/{number}/evidence",
     response={200: None},
     url_name="evidence_pack",
+    openapi_extra={
+        "responses": {
+            "200": {
+                "description": "The evidence pack (zip), as an attachment",
+                "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+            }
+        }
+    },
 )
 def evidence_pack(request: HttpRequest, squad: str, slug: str, number: int) -> HttpResponse:
     """The version's compliance evidence pack: a zip of evidence.json, a printable

@@ -319,3 +319,24 @@ def test_outsiders_see_nothing(flow):
 def test_owner_may_export(flow):
     _, _, doc = _pack(flow.v2, "owner")
     assert doc["generated_by"] == "owner"
+
+
+def test_queries_do_not_grow_with_generations_or_events(flow):
+    from django.db import connection as conn
+    from django.test.utils import CaptureQueriesContext
+
+    compliance = UserFactory(username="compliance")
+
+    def count() -> int:
+        with CaptureQueriesContext(conn) as queries:
+            services.evidence_pack_build(actor=compliance, version=flow.v2)
+        return len(queries)
+
+    count()  # warm the permission cache
+    before = count()
+    sample = Generation.objects.filter(prompt_version=flow.v2).first()
+    for _ in range(20):
+        sample.pk = None
+        sample.save()
+    # Each export above is one more event about the version.
+    assert count() == before
