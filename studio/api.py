@@ -13,6 +13,7 @@ from ninja.utils import check_csrf
 
 from apps.audit.api import router as audit_router
 from apps.core.exceptions import ApplicationError, AuthenticationFailed, PermissionDenied
+from apps.evals.api import router as evals_router
 from apps.evidence.api import router as evidence_router
 from apps.feedback.api import router as feedback_router
 from apps.finetune.api import router as finetune_router
@@ -121,6 +122,7 @@ api.add_router("/", reviews_approvals_router)
 api.add_router("/", review_queues_router)
 api.add_router("/", finetune_router)
 api.add_router("/", governance_router)
+api.add_router("/", evals_router)
 api.add_router("/", evidence_router)
 api.add_router("/", webhooks_router)
 api.add_router("/", feedback_router)

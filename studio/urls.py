@@ -37,6 +37,7 @@ urlpatterns = [
     path("squads/<slug:squad>/datasets/", include("apps.finetune.urls")),
     path("squads/<slug:squad>/finetune/", include("apps.finetune.job_urls")),
     path("squads/<slug:squad>/governance/", include("apps.governance.urls")),
+    path("squads/<slug:squad>/evals/", include("apps.evals.urls")),
     path("squads/<slug:squad>/webhooks/", include("apps.webhooks.urls")),
     path("squads/<slug:squad>/", include("apps.generation.urls")),
     path("squads/<slug:squad>/", include("apps.feedback.urls")),

@@ -73,7 +73,7 @@ def eval_run_list_for_user(
 ) -> QuerySet[EvalRun]:
     require_squad_permission(user, squad, VIEW_SQUAD)
     runs = EvalRun.objects.filter(squad=squad).select_related(
-        "version__template", "target", "created_by"
+        "version__template", "target", "created_by", "squad"
     )
     if template is not None:
         runs = runs.filter(version__template=template)
@@ -84,7 +84,7 @@ def eval_run_get_for_user(*, user: User, squad: Squad, run_id: int) -> EvalRun:
     require_squad_permission(user, squad, VIEW_SQUAD)
     run = (
         EvalRun.objects.filter(squad=squad, pk=run_id)
-        .select_related("version__template", "target", "created_by")
+        .select_related("version__template", "target", "created_by", "squad")
         .first()
     )
     if run is None:
@@ -161,3 +161,47 @@ def compare_runs(*, user: User, squad: Squad, base_id: int, head_id: int) -> Com
             comparison.unchanged.append(row)
     comparison.only_base = [_row(r, None) for r in base_results.values()]
     return comparison
+
+
+@dataclass
+class EvalGateStatus:
+    """What the review request page shows about a version's evals: the policy's minimum
+    (None: no eval gate), the version's own target and its latest run there, and the
+    latest run on every other target it ran on."""
+
+    minimum: float | None
+    target_name: str
+    target: ModelTarget | None
+    latest: EvalRun | None
+    runs: list[EvalRun]
+
+    @property
+    def meets(self) -> bool:
+        if self.minimum is None:
+            return True
+        return bool(
+            self.latest
+            and self.latest.pass_rate is not None
+            and self.latest.pass_rate >= self.minimum
+        )
+
+
+def eval_gate_status_for_user(*, user: User, version: PromptVersion) -> EvalGateStatus:
+    from apps.generation.targets import target_resolve
+    from apps.reviews.models import ApprovalPolicy
+
+    squad = version.template.squad
+    require_squad_permission(user, squad, VIEW_SQUAD)
+    policy = ApprovalPolicy.objects.filter(squad=squad).first()
+    name = version.model_settings.get("target", "")
+    try:
+        target = target_resolve(squad_id=squad.pk, name=name)
+    except NotFound:
+        target = None
+    return EvalGateStatus(
+        minimum=policy.min_eval_pass_rate if policy else None,
+        target_name=name,
+        target=target,
+        latest=eval_run_latest(version=version, target=target) if target else None,
+        runs=eval_runs_latest_per_target(version=version),
+    )

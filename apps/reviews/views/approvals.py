@@ -17,6 +17,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from apps.core.exceptions import ApplicationError, NotFound, ValidationFailed
+from apps.evals.selectors import eval_gate_status_for_user
 from apps.prompts import selectors as prompt_selectors
 from apps.prompts.diff import version_diff
 from apps.prompts.models import PromptVersion
@@ -67,6 +68,18 @@ def _int(raw: str | None, *, field: str, label: str) -> int | None:
     if value < 0:
         raise ValidationFailed(f"{label} cannot be negative (got {value}).", field=field)
     return value
+
+
+def _pass_rate(raw: str) -> float | None:
+    if not raw:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValidationFailed(
+            f"The minimum eval pass rate must be a number from 0 to 1 (got '{raw}').",
+            field="min_eval_pass_rate",
+        ) from None
 
 
 def _role_noun(role: str) -> str:
@@ -239,6 +252,7 @@ def request_detail(request: HttpRequest, squad: str, pk: int) -> HttpResponse:
         "version": review.version,
         "label_diffs": _label_diffs(request, review),
         "numbered": _numbered_messages(review.version),
+        "eval_status": eval_gate_status_for_user(user=request.user, version=review.version),
     }
     return render(request, "reviews/request.html", context)
 
@@ -546,6 +560,10 @@ def _policy_context(
             "protected_labels", ", ".join(squad.protected_labels or [])
         ),
         "changes_block": (form or {}).get("changes_block", policy.changes_block),
+        "min_eval_pass_rate": (form or {}).get(
+            "min_eval_pass_rate",
+            "" if policy.min_eval_pass_rate is None else f"{policy.min_eval_pass_rate:g}",
+        ),
         "can_manage": has_squad_permission(request.user, squad, MANAGE_APPROVAL_POLICY),
         "error": error,
     }
@@ -563,8 +581,14 @@ def approval_policy(request: HttpRequest, squad: str) -> HttpResponse:
     form = {f"required_{r.value}": data.get(f"required_{r.value}", "") for r in POLICY_ROLES}
     form["protected_labels"] = data.get("protected_labels", "")
     form["changes_block"] = data.get("changes_block") == "on"
+    # Absent from the form (older pages, scripts): left as it is; empty: no eval gate.
+    pass_rate = services.KEEP
+    if "min_eval_pass_rate" in data:
+        form["min_eval_pass_rate"] = data.get("min_eval_pass_rate", "").strip()
     error = None
     try:
+        if "min_eval_pass_rate" in form:
+            pass_rate = _pass_rate(form["min_eval_pass_rate"])
         required = {}
         for role in POLICY_ROLES:
             n = _int(
@@ -580,6 +604,7 @@ def approval_policy(request: HttpRequest, squad: str) -> HttpResponse:
             required_approvals=required,
             protected_labels=[s.strip() for s in form["protected_labels"].split(",") if s.strip()],
             changes_block=form["changes_block"],
+            min_eval_pass_rate=pass_rate,
             request=request,
         )
     except ApplicationError as exc:
