@@ -445,18 +445,6 @@ ACTIONS = [
         view=lambda c: c.post(f"{WHV}/{_webhook()}/delete"),
     ),
     Action(
-        "evidence.export",
-        frozenset({"owner", "compliance"}),
-        api=lambda c: c.call("GET", f"{P}/support/versions/2/evidence"),
-        view=lambda c: c.get("/squads/acme/prompts/support/versions/2/evidence.zip"),
-    ),
-    Action(
-        "evidence.view",
-        frozenset({"owner", "compliance"}),
-        api=None,
-        view=lambda c: c.get("/squads/acme/prompts/support/versions/2/evidence"),
-    ),
-    Action(
         "token.revoke_other_users",
         frozenset(),
         api=lambda c: c.call("DELETE", f"/api/v1/tokens/{_other_token_id()}"),
