@@ -66,9 +66,7 @@ def test_thumbs_score_and_edit_are_stored_normalised(generation, api_as):
 
     original = generation.output_text
     assert body["edit_distance"] == Levenshtein.distance(original, edited) == 7
-    assert body["edit_similarity"] == pytest.approx(
-        1 - 7 / max(len(original), len(edited))
-    )
+    assert body["edit_similarity"] == pytest.approx(1 - 7 / max(len(original), len(edited)))
     stored = Feedback.objects.get(pk=body["id"])
     assert stored.edited_text == edited and stored.created_by.username == "viewer"
     assert stored.prompt_version_id == generation.prompt_version_id

@@ -1148,6 +1148,7 @@ def review_annotate(
         },
         request=request,
     )
+    _drift_check(queue, item)
     return mine
 
 
@@ -1215,7 +1216,16 @@ def review_adjudicate(
         },
         request=request,
     )
+    _drift_check(queue, item)
     return item
+
+
+def _drift_check(queue: ReviewQueue, item: ReviewItem) -> None:
+    """The version's approval rate moved: apps.feedback checks it for drift (inline, in
+    this transaction, so an alert commits with the judgement that raised it)."""
+    from apps.feedback.services import drift_check_after_review
+
+    drift_check_after_review(squad=queue.squad, version_id=item.prompt_version_id)
 
 
 # --- statistics rebuild -------------------------------------------------------------------
