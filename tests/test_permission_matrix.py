@@ -445,6 +445,36 @@ ACTIONS = [
         view=lambda c: c.post(f"{WHV}/{_webhook()}/delete"),
     ),
     Action(
+        "adapter.compare",
+        frozenset({"owner", "engineer"}),
+        api=lambda c: c.call(
+            "POST", f"/api/v1/squads/acme/adapters/{_adapter()}/comparisons", {"prompts": ["hi"]}
+        ),
+        view=lambda c: c.post(
+            f"/squads/acme/finetune/adapters/{_adapter()}/comparisons", {"prompts": "hi"}
+        ),
+    ),
+    Action(
+        "adapter.comparison_read",
+        frozenset(MEMBERS),
+        api=lambda c: c.call(
+            "GET", "/api/v1/squads/acme/adapters/{}/comparisons/{}".format(*_comparison())
+        ),
+        view=lambda c: c.get(
+            "/squads/acme/finetune/adapters/{}/comparisons/{}/".format(*_comparison())
+        ),
+    ),
+    Action(
+        "adapter.attach",
+        frozenset({"owner"}),
+        api=lambda c: c.call(
+            "PUT", "/api/v1/squads/acme/targets/tuned/adapter", {"adapter": _attachable()}
+        ),
+        view=lambda c: c.post(
+            f"/squads/acme/finetune/adapters/{_attachable()}/attach", {"target": "tuned"}
+        ),
+    ),
+    Action(
         "token.revoke_other_users",
         frozenset(),
         api=lambda c: c.call("DELETE", f"/api/v1/tokens/{_other_token_id()}"),
@@ -523,6 +553,33 @@ def _adapter() -> int:
         base_model_sha256="b" * 64,
     )
     return adapter.pk
+
+
+def _comparison() -> tuple[int, int]:
+    """(adapter id, comparison id) of a finished comparison."""
+    from apps.finetune.models import Adapter, AdapterComparison
+
+    adapter = Adapter.objects.get(pk=_adapter())
+    comparison = AdapterComparison.objects.create(
+        squad=adapter.squad, adapter=adapter, status="succeeded", base_loss=2.0, adapter_loss=1.5
+    )
+    return adapter.pk, comparison.pk
+
+
+def _attachable() -> int:
+    """An approved adapter, and the squad's own local target 'tuned' of its base model."""
+    from django.utils import timezone
+
+    from apps.finetune.models import Adapter
+    from apps.generation.models import ModelTarget
+
+    adapter_id = _adapter()
+    Adapter.objects.filter(pk=adapter_id).update(approved_at=timezone.now())
+    adapter = Adapter.objects.get(pk=adapter_id)
+    ModelTarget.objects.create(
+        squad=adapter.squad, name="tuned", kind="local", base_model=adapter.base_model
+    )
+    return adapter_id
 
 
 def _prompt_with_two_versions(squad) -> None:

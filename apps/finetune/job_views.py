@@ -250,7 +250,7 @@ def _adapter_context(
 
 def _adapter_page(request: HttpRequest, squad: Squad, adapter: Adapter, **extra: Any):
     context = _adapter_context(request, squad, adapter, **extra)
-    error = context["error"]
+    error = context["error"] or context.get("compare_error")
     status = error.status_code if error else 200
     return render(request, "finetune/adapter_detail.html", context, status=status)
 
