@@ -270,3 +270,23 @@ def test_workers_sweeper_queues_overdue_deliveries(
     scheduled.clear()
     _sweep_once()
     assert scheduled == [(delivery.pk, 0)]
+
+
+def test_task_is_named_routed_to_default_and_runs_the_attempt(
+    make_webhook, receiver, scheduled, django_capture_on_commit_callbacks
+) -> None:
+    from apps.webhooks.tasks import deliver
+    from studio.celery import app
+
+    assert deliver.name == "apps.webhooks.tasks.deliver"
+    assert deliver.name in app.tasks
+    route = app.amqp.router.route({}, deliver.name)
+    assert route["queue"].name == "default"
+    assert deliver.acks_late is True
+
+    server = receiver(200)
+    make_webhook(url=server.url)
+    delivery = _emit(django_capture_on_commit_callbacks)
+    deliver(delivery.pk)  # what the worker calls
+    delivery.refresh_from_db()
+    assert delivery.status == "succeeded" and len(server.requests) == 1
