@@ -80,7 +80,9 @@ class RequestTelemetryMiddleware:
             status=response.status_code,
             duration_ms=round(elapsed * 1000, 2),
         )
-        structlog.contextvars.clear_contextvars()
+        # Not cleared here: Django logs 4xx/5xx ("django.request") after the middleware
+        # chain returns, and that line should carry the request id too. The next request
+        # starts from a clean context.
         return response
 
     def process_view(
