@@ -475,6 +475,47 @@ ACTIONS = [
         ),
     ),
     Action(
+        "eval.read",
+        frozenset(MEMBERS),
+        api=lambda c: c.call("GET", f"{P}/support/cases"),
+        view=lambda c: c.get("/squads/acme/evals/prompts/support/"),
+    ),
+    Action(
+        "eval.case_create",
+        frozenset({"owner", "engineer", "sme"}),
+        api=lambda c: c.call("POST", f"{P}/support/cases", _EVAL_CASE),
+        view=lambda c: c.post(
+            "/squads/acme/evals/prompts/support/",
+            {**_EVAL_CASE, "variables": json.dumps(_EVAL_CASE["variables"]), "assertions": "[]"},
+        ),
+    ),
+    Action(
+        "eval.case_import",
+        frozenset({"owner", "engineer", "sme"}),
+        api=lambda c: c.client.post(
+            f"{P}/support/cases/import", {"file": _eval_cases_file()}, headers=c.headers
+        ),
+        view=lambda c: c.post(
+            "/squads/acme/evals/prompts/support/cases/import", {"file": _eval_cases_file()}
+        ),
+    ),
+    Action(
+        "eval.run",
+        frozenset({"owner", "engineer"}),
+        api=lambda c: _with_eval_case(
+            lambda: c.call("POST", "/api/v1/squads/acme/evals", {"prompt": "support"})
+        ),
+        view=lambda c: _with_eval_case(
+            lambda: c.post("/squads/acme/evals/prompts/support/runs", {"version": "1"})
+        ),
+    ),
+    Action(
+        "eval.run_cancel",
+        frozenset({"owner", "engineer"}),
+        api=lambda c: c.call("POST", f"/api/v1/squads/acme/evals/{_eval_run()}/cancel"),
+        view=lambda c: c.post(f"/squads/acme/evals/runs/{_eval_run()}/cancel"),
+    ),
+    Action(
         "token.revoke_other_users",
         frozenset(),
         api=lambda c: c.call("DELETE", f"/api/v1/tokens/{_other_token_id()}"),
@@ -721,3 +762,33 @@ def test_revoked_token_of_other_user_is_untouched(squad) -> None:
     _, secret = services.api_token_create(actor=UserFactory(username="sme"), name="x")
     ApiClient(secret).call("DELETE", f"/api/v1/tokens/{token.pk}")
     assert ApiToken.objects.get(pk=token.pk).revoked_at is None
+
+
+_EVAL_CASE = {"name": "matrix", "variables": {"customer": {"name": "A"}, "question": "q"}}
+
+
+def _eval_cases_file():
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    return SimpleUploadedFile("cases.jsonl", (json.dumps(_EVAL_CASE) + "\n").encode())
+
+
+def _with_eval_case(call):
+    from apps.evals import services as evals
+    from apps.prompts.models import PromptTemplate
+
+    template = PromptTemplate.objects.get(slug="support")
+    evals.test_case_create(
+        actor=UserFactory(username="owner"), template=template, **_EVAL_CASE, assertions=[]
+    )
+    return call()
+
+
+def _eval_run() -> int:
+    from apps.evals import services as evals
+    from apps.prompts.models import PromptVersion
+
+    version = PromptVersion.objects.get(template__slug="support", number=1)
+    return _with_eval_case(
+        lambda: evals.eval_run_create(actor=UserFactory(username="owner"), version=version).pk
+    )
