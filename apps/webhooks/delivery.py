@@ -71,13 +71,23 @@ def _claim(delivery_id: int, now: datetime) -> tuple[WebhookDelivery, int] | Non
         return delivery, delivery.attempts
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer, not a new target: urllib would turn the POST into a GET."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirect)
+
+
 def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, str, str]:
-    """(status code or None, response excerpt, error)."""
+    """(status code or None, response excerpt, error). Only 2xx counts as delivered."""
     request = urllib.request.Request(
         url, data=body, headers={**headers, "User-Agent": USER_AGENT}, method="POST"
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout_seconds()) as response:
+        with _opener.open(request, timeout=timeout_seconds()) as response:
             return response.status, _excerpt(response.read(EXCERPT_BYTES)), ""
     except urllib.error.HTTPError as exc:
         return exc.code, _excerpt(exc.read(EXCERPT_BYTES)), f"HTTP {exc.code}"

@@ -35,6 +35,8 @@ class Receiver:
                 code = receiver.codes.pop(0) if len(receiver.codes) > 1 else receiver.codes[0]
                 reply = f"answer {code}".encode()
                 self.send_response(code)
+                if 300 <= code < 400:
+                    self.send_header("Location", "/elsewhere")
                 self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()
                 self.wfile.write(reply)

@@ -290,3 +290,15 @@ def test_task_is_named_routed_to_default_and_runs_the_attempt(
     deliver(delivery.pk)  # what the worker calls
     delivery.refresh_from_db()
     assert delivery.status == "succeeded" and len(server.requests) == 1
+
+
+def test_a_redirect_is_not_followed_and_counts_as_failed(
+    make_webhook, receiver, scheduled, django_capture_on_commit_callbacks
+) -> None:
+    server = receiver(302)
+    make_webhook(url=server.url)
+    delivery = _emit(django_capture_on_commit_callbacks)
+    dl.delivery_attempt(delivery_id=delivery.pk)
+    delivery.refresh_from_db()
+    assert delivery.status == "retrying" and delivery.last_status_code == 302
+    assert len(server.requests) == 1

@@ -128,3 +128,17 @@ def test_others_are_refused(squad, username, status) -> None:
     assert client.get(PAGE).status_code == status
     assert _add(client).status_code == status
     assert not Webhook.objects.exists()
+
+
+def test_admin_lists_without_the_secret(owner, scheduled) -> None:
+    _add(owner)
+    webhook = Webhook.objects.get()
+    owner.post(f"{PAGE}{webhook.pk}/test", headers=HX)
+    staff = Client()
+    UserFactory(username="root", is_staff=True, is_superuser=True)
+    assert staff.login(username="root", password=PASSWORD)
+    page = staff.get(f"/admin/webhooks/webhook/{webhook.pk}/change/")
+    assert page.status_code == 200 and webhook.secret not in page.content.decode()
+    delivery = WebhookDelivery.objects.get()
+    assert staff.get(f"/admin/webhooks/webhookdelivery/{delivery.pk}/change/").status_code == 200
+    assert staff.get("/admin/webhooks/webhookdelivery/").status_code == 200
