@@ -60,6 +60,7 @@ class Command(BaseCommand):
                     )
             _seed_prompt(squad, users)
             _seed_review_queue(squad, users)
+            _seed_test_cases(squad, users)
         self.stdout.write(
             f"Demo squad '{DEMO_SLUG}' is ready. Logins (password '{DEMO_PASSWORD}'):"
         )
@@ -177,3 +178,52 @@ def _seed_review_queue(squad: Squad, users: dict[str, object]) -> None:
             for audience, text, output in DEMO_OUTPUTS
         ],
     )
+
+
+DEMO_CASES = [
+    {
+        "name": "executive summary stays short",
+        "variables": {
+            "audience": "executives",
+            "words": 20,
+            "text": "Quarterly revenue rose 12% on subscription growth; churn fell to 3%.",
+        },
+        "assertions": [
+            {"type": "max_output_tokens", "value": 60},
+            {"type": "not_contains", "value": "As an AI", "case_sensitive": False},
+        ],
+        "tags": ["smoke"],
+    },
+    {
+        "name": "keeps the key number",
+        "variables": {
+            "audience": "engineers",
+            "words": 30,
+            "text": "The migration cuts login latency from 180 ms to 40 ms.",
+        },
+        "assertions": [{"type": "contains", "value": "40"}],
+        "tags": ["smoke", "fidelity"],
+    },
+    {
+        "name": "no invented sentiment",
+        "variables": {
+            "audience": "executives",
+            "words": 25,
+            "text": "Two suppliers missed delivery dates; the backlog should clear in three weeks.",
+        },
+        "assertions": [{"type": "regex", "pattern": "(?i)three weeks|3 weeks"}],
+        "tags": ["fidelity"],
+    },
+]
+
+
+def _seed_test_cases(squad: Squad, users: dict[str, object]) -> None:
+    """Three test cases for the demo prompt, written by sam (SME); only when it has none."""
+    from apps.evals import services as evals
+    from apps.prompts.models import PromptTemplate
+
+    template = PromptTemplate.objects.filter(squad=squad, slug="summarise").first()
+    if template is None or template.test_cases.exists():
+        return
+    for case in DEMO_CASES:
+        evals.test_case_create(actor=users["sam"], template=template, **case)
