@@ -635,6 +635,27 @@ def test_real_adapter_changes_generations_and_reloads_identically(real_adapter):
     assert json.loads(done.stdout.splitlines()[-1]) == adapted
 
 
+@pytest.mark.model
+def test_real_adapter_lowers_the_eval_loss_of_the_base_model(real_adapter):
+    from workers.runtime.local import DEFAULT_MODEL_ID
+    from workers.runtime.training import evaluate
+
+    result, _ = real_adapter
+    rows_path = result.adapter_dir.parent.parent / "rows.jsonl"
+    base = evaluate(base_model=DEFAULT_MODEL_ID, rows_path=rows_path, max_seq_len=128)
+    tuned = evaluate(
+        base_model=DEFAULT_MODEL_ID,
+        rows_path=rows_path,
+        adapter_dir=result.adapter_dir,
+        max_seq_len=128,
+    )
+    print("eval loss base", base.loss, "adapter", tuned.loss)
+    assert base.rows == tuned.rows == 1 and base.tokens == tuned.tokens > 0
+    assert tuned.loss == pytest.approx(result.metrics["eval_loss"], rel=1e-2)
+    # The held-out question's answer is the trained phrase: the adapter expects it.
+    assert tuned.loss < 0.5 * base.loss
+
+
 def test_adapter_of_another_base_model_or_no_adapter_is_a_backend_error(tiny, rows_path, tmp_path):
     from workers.runtime import BackendError
 
