@@ -45,7 +45,10 @@ def webhook_list(request: HttpRequest, squad: str) -> HttpResponse:
         webhook, secret = services.webhook_create(
             actor=request.user, squad=squad_obj, request=request, **form
         )
-        extra = {"created": {"webhook": webhook, "secret": secret}, "form": {"events": []}}
+        extra = {
+            "created": {"webhook": webhook, "secret": secret},
+            "form": {"events": [], "enabled": True},
+        }
     except ApplicationError as exc:
         extra, status = {"error": exc, "form": form}, exc.status_code
     page = "webhooks/list.html#webhooks" if request.htmx else "webhooks/list.html"
