@@ -516,6 +516,53 @@ ACTIONS = [
         view=lambda c: c.post(f"/squads/acme/evals/runs/{_eval_run()}/cancel"),
     ),
     Action(
+        "feedback.submit",
+        frozenset(MEMBERS),
+        api=lambda c: c.call(
+            "POST", f"/api/v1/squads/acme/generations/{_generation()}/feedback", {"thumbs": 1}
+        ),
+        view=lambda c: c.post(
+            f"/squads/acme/generations/{_generation()}/feedback", {"kind": "thumbs", "thumbs": "up"}
+        ),
+    ),
+    Action(
+        "feedback.list",
+        frozenset(MEMBERS),
+        api=lambda c: c.call("GET", f"/api/v1/squads/acme/generations/{_generation()}/feedback"),
+        view=lambda c: c.get(f"/squads/acme/generations/{_generation()}/feedback"),
+    ),
+    Action(
+        "dashboard.view",
+        frozenset(MEMBERS),
+        api=lambda c: c.call("GET", "/api/v1/squads/acme/prompts/support/dashboard?range=7"),
+        view=lambda c: c.get("/squads/acme/prompts/support/dashboard?range=7"),
+    ),
+    Action(
+        "alert.list",
+        frozenset(MEMBERS),
+        api=lambda c: c.call("GET", "/api/v1/squads/acme/alerts?state=all"),
+        view=lambda c: c.get("/squads/acme/alerts/?state=all"),
+    ),
+    Action(
+        "alert.acknowledge",
+        frozenset({"owner", "engineer", "compliance"}),
+        api=lambda c: c.call("POST", f"/api/v1/squads/acme/alerts/{_alert()}/acknowledge", {}),
+        view=lambda c: c.post(f"/squads/acme/alerts/{_alert()}/acknowledge", {"note": "seen"}),
+    ),
+    Action(
+        "alert.rule_update",
+        frozenset({"owner", "engineer", "compliance"}),
+        api=lambda c: c.call(
+            "PUT",
+            "/api/v1/squads/acme/alert-rule",
+            {"threshold": 0.2, "window": 80, "baseline_size": 80, "min_samples": 40},
+        ),
+        view=lambda c: c.post(
+            "/squads/acme/alerts/rule",
+            {"threshold": "0.2", "window": "80", "baseline_size": "80", "min_samples": "40"},
+        ),
+    ),
+    Action(
         "token.revoke_other_users",
         frozenset(),
         api=lambda c: c.call("DELETE", f"/api/v1/tokens/{_other_token_id()}"),
@@ -792,3 +839,39 @@ def _eval_run() -> int:
     return _with_eval_case(
         lambda: evals.eval_run_create(actor=UserFactory(username="owner"), version=version).pk
     )
+
+
+def _generation() -> int:
+    """A finished generation of prompt 'support' v1 (for feedback)."""
+    from apps.generation.models import Generation, ModelTarget
+    from apps.prompts.models import PromptVersion
+
+    version = PromptVersion.objects.get(template__slug="support", number=1)
+    return Generation.objects.create(
+        squad=version.template.squad,
+        prompt_version=version,
+        target=ModelTarget.objects.get(name="local", squad__isnull=True),
+        variables={},
+        output_text="out",
+        status=Generation.Status.OK,
+        source=Generation.Source.API,
+    ).pk
+
+
+def _alert() -> int:
+    """An open drift alert on prompt 'support' v1."""
+    from apps.feedback.models import Alert
+    from apps.prompts.models import PromptVersion
+
+    version = PromptVersion.objects.get(template__slug="support", number=1)
+    return Alert.objects.create(
+        squad=version.template.squad,
+        prompt_version=version,
+        metric=Alert.Metric.FEEDBACK_SCORE,
+        baseline=0.9,
+        current=0.5,
+        drop=0.44,
+        baseline_samples=100,
+        window_samples=100,
+        last_sample_id=1,
+    ).pk
