@@ -27,7 +27,7 @@ def board_data(squad):
     f.generation(squad, latency_ms=50, created_at=now - timedelta(days=1))
     f.generation(squad, latency_ms=99_999, status="failed")  # not measured
     queue = f.queue(squad)
-    approved, _ = f.judged_items(queue, v1, [True, False])
+    f.judged_items(queue, v1, [True, False])
     tie = f.judged_items(queue, v1, [True])[0]
     tie.annotation_count, tie.approvals = 2, 1
     tie.save()
@@ -56,7 +56,7 @@ def test_percentile_cont_matches_postgresql():
 
 
 def test_series_on_known_data(board_data):
-    v1, v2 = board_data
+    v1, _ = board_data
     owner = UserFactory(username="owner")
     board = selectors.template_dashboard(user=owner, template=v1.template, days=7)
     assert len(board.days) == 7 and board.days[-1] == timezone.localdate()
