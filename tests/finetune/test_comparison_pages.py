@@ -195,3 +195,26 @@ def test_comparison_api(squad, adapter, api_as):
     assert refused.status_code == 403
     missing = viewer.call("GET", f"{A}/{adapter.pk}/comparisons/999")
     assert missing.status_code == 404
+
+
+def test_comparison_lists_cost_the_same_for_one_or_many(squad, adapter, api_as):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    viewer = api_as("viewer")
+    browser = client_for("viewer")
+
+    def costs() -> tuple[int, int]:
+        with CaptureQueriesContext(connection) as api_queries:
+            assert viewer.call("GET", f"{A}/{adapter.pk}/comparisons").status_code == 200
+        with CaptureQueriesContext(connection) as page_queries:
+            assert browser.get(page(adapter)).status_code == 200
+        return len(api_queries), len(page_queries)
+
+    engineer = UserFactory(username="engineer")
+    comparisons.adapter_comparison_create(actor=engineer, adapter=adapter, prompts=["a"])
+    costs()  # token, session and permission caches filled
+    one = costs()
+    for text in ("b", "c", "d"):
+        comparisons.adapter_comparison_create(actor=engineer, adapter=adapter, prompts=[text])
+    assert costs() == one
