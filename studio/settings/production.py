@@ -1,7 +1,7 @@
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F403
-from .base import SECRET_KEY, STORAGES, STUDIO_PROVENANCE_KEYS, env
+from .base import SECRET_KEY, STORAGES, STUDIO_METRICS_TOKEN, STUDIO_PROVENANCE_KEYS, env
 
 DEBUG = False
 if (
@@ -19,8 +19,15 @@ if not STUDIO_PROVENANCE_KEYS.strip():
         "STUDIO_PROVENANCE_KEYS must be set in production, e.g. 'k1:<base64 of 32 random bytes>'."
     )
 
+if STUDIO_METRICS_TOKEN and len(STUDIO_METRICS_TOKEN) < 32:
+    raise ImproperlyConfigured(
+        "STUDIO_METRICS_TOKEN must be at least 32 characters (or empty: allow-list only)."
+    )
+
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
+# Prometheus and load balancers call the nodes directly over plain HTTP on the inside.
+SECURE_REDIRECT_EXEMPT = [r"^metrics$", r"^healthz$"]
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = True
 SECURE_HSTS_PRELOAD = True
