@@ -60,6 +60,7 @@ class Command(BaseCommand):
                     )
             _seed_prompt(squad, users)
             _seed_review_queue(squad, users)
+            _seed_feedback(squad, users)
             _seed_test_cases(squad, users)
         self.stdout.write(
             f"Demo squad '{DEMO_SLUG}' is ready. Logins (password '{DEMO_PASSWORD}'):"
@@ -178,6 +179,75 @@ def _seed_review_queue(squad: Squad, users: dict[str, object]) -> None:
             for audience, text, output in DEMO_OUTPUTS
         ],
     )
+
+
+def _seed_feedback(squad: Squad, users: dict[str, object]) -> None:
+    """Two weeks of demo production traffic on summarise v1 (recorded as API generations
+    with made-up latency, tokens and cost; no model runs) and feedback on some of them
+    through the feedback service, so the prompt's dashboard has something to show (only
+    when the squad has no feedback yet)."""
+    from datetime import timedelta
+    from decimal import Decimal
+
+    from django.utils import timezone
+
+    from apps.feedback.models import Feedback
+    from apps.feedback.services import feedback_submit
+    from apps.generation.models import Generation, ModelTarget
+    from apps.prompts.models import PromptVersion
+
+    if Feedback.objects.filter(squad=squad).exists():
+        return
+    version = PromptVersion.objects.filter(
+        template__squad=squad, template__slug="summarise"
+    ).first()
+    target = ModelTarget.objects.filter(name="local", squad__isnull=True).first()
+    if version is None or target is None:
+        return
+    now = timezone.now()
+    rows = []
+    for day in range(14):
+        for n, (audience, text, output) in enumerate(DEMO_OUTPUTS):
+            created = now - timedelta(days=13 - day, minutes=10 * n)
+            rows.append(
+                Generation(
+                    squad=squad,
+                    prompt_version=version,
+                    target=target,
+                    target_used="local",
+                    variables={"audience": audience, "words": 30, "text": text},
+                    output_text=output,
+                    status=Generation.Status.OK,
+                    source=Generation.Source.API,
+                    input_tokens=60 + 7 * n,
+                    output_tokens=24 + 3 * n + day % 4,
+                    latency_ms=380 + 45 * n + 17 * (day % 5),
+                    cost=Decimal("0.00004") * (n + 1),
+                    created_at=created,
+                    finished_at=created,
+                )
+            )
+    generations = Generation.objects.bulk_create(rows)
+    for i, generation in enumerate(generations):
+        if i % 2:
+            continue
+        kind = i % 3
+        if kind == 0:
+            feedback_submit(
+                actor=users["priya"], generation=generation, thumbs=-1 if i % 7 == 0 else 1
+            )
+        elif kind == 1:
+            feedback_submit(
+                actor=users["sam"], generation=generation, score=4 + i % 2, scale=[1, 5]
+            )
+        else:
+            feedback_submit(
+                actor=users["sam"],
+                generation=generation,
+                edited_text=generation.output_text.replace("dropped", "fell"),
+                comment="closer to the source",
+            )
+        Feedback.objects.filter(generation=generation).update(created_at=generation.created_at)
 
 
 DEMO_CASES = [
