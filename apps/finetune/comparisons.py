@@ -17,6 +17,7 @@ or fails it after MAX_ATTEMPTS; a rerun starts over (it writes nothing until the
 import dataclasses
 import itertools
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -277,8 +278,9 @@ def adapter_comparison_run(*, comparison_id: int) -> AdapterComparison | None:
         lost = lost or not _holding(comparison).exists()
         return lost
 
+    work_dir = _work_dir(comparison)
     try:
-        rows_path = write_rows(adapter.dataset_version, _work_dir(comparison) / "rows.jsonl")
+        rows_path = write_rows(adapter.dataset_version, work_dir / "rows.jsonl")
         with _Heartbeat(comparison, holding=lambda: _holding(comparison)):
             scores = {}
             for name, adapter_dir in (("base", None), ("adapter", Path(adapter.path))):
@@ -314,6 +316,9 @@ def adapter_comparison_run(*, comparison_id: int) -> AdapterComparison | None:
         if not lost:
             _finish(comparison, AdapterComparison.Status.FAILED, f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        if not lost:  # the rows copy was only needed for scoring
+            shutil.rmtree(work_dir, ignore_errors=True)
     if should_stop():
         return None
     outputs = []

@@ -139,6 +139,8 @@ def test_a_comparison_scores_both_models_and_generates_side_by_side(
     assert first["base"] == "base: Where is my parcel?"
     assert first["adapter"] == f"adapter-{adapter.pk}: Where is my parcel?"
     assert comparison.outputs[1]["reference"] == picked["reference"]
+    # The rows copy written for scoring is gone.
+    assert not comparisons._work_dir(comparison).exists()
     finished = AuditEvent.objects.get(action="finetune.comparison_finished")
     assert finished.data["status"] == "succeeded" and finished.data["adapter_loss"] == 1.5
     # Finished: a second delivery of the task does nothing.
