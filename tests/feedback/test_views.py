@@ -139,3 +139,20 @@ def test_prompt_page_links_to_the_dashboard(squad):
     assert 'href="/squads/acme/prompts/support/dashboard"' in page
     empty = _client("viewer").get("/squads/acme/prompts/support/dashboard")
     assert empty.status_code == 200 and "No data in this range" in empty.content.decode()
+
+
+def test_admin_acknowledges_through_the_service(squad):
+    alert = _alert(squad)
+    staff = Client()
+    staff.force_login(UserFactory(username="root", is_staff=True, is_superuser=True))
+    listing = staff.get("/admin/feedback/alert/")
+    assert listing.status_code == 200
+    done = staff.post(
+        "/admin/feedback/alert/", {"action": "acknowledge", "_selected_action": [alert.pk]}
+    )
+    assert done.status_code == 302
+    alert.refresh_from_db()
+    assert alert.acknowledged_by.username == "root"
+    from apps.audit.models import AuditEvent
+
+    assert AuditEvent.objects.filter(action="alert.acknowledged").count() == 1
