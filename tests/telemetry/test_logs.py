@@ -181,3 +181,19 @@ def test_celery_tasks_bind_their_id_and_the_ids_they_were_given():
         "job_id": 7,
     }
     structlog.contextvars.clear_contextvars()
+
+
+def test_log_format_setting(monkeypatch):
+    import sys
+
+    from apps.telemetry.logconfig import renderer_name
+
+    assert renderer_name("json", debug=True) == "json"
+    assert renderer_name("console", debug=False) == "console"
+    assert renderer_name("auto", debug=False) == "json"
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert renderer_name("auto", debug=True) == "console"
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+    assert renderer_name("auto", debug=True) == "json"  # piped to a collector
+    with pytest.raises(ValueError, match="STUDIO_LOG_FORMAT must be json, console or auto"):
+        renderer_name("xml", debug=False)
