@@ -234,7 +234,7 @@ def run_detail(request: HttpRequest, squad: str, run_id: int) -> HttpResponse:
         response = render(request, "evals/run.html#progress", context)
         return trigger_client_event(response, "eval-finished") if run.finished else response
     failing = request.GET.get("failing") == "1"
-    results = selectors.eval_results(run=run, failing_only=failing).select_related("generation")
+    results = selectors.eval_results(run=run, failing_only=failing)
     page = Paginator(results, RESULTS_PER_PAGE).get_page(request.GET.get("page"))
     context.update(page=page, results=list(page.object_list), failing=failing)
     template_name = "evals/run.html#results" if target == "results" else "evals/run.html"

@@ -6,12 +6,6 @@ from tests.generation.conftest import json_prompt, remote_target, text_prompt
 from tests.generation.fake_openai import FakeOpenAI
 
 
-@pytest.fixture(autouse=True)
-def data_dir(settings, tmp_path):
-    settings.DATA_DIR = tmp_path
-    return tmp_path
-
-
 @pytest.fixture
 def fake_server():
     with FakeOpenAI() as server:

@@ -174,3 +174,31 @@ def test_approval_policy_page_edits_the_minimum(squad):
 def test_prompt_page_links_to_the_cases(writer):
     page = _client("viewer").get("/squads/acme/prompts/writer/")
     assert b'href="/squads/acme/evals/prompts/writer/"' in page.content
+
+
+def _queries(client, url: str) -> int:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as ctx:
+        assert client.get(url).status_code == 200
+    return len(ctx.captured_queries)
+
+
+def test_pages_cost_the_same_with_more_cases_and_runs(writer, fake_server):
+    engineer = UserFactory(username="engineer")
+    client = _client("engineer")
+
+    def grow(n: int) -> int:
+        for _ in range(n):
+            add_case(writer.template, f"case {TestCase.objects.count()}", "x", CONTAINS)
+        run = services.eval_run_create(actor=engineer, version=writer)
+        services.eval_run_execute(run_id=run.pk)
+        return run.pk
+
+    small = grow(2)
+    _queries(client, PAGE)  # warm the session and permission caches
+    counts = (_queries(client, PAGE), _queries(client, f"/squads/acme/evals/runs/{small}/"))
+    big = grow(6)
+    assert _queries(client, PAGE) == counts[0]
+    assert _queries(client, f"/squads/acme/evals/runs/{big}/") == counts[1]
