@@ -11,8 +11,8 @@ from datetime import date
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
-WIDTH, HEIGHT = 640, 220
-LEFT, RIGHT, TOP, BOTTOM = 64, 12, 14, 34
+WIDTH, HEIGHT = 520, 210
+LEFT, RIGHT, TOP, BOTTOM = 60, 16, 12, 38
 # Colour and dash both tell the lines apart (never colour alone).
 STYLES = (("#2563eb", ""), ("#d97706", "6 4"), ("#059669", "2 3"), ("#7c3aed", "10 3 2 3"))
 
@@ -93,15 +93,16 @@ def line_chart(
         parts.append(
             f'<line x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{ty:.1f}" y2="{ty:.1f}" '
             'stroke="#e5e7eb"/>'
-            f'<text x="{LEFT - 6}" y="{ty + 4:.1f}" text-anchor="end" font-size="11">'
+            f'<text x="{LEFT - 6}" y="{ty + 4:.1f}" text-anchor="end" font-size="12">'
             f"{escape(fmt(tick))}</text>"
         )
     label_every = max(1, math.ceil(n / 6))
     for i, day in enumerate(days):
         if i % label_every == 0 or i == n - 1:
+            anchor = "end" if i == n - 1 and n > 1 else "start" if i == 0 else "middle"
             parts.append(
-                f'<text x="{x(i):.1f}" y="{HEIGHT - BOTTOM + 16}" text-anchor="middle" '
-                f'font-size="11">{day:%m-%d}</text>'
+                f'<text x="{x(i):.1f}" y="{HEIGHT - BOTTOM + 16}" text-anchor="{anchor}" '
+                f'font-size="12">{day:%m-%d}</text>'
             )
     parts.append(
         f'<line x1="{LEFT}" x2="{LEFT}" y1="{TOP}" y2="{TOP + plot_h}" stroke="#6b7280"/>'
@@ -138,7 +139,7 @@ def line_chart(
         parts.append(
             f'<line x1="{legend_x}" x2="{legend_x + 22}" y1="{HEIGHT - 6}" y2="{HEIGHT - 6}" '
             f'stroke="{colour}" stroke-width="2"{dash_attr}/>'
-            f'<text x="{legend_x + 26}" y="{HEIGHT - 2}" font-size="11">{escape(line.name)}</text>'
+            f'<text x="{legend_x + 26}" y="{HEIGHT - 2}" font-size="12">{escape(line.name)}</text>'
         )
         legend_x += 34 + 7 * len(line.name)
     parts.append("</svg>")
