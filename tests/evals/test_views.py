@@ -202,3 +202,11 @@ def test_pages_cost_the_same_with_more_cases_and_runs(writer, fake_server):
     big = grow(6)
     assert _queries(client, PAGE) == counts[0]
     assert _queries(client, f"/squads/acme/evals/runs/{big}/") == counts[1]
+
+
+def test_admin_lists_runs_read_only(writer, admin_client):
+    add_case(writer.template, "tides", "tides", CONTAINS)
+    run = services.eval_run_create(actor=UserFactory(username="engineer"), version=writer)
+    assert admin_client.get("/admin/evals/evalrun/").status_code == 200
+    assert admin_client.get(f"/admin/evals/evalrun/{run.pk}/change/").status_code == 200
+    assert admin_client.get("/admin/evals/testcase/add/").status_code == 403
