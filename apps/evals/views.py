@@ -151,6 +151,8 @@ def case_delete(request: HttpRequest, squad: str, slug: str, case_id: int) -> Ht
     except ApplicationError as exc:
         context = _cases_context(request, template, list_error=exc)
         return render(request, "evals/cases.html", context, status=exc.status_code)
+    if request.htmx:
+        return HttpResponse("")  # the row is swapped out
     return redirect("evals:cases", squad=squad, slug=slug)
 
 

@@ -45,8 +45,14 @@ def test_cases_page_add_edit_delete(writer):
     assert bad.status_code == 422 and b"assertions[0].pattern" in bad.content
     assert client.post(edit_url, {**add, "name": "tides 2"}).status_code == 302
     assert TestCase.objects.get().name == "tides 2"
+    other = add_case(writer.template, "other", "x", CONTAINS)
     delete = client.post(f"/squads/acme/evals/prompts/writer/cases/{case.pk}/delete")
-    assert delete.status_code == 302 and not TestCase.objects.exists()
+    assert delete.status_code == 302 and list(TestCase.objects.all()) == [other]
+    swapped = client.post(
+        f"/squads/acme/evals/prompts/writer/cases/{other.pk}/delete", headers={"HX-Request": "true"}
+    )
+    assert swapped.status_code == 200 and swapped.content == b""
+    assert not TestCase.objects.exists()
 
 
 def test_viewers_read_but_cannot_write(writer):
