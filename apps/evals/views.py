@@ -66,6 +66,8 @@ def _case_form(case: TestCase | None) -> dict[str, str]:
 def _cases_context(request: HttpRequest, template: PromptTemplate, **extra: Any) -> dict[str, Any]:
     squad, user = template.squad, request.user
     cases = list(selectors.test_case_list_for_user(user=user, template=template))
+    for case in cases:
+        case.variables_json = json.dumps(case.variables, ensure_ascii=False)
     runs = list(
         selectors.eval_run_list_for_user(user=user, squad=squad, template=template)[:RUNS_LISTED]
     )
@@ -238,7 +240,10 @@ def run_detail(request: HttpRequest, squad: str, run_id: int) -> HttpResponse:
     failing = request.GET.get("failing") == "1"
     results = selectors.eval_results(run=run, failing_only=failing)
     page = Paginator(results, RESULTS_PER_PAGE).get_page(request.GET.get("page"))
-    context.update(page=page, results=list(page.object_list), failing=failing)
+    results = list(page.object_list)
+    for result in results:
+        result.variables_json = json.dumps(result.variables, ensure_ascii=False)
+    context.update(page=page, results=results, failing=failing)
     template_name = "evals/run.html#results" if target == "results" else "evals/run.html"
     return render(request, template_name, context)
 
