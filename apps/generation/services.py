@@ -829,9 +829,6 @@ def _store_chunk(job: BatchJob, generations: list[Generation], elapsed: float) -
             )
             created = [g for g in generations if g.row_index not in existing]
             Generation.objects.bulk_create(created)
-        generations_finished(
-            created, prompt=job.prompt_version.template.slug, target=job.target.name
-        )
         rows_done = Generation.objects.filter(batch_job=job).count()
         BatchJob.objects.filter(pk=job.pk).update(
             rows_done=rows_done,
@@ -839,6 +836,7 @@ def _store_chunk(job: BatchJob, generations: list[Generation], elapsed: float) -
             generation_seconds=job.generation_seconds + elapsed,
             heartbeat_at=timezone.now(),
         )
+    generations_finished(created, prompt=job.prompt_version.template.slug, target=job.target.name)
     job.output_tokens += tokens
     job.generation_seconds += elapsed
 

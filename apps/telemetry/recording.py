@@ -1,15 +1,15 @@
-"""Where the domain reports to telemetry: finished generations, once each.
+"""Where the domain reports to telemetry: finished generations, once each, and the
+prompt/version/target log bindings.
 
 Called from the shared generation path (apps.generation.services) in the web process
-or the worker; the metrics are recorded when the surrounding transaction commits, so
-rows a rollback (or a concurrent batch runner) threw away are never counted.
+or the worker, once the rows are saved for good: batch rows after their chunk's
+transaction (only the rows this runner wrote, not those a concurrent runner did).
 """
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import structlog
-from django.db import transaction
 
 from apps.telemetry import metrics
 
@@ -36,7 +36,8 @@ def _squad_slug(squad_id: int) -> str:
 
 def generations_finished(generations: Sequence["Generation"], *, prompt: str, target: str) -> None:
     """Record generations that reached a final status (ok, invalid, failed, blocked). Call
-    exactly once per generation, after its final save; `prompt` is the template slug,
+    exactly once per generation, after its final save (outside the transaction that
+    wrote it, or as that transaction's last step); `prompt` is the template slug,
     `target` the requested target's name (the one that answered wins when known)."""
     rows = [
         {
@@ -53,8 +54,7 @@ def generations_finished(generations: Sequence["Generation"], *, prompt: str, ta
         }
         for g in generations
     ]
-    if rows:
-        transaction.on_commit(lambda: _record(rows, prompt))
+    _record(rows, prompt)
 
 
 def _record(rows: list[dict], prompt: str) -> None:
