@@ -24,6 +24,7 @@ def eval_run_latest(*, version: PromptVersion, target: ModelTarget) -> EvalRun |
     return (
         EvalRun.objects.filter(version=version, target=target, status=EvalRun.Status.SUCCEEDED)
         .select_related("target", "version")
+        .defer("cases")
         .order_by("-finished_at", "-pk")
         .first()
     )
@@ -35,6 +36,7 @@ def eval_runs_latest_per_target(*, version: PromptVersion) -> list[EvalRun]:
     runs = (
         EvalRun.objects.filter(version=version, status=EvalRun.Status.SUCCEEDED)
         .select_related("target")
+        .defer("cases")
         .order_by("-finished_at", "-pk")
     )
     for run in runs:

@@ -559,6 +559,9 @@ def _evaluate(
         target,
         [prepared.messages for _, _, prepared in ready],
         batch_size=run.batch_size,
+        # Beat per model batch, not only per chunk: a long chunk on a slow model must not
+        # look like a lost worker to the sweeper.
+        on_progress=lambda _done: _beat(run),
         max_new_tokens_cap=rules_of(policy)["max_output_tokens"],
     )
     rows: list[tuple[int, dict[str, Any], Generation]] = []
@@ -586,6 +589,10 @@ def _evaluate(
         result.passed = all(v["passed"] for v in verdicts)
         results.append(result)
     return results
+
+
+def _beat(run: EvalRun) -> None:
+    EvalRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now())
 
 
 def _judge(run: EvalRun, rows: list[tuple[int, dict[str, Any], Generation]]) -> list[dict]:
