@@ -97,3 +97,16 @@ def test_edit_of_a_generation_without_text_is_refused(squad, api_as):
     empty = f.generation(squad, output="")
     response = api_as("sme").call("POST", URL.format(empty.pk), {"edited_text": "new"})
     assert response.status_code == 409 and response.json()["field"] == "edited_text"
+
+
+def test_feedback_post_costs_the_same_with_many_samples(
+    generation, api_as, django_assert_max_num_queries
+):
+    client = api_as("viewer")
+    client.call("POST", URL.format(generation.pk), {"thumbs": 1})  # warm the caches
+    with django_assert_max_num_queries(30) as few:
+        client.call("POST", URL.format(generation.pk), {"thumbs": 1})
+    f.feedback_rows(generation, [0.9] * 300)  # a full baseline and window to check
+    with django_assert_max_num_queries(len(few.captured_queries) + 2):  # + previous alert, window
+        response = client.call("POST", URL.format(generation.pk), {"thumbs": 1})
+    assert response.status_code == 201
