@@ -294,3 +294,21 @@ def test_multiprocess_mode_sums_what_every_process_wrote(tmp_path, monkeypatch):
     )
     # Scrape-time collectors are added to the multiprocess registry too.
     assert "studio_celery_queue_depth" in body and "studio_review_backlog" in body
+
+
+def test_gunicorn_config_marks_exited_workers_dead(tmp_path, monkeypatch):
+    import runpy
+    from types import SimpleNamespace
+
+    config = runpy.run_path(str(ROOT / "studio" / "gunicorn.conf.py"))
+    assert config["accesslog"] is None  # the middleware writes the access line
+    assert config["logconfig_dict"]["formatters"]["structured"]["()"].__name__ == (
+        "ProcessorFormatter"
+    )
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    live = tmp_path / "gauge_livesum_4242.db"
+    kept = tmp_path / "counter_4242.db"
+    live.write_bytes(b"")
+    kept.write_bytes(b"")
+    config["child_exit"](None, SimpleNamespace(pid=4242))
+    assert not live.exists() and kept.exists()  # counters keep counting after a worker ends
