@@ -27,6 +27,8 @@ from apps.prompts.contracts import validate_variables
 from apps.prompts.models import PromptTemplate, PromptVersion
 from apps.squads.access import require_squad_permission
 from apps.squads.permissions import RUN_EVALS, WRITE_TEST_CASES
+from apps.telemetry.metrics import job_finished
+from apps.telemetry.recording import bind_generation, generations_finished
 
 User = AbstractBaseUser
 MAX_TAGS = 20
@@ -413,6 +415,7 @@ def eval_run_cancel(*, actor: User, run: EvalRun, request: HttpRequest | None = 
     if run.status == EvalRun.Status.QUEUED:
         run.status = EvalRun.Status.CANCELLED
         run.finished_at = timezone.now()
+        transaction.on_commit(lambda: job_finished("eval", EvalRun.Status.CANCELLED, 0.0))
     run.save(update_fields=["cancel_requested", "status", "finished_at"])
     audit_log(
         actor=actor,
@@ -462,6 +465,8 @@ def _finish(run: EvalRun, status: str, error: str = "") -> None:
                 "error": error[:500],
             },
         )
+    started = run.started_at or run.finished_at
+    job_finished("eval", status, (run.finished_at - started).total_seconds())
 
 
 def eval_run_execute(*, run_id: int) -> EvalRun | None:
@@ -470,6 +475,7 @@ def eval_run_execute(*, run_id: int) -> EvalRun | None:
     run = _claim(run_id)
     if run is None:
         return None
+    bind_generation(run.version, run.target, eval_run_id=run.pk)
     done = set(run.results.values_list("position", flat=True))
     pending = [(i, case) for i, case in enumerate(run.cases) if i not in done]
     policy = policy_version_current(squad_id=run.squad_id)
@@ -641,6 +647,7 @@ def _store(run: EvalRun, results: list[EvalResult]) -> None:
     for r in results:
         if r.case_id not in alive:
             r.case_id = None  # deleted since the run started: the copy on the result stays
+    rows: list[Generation] = []
     try:
         with transaction.atomic():
             taken = set(
@@ -655,7 +662,9 @@ def _store(run: EvalRun, results: list[EvalResult]) -> None:
                 r.generation_id = r.generation.pk if r.generation else None
             EvalResult.objects.bulk_create(results)
     except IntegrityError:
-        pass  # another runner wrote these cases meanwhile: its results stand
+        rows = []  # another runner wrote these cases meanwhile: its results stand
+    if rows:
+        generations_finished(rows, prompt=run.version.template.slug, target=run.target.name)
     with transaction.atomic():
         EvalRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now(), **_counts(run))
 

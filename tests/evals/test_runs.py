@@ -286,3 +286,20 @@ def test_compare_lists_regressions_fixes_and_unchanged(squad, writer):
     assert names(back.regressions) == ["moon"] and names(back.fixes) == []
     assert back.regressions[0]["failing"][0]["type"] == "contains"
     assert comparison.pass_rate_delta == pytest.approx(0.25)
+
+
+def test_eval_generations_and_runs_are_counted_in_the_metrics(writer):
+    from prometheus_client import REGISTRY
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = (
+        value("studio_generations_total", status="ok", source="eval"),
+        value("studio_jobs_total", type="eval", outcome="succeeded"),
+    )
+    _cases(writer.template)
+    run = _start(writer)
+    services.eval_run_execute(run_id=run.pk)
+    assert value("studio_generations_total", status="ok", source="eval") == before[0] + 3
+    assert value("studio_jobs_total", type="eval", outcome="succeeded") == before[1] + 1
