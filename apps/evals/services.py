@@ -11,6 +11,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Q
 from django.http import HttpRequest
+from django.urls import reverse
 from django.utils import timezone
 
 from apps.audit.services import audit_log
@@ -29,6 +30,7 @@ from apps.squads.access import require_squad_permission
 from apps.squads.permissions import RUN_EVALS, WRITE_TEST_CASES
 from apps.telemetry.metrics import job_finished
 from apps.telemetry.recording import bind_generation, generations_finished
+from apps.webhooks import emitters as webhooks
 
 User = AbstractBaseUser
 MAX_TAGS = 20
@@ -417,6 +419,8 @@ def eval_run_cancel(*, actor: User, run: EvalRun, request: HttpRequest | None = 
         run.finished_at = timezone.now()
         transaction.on_commit(lambda: job_finished("eval", EvalRun.Status.CANCELLED, 0.0))
     run.save(update_fields=["cancel_requested", "status", "finished_at"])
+    if run.status == EvalRun.Status.CANCELLED:
+        _announce(run)
     audit_log(
         actor=actor,
         action="eval.run_cancel_requested",
@@ -444,6 +448,25 @@ def _counts(run: EvalRun) -> dict[str, Any]:
     }
 
 
+def _announce(run: EvalRun) -> None:
+    """The `job.finished` webhook (kind "eval"), in the caller's transaction."""
+    version = run.version
+    webhooks.job_finished(
+        squad=run.squad,
+        kind="eval",
+        job_id=run.pk,
+        status=run.status,
+        url=reverse("evals:run", kwargs={"squad": run.squad.slug, "run_id": run.pk}),
+        template=version.template.slug,
+        version=version.number,
+        target=run.target.name,
+        total=run.total,
+        passed=run.passed,
+        pass_rate=run.pass_rate,
+        actor=run.created_by.get_username() if run.created_by else None,
+    )
+
+
 def _finish(run: EvalRun, status: str, error: str = "") -> None:
     with transaction.atomic():
         now = timezone.now()
@@ -465,6 +488,7 @@ def _finish(run: EvalRun, status: str, error: str = "") -> None:
                 "error": error[:500],
             },
         )
+        _announce(run)
     started = run.started_at or run.finished_at
     job_finished("eval", status, (run.finished_at - started).total_seconds())
 

@@ -303,3 +303,36 @@ def test_eval_generations_and_runs_are_counted_in_the_metrics(writer):
     services.eval_run_execute(run_id=run.pk)
     assert value("studio_generations_total", status="ok", source="eval") == before[0] + 3
     assert value("studio_jobs_total", type="eval", outcome="succeeded") == before[1] + 1
+
+
+def test_a_finished_run_emits_the_job_finished_webhook(writer, squad):
+    from apps.webhooks import services as webhooks
+    from apps.webhooks.models import WebhookDelivery
+
+    webhooks.webhook_create(
+        actor=UserFactory(username="owner"),
+        squad=squad,
+        url="https://receiver.example/hook",
+        events=["job.finished"],
+    )
+    _cases(writer.template)
+    run = _start(writer)
+    assert not WebhookDelivery.objects.exists()
+    services.eval_run_execute(run_id=run.pk)
+    cancelled = services.eval_run_cancel(actor=UserFactory(username="engineer"), run=_start(writer))
+    first, second = [d.payload["data"] for d in WebhookDelivery.objects.order_by("id")]
+    assert first == {
+        "squad": "acme",
+        "kind": "eval",
+        "job": run.pk,
+        "status": "succeeded",
+        "url": f"/squads/acme/evals/runs/{run.pk}/",
+        "template": "writer",
+        "version": 1,
+        "target": "fake",
+        "total": 3,
+        "passed": 1,
+        "pass_rate": pytest.approx(1 / 3),
+        "actor": "engineer",
+    }
+    assert second["job"] == cancelled.pk and second["status"] == "cancelled"
