@@ -81,8 +81,8 @@ class RequestTelemetryMiddleware:
             duration_ms=round(elapsed * 1000, 2),
         )
         # Not cleared here: Django logs 4xx/5xx ("django.request") after the middleware
-        # chain returns, and that line should carry the request id too. The next request
-        # starts from a clean context.
+        # chain returns, and that line should carry the request id too; the bindings go
+        # when the response is closed (request_finished, apps.TelemetryConfig).
         return response
 
     def process_view(

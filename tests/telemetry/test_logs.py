@@ -197,3 +197,8 @@ def test_log_format_setting(monkeypatch):
     assert renderer_name("auto", debug=True) == "json"  # piped to a collector
     with pytest.raises(ValueError, match="STUDIO_LOG_FORMAT must be json, console or auto"):
         renderer_name("xml", debug=False)
+
+
+def test_bindings_are_dropped_when_the_response_is_closed(squad):
+    Client().get("/healthz", headers={"X-Studio-Context": "a=1"})
+    assert structlog.contextvars.get_contextvars() == {}
