@@ -19,19 +19,13 @@ if TYPE_CHECKING:
 
 logger = structlog.get_logger("studio.generation")
 
-# Squad slugs never change: id -> slug, filled on first use per process.
-_SQUAD_SLUGS: dict[int, str] = {}
 
+def _squad_slugs(squad_ids: set[int]) -> dict[int, str]:
+    """One small query per call (a generation, a batch chunk): not cached, because SQLite
+    may give a deleted squad's id to the next one."""
+    from apps.squads.models import Squad
 
-def _squad_slug(squad_id: int) -> str:
-    slug = _SQUAD_SLUGS.get(squad_id)
-    if slug is None:
-        from apps.squads.models import Squad
-
-        slug = Squad.objects.filter(pk=squad_id).values_list("slug", flat=True).first() or ""
-        if slug:
-            _SQUAD_SLUGS[squad_id] = slug
-    return slug
+    return dict(Squad.objects.filter(pk__in=squad_ids).values_list("pk", "slug"))
 
 
 def generations_finished(generations: Sequence["Generation"], *, prompt: str, target: str) -> None:
@@ -39,52 +33,35 @@ def generations_finished(generations: Sequence["Generation"], *, prompt: str, ta
     exactly once per generation, after its final save (outside the transaction that
     wrote it, or as that transaction's last step); `prompt` is the template slug,
     `target` the requested target's name (the one that answered wins when known)."""
-    rows = [
-        {
-            "generation_id": g.pk,
-            "squad_id": g.squad_id,
-            "status": g.status,
-            "source": g.source,
-            "target": g.target_used or target,
-            "called_model": bool(g.attempts),
-            "latency_seconds": g.latency_ms / 1000,
-            "input_tokens": g.input_tokens,
-            "output_tokens": g.output_tokens,
-            "cost": float(g.cost),
-        }
-        for g in generations
-    ]
-    _record(rows, prompt)
-
-
-def _record(rows: list[dict], prompt: str) -> None:
-    for row in rows:
-        squad = _squad_slug(row["squad_id"])
+    if not generations:
+        return
+    slugs = _squad_slugs({g.squad_id for g in generations})
+    for g in generations:
         metrics.generation_finished(
-            squad=squad,
+            squad=slugs.get(g.squad_id, ""),
             prompt=prompt,
-            target=row["target"],
-            status=row["status"],
-            source=row["source"],
-            called_model=row["called_model"],
-            latency_seconds=row["latency_seconds"],
-            input_tokens=row["input_tokens"],
-            output_tokens=row["output_tokens"],
-            cost=row["cost"],
+            target=g.target_used or target,
+            status=g.status,
+            source=g.source,
+            called_model=bool(g.attempts),
+            latency_seconds=g.latency_ms / 1000,
+            input_tokens=g.input_tokens,
+            output_tokens=g.output_tokens,
+            cost=float(g.cost),
         )
-    if len(rows) == 1 and rows[0]["source"] != "batch":
+    if len(generations) == 1 and generations[0].source != "batch":
         # Batch rows are summed up by the job's own line; one line per row would flood.
-        row = rows[0]
+        g = generations[0]
         logger.info(
             "generation finished",
-            generation_id=row["generation_id"],
-            status=row["status"],
-            source=row["source"],
-            target_used=row["target"],
-            latency_ms=round(row["latency_seconds"] * 1000),
-            input_tokens=row["input_tokens"],
-            output_tokens=row["output_tokens"],
-            cost=row["cost"],
+            generation_id=g.pk,
+            status=g.status,
+            source=g.source,
+            target_used=g.target_used or target,
+            latency_ms=g.latency_ms,
+            input_tokens=g.input_tokens,
+            output_tokens=g.output_tokens,
+            cost=float(g.cost),
         )
 
 
