@@ -160,13 +160,15 @@ CELERY_BROKER_TRANSPORT_OPTIONS: dict = {
     "visibility_timeout": GPU_TASK_TIME_LIMIT + 3600,
 }
 if CELERY_BROKER_URL.startswith("filesystem://"):
-    for sub in ("queue", "processed"):
+    for sub in ("queue", "processed", "control"):
         (BROKER_DIR / sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS.update(
         {
             "data_folder_in": str(BROKER_DIR / "queue"),
             "data_folder_out": str(BROKER_DIR / "queue"),
             "processed_folder": str(BROKER_DIR / "processed"),
+            # Broadcast (pidbox) exchanges; kombu's default is ./control in the cwd.
+            "control_folder": str(BROKER_DIR / "control"),
             "store_processed": False,
         }
     )
