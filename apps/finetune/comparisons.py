@@ -35,6 +35,7 @@ from apps.finetune.models import Adapter, AdapterComparison
 from apps.generation.services import STALE_AFTER, claim_job
 from apps.squads.access import require_squad_permission
 from apps.squads.permissions import RUN_FINETUNE
+from apps.telemetry.metrics import job_finished
 
 User = AbstractBaseUser
 MAX_INPUTS = 8
@@ -231,6 +232,8 @@ def _finish(comparison: AdapterComparison, status: str, error: str = "", **resul
             status=status, error=error[:5000], finished_at=now, heartbeat_at=now, **results
         )
         comparison.refresh_from_db()
+        seconds = (now - (comparison.started_at or now)).total_seconds()
+        transaction.on_commit(lambda: job_finished("comparison", status, seconds))
         audit_log(
             actor=None,
             action="finetune.comparison_finished",

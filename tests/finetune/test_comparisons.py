@@ -18,6 +18,7 @@ from apps.finetune.models import Adapter, AdapterComparison
 from tests.factories import UserFactory
 from tests.finetune import fake_training
 from tests.finetune.conftest import chat, jsonl, make_dataset, upload
+from tests.telemetry.conftest import Samples
 from workers.runtime import BackendError, GenerationResult
 
 
@@ -115,9 +116,12 @@ def test_a_comparison_scores_both_models_and_generates_side_by_side(
     assert requested.data["sha256"] == adapter.sha256
     assert requested.data["inputs"] == ["prompt", f"eval row {eval_rows[1]}"]
 
-    comparisons.adapter_comparison_run(comparison_id=comparison.pk)
+    samples = Samples().snapshot()
+    with django_capture_on_commit_callbacks(execute=True):
+        comparisons.adapter_comparison_run(comparison_id=comparison.pk)
     comparison.refresh_from_db()
     assert comparison.status == "succeeded", comparison.error
+    assert samples.delta("studio_jobs_total", type="comparison", outcome="succeeded") == 1
     assert (comparison.base_loss, comparison.adapter_loss) == (2.0, 1.5)
     assert comparison.base_ppl == pytest.approx(math.exp(2.0))
     assert comparison.adapter_ppl == pytest.approx(math.exp(1.5))
