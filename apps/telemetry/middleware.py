@@ -30,9 +30,10 @@ def request_id_from(request: HttpRequest) -> str:
 def route_of(request: HttpRequest) -> str:
     """The matched URL pattern ("squads/<slug:squad>/prompts/"), never the raw path."""
     match = getattr(request, "resolver_match", None)
-    if match is None or not match.route:
+    if match is None:
         return UNMATCHED
-    return "/" + match.route.lstrip("^").rstrip("$")
+    # The root page's pattern is "" (matched, so "/", not unmatched).
+    return "/" + (match.route or "").lstrip("^").rstrip("$")
 
 
 def user_label(user: Any) -> str | None:

@@ -76,11 +76,13 @@ def test_request_latency_is_labelled_by_route_method_and_status_class(squad, sam
     assert owner.get("/squads/acme/prompts/").status_code == 200
     assert owner.get("/squads/nope/prompts/").status_code == 404
     assert owner.get("/no/such/page/at-all").status_code == 404
+    assert owner.get("/").status_code == 200
     count = "studio_http_request_duration_seconds_count"
     route = "/squads/<slug:squad>/prompts/"
     assert samples.delta(count, view=route, method="GET", status="2xx") == 2
     assert samples.delta(count, view=route, method="GET", status="4xx") == 1
     assert samples.delta(count, view="<unmatched>", method="GET", status="4xx") == 1
+    assert samples.delta(count, view="/", method="GET", status="2xx") == 1
     _, body = scrape(REMOTE_ADDR="127.0.0.1")
     lines = [line for line in body.splitlines() if line.startswith("studio_http_request")]
     # Bounded labels: route patterns, never the path (slugs, ids) a caller sent.

@@ -30,7 +30,14 @@ SCRAPE = (
 
 
 def test_metrics_are_served_over_plain_http_in_production(tmp_path):
-    env = {"STUDIO_DATA_DIR": str(tmp_path), "STUDIO_METRICS_TOKEN": "m" * 40, **PRODUCTION}
+    env = {
+        "STUDIO_DATA_DIR": str(tmp_path),
+        "STUDIO_METRICS_TOKEN": "m" * 40,
+        # Its own database: CI's DATABASE_URL names a database only the test runner's
+        # copy (test_<name>) of which exists.
+        "DATABASE_URL": f"sqlite:///{tmp_path}/studio.sqlite3",
+        **PRODUCTION,
+    }
     migrated = _manage("migrate", "--settings=studio.settings.production", **env)
     assert migrated.returncode == 0, migrated.stderr
     result = _manage(
