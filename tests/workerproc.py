@@ -65,6 +65,9 @@ class WorkerProcess:
                 "DATABASE_URL": database_url(),
                 "STUDIO_DATA_DIR": str(settings.DATA_DIR),
                 "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+                # The filesystem broker's folders as this process has them, even when a
+                # test moved DATA_DIR after settings were loaded (tests/finetune does).
+                "STUDIO_BROKER_DIR": str(settings.BROKER_DIR),
                 **env,
             },
             stdout=self._log,

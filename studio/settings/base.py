@@ -150,7 +150,7 @@ X_FRAME_OPTIONS = "DENY"
 
 # --- Celery -----------------------------------------------------------------
 # Job state lives in our own models; no result backend.
-BROKER_DIR = DATA_DIR / "broker"
+BROKER_DIR = Path(env.str("STUDIO_BROKER_DIR", default=str(DATA_DIR / "broker"))).resolve()
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
 GPU_TASK_TIME_LIMIT = env.int("STUDIO_GPU_TASK_TIME_LIMIT", default=6 * 3600)
 DEFAULT_TASK_TIME_LIMIT = env.int("STUDIO_DEFAULT_TASK_TIME_LIMIT", default=15 * 60)
