@@ -59,6 +59,9 @@ def test_score_edit_approve_with_the_keyboard(page, login, live_server, queue):
     page.goto("/squads/demo/")
     page.get_by_role("link", name="Review queues").click()
     page.get_by_role("link", name="Annotate Answers").click()
+    # The heading shows as soon as the HTML is parsed; the shortcuts exist once the
+    # deferred static/js/annotate.js has run (before "load"). Keys pressed earlier are lost.
+    page.wait_for_load_state("load")
     panel = page.locator("#item-panel")
     expect(panel.get_by_role("heading", name=f"Item {first.pk}")).to_be_visible()
     expect(page.locator("#shortcuts")).to_contain_text("Set the score that has focus")
