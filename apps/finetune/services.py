@@ -20,6 +20,7 @@ from django.http import HttpRequest
 from apps.audit.services import audit_log
 from apps.core.exceptions import Conflict, NotFound, ValidationFailed
 from apps.core.files import write_atomically
+from apps.core.validation import clean_slug
 from apps.finetune import rows as rowlib
 from apps.finetune.models import Dataset, DatasetFormat, DatasetVersion
 from apps.finetune.tokens import token_counter, token_stats
@@ -27,7 +28,6 @@ from apps.generation.models import BatchJob, Generation, ModelTarget
 from apps.generation.targets import LOCAL_MODELS, target_resolve
 from apps.prompts.contracts import render_messages
 from apps.prompts.models import PromptVersion
-from apps.prompts.services import _clean_slug
 from apps.reviews.models import ReviewExport
 from apps.squads.access import require_squad_permission
 from apps.squads.models import Squad
@@ -56,7 +56,7 @@ def dataset_create(
     """A new, empty dataset. Variables datasets name the prompt version whose input schema
     their rows follow; the other formats take none."""
     require_squad_permission(actor, squad, MANAGE_DATASETS)
-    slug = _clean_slug(slug, field="slug", limit=SLUG_MAX)
+    slug = clean_slug(slug, field="slug", limit=SLUG_MAX)
     name = (name or "").strip()
     if not name or len(name) > 200:
         raise ValidationFailed("Name must be 1 to 200 characters.", field="name")

@@ -32,6 +32,7 @@ from django.utils import timezone
 from apps.audit.services import audit_log
 from apps.core.exceptions import Conflict, ValidationFailed
 from apps.core.files import write_atomically
+from apps.core.validation import clean_slug
 from apps.generation import structured
 from apps.generation.models import BatchJob, Generation, ModelTarget
 from apps.generation.targets import clean_target_fields, target_resolve
@@ -74,9 +75,7 @@ def model_target_create(
             raise ValidationFailed("Only staff can create global model targets.", field="squad")
     else:
         require_squad_permission(actor, squad, MANAGE_TARGETS)
-    from apps.prompts.services import _clean_slug
-
-    name = _clean_slug(name, field="name", limit=100)
+    name = clean_slug(name, field="name", limit=100)
     data = clean_target_fields(dict(fields))
     if ModelTarget.objects.filter(squad=squad, name=name).exists():
         raise Conflict(f"A model target named '{name}' already exists here.", field="name")

@@ -1,6 +1,5 @@
 import hashlib
 import json
-import re
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -10,6 +9,7 @@ from django.utils import timezone
 
 from apps.audit.services import audit_log
 from apps.core.exceptions import Conflict, ValidationFailed
+from apps.core.validation import clean_slug
 from apps.prompts import contracts, runtime
 from apps.prompts.models import LABEL_MAX, SLUG_MAX, Label, LabelMove, PromptTemplate, PromptVersion
 from apps.reviews.gate import check_label_move
@@ -19,7 +19,6 @@ from apps.squads.permissions import EDIT_PROMPTS, MOVE_PROTECTED_LABELS
 from apps.webhooks import emitters as webhooks
 
 User = AbstractBaseUser
-SLUG_RE = re.compile(r"^[a-z0-9]+(?:[-_][a-z0-9]+)*$")
 DEFAULT_MODEL: dict[str, Any] = {
     "target": "local",
     "temperature": 0.7,
@@ -36,21 +35,7 @@ MAX_TAGS = 20
 
 
 def _clean_slug(value: str, *, field: str, limit: int) -> str:
-    value = (value or "").strip()
-    if not value:
-        raise ValidationFailed(f"{field.capitalize()} must not be empty.", field=field)
-    if len(value) > limit:
-        raise ValidationFailed(
-            f"{field.capitalize()} is {len(value)} characters long; the limit is {limit}.",
-            field=field,
-        )
-    if not SLUG_RE.match(value):
-        raise ValidationFailed(
-            f"{field.capitalize()} may contain lowercase letters, digits and single '-' or '_' "
-            f"between them (got '{value}').",
-            field=field,
-        )
-    return value
+    return clean_slug(value, field=field, limit=limit)
 
 
 def _clean_tags(tags: list[str] | None) -> list[str]:

@@ -1,4 +1,3 @@
-import re
 import secrets
 from collections.abc import Iterable
 from datetime import datetime
@@ -22,6 +21,7 @@ from apps.core.exceptions import (
     ValidationFailed,
 )
 from apps.core.memo import HOT
+from apps.core.validation import clean_slug
 from apps.squads.access import (
     forget_permissions,
     forget_squad_permissions,
@@ -38,7 +38,6 @@ from apps.squads.permissions import (
 from apps.squads.selectors import squad_cache_key
 
 User = AbstractBaseUser
-SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 
 
 # --- validation -------------------------------------------------------------
@@ -56,20 +55,7 @@ def _clean_name(value: str, *, field: str = "name") -> str:
 
 
 def _clean_slug(value: str) -> str:
-    value = (value or "").strip()
-    if not value:
-        raise ValidationFailed("Slug must not be empty.", field="slug")
-    if len(value) > SLUG_MAX:
-        raise ValidationFailed(
-            f"Slug is {len(value)} characters long; the limit is {SLUG_MAX}.", field="slug"
-        )
-    if not SLUG_RE.match(value):
-        raise ValidationFailed(
-            "Slug may contain only lowercase letters, digits and single hyphens between them "
-            f"(got '{value}').",
-            field="slug",
-        )
-    return value
+    return clean_slug(value, field="slug", limit=SLUG_MAX, underscores=False)
 
 
 def _clean_roles(roles: Iterable[str]) -> list[str]:

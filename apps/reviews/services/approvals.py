@@ -14,8 +14,8 @@ from django.utils import timezone
 
 from apps.audit.services import audit_log
 from apps.core.exceptions import Conflict, PermissionDenied, ValidationFailed
+from apps.core.validation import HYPHENS_OR_UNDERSCORES as LABEL_RE
 from apps.prompts.models import LABEL_MAX, PromptTemplate, PromptVersion
-from apps.prompts.services import SLUG_RE as LABEL_RE
 from apps.reviews.models import (
     ApprovalPolicy,
     Notification,

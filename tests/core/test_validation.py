@@ -1,0 +1,27 @@
+import pytest
+
+from apps.core.exceptions import ValidationFailed
+from apps.core.validation import clean_slug
+
+
+@pytest.mark.parametrize(
+    ("value", "underscores", "message"),
+    [
+        ("", True, "Slug must not be empty."),
+        ("   ", False, "Slug must not be empty."),
+        ("a" * 11, True, "Slug is 11 characters long; the limit is 10."),
+        ("Bad", True, "may contain lowercase letters, digits and single '-' or '_'"),
+        ("a--b", True, "may contain lowercase letters"),
+        ("a_b", False, "may contain only lowercase letters, digits and single hyphens"),
+        ("-a", False, "single hyphens"),
+    ],
+)
+def test_refusals_name_the_field_and_the_reason(value, underscores, message) -> None:
+    with pytest.raises(ValidationFailed, match=message.replace("(", r"\(")) as refused:
+        clean_slug(value, field="slug", limit=10, underscores=underscores)
+    assert refused.value.field == "slug"
+
+
+def test_accepted_slugs_come_back_stripped() -> None:
+    assert clean_slug(" support-v2_b ", field="slug", limit=20) == "support-v2_b"
+    assert clean_slug("acme-2", field="slug", limit=20, underscores=False) == "acme-2"
