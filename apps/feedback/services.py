@@ -48,7 +48,12 @@ RULE_TTL = 60
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # a JSON integer beyond a float's range
+        return False
 
 
 def _clean_text(value: Any, *, field: str, limit: int) -> str:

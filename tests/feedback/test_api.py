@@ -110,3 +110,25 @@ def test_feedback_post_costs_the_same_with_many_samples(
     with django_assert_max_num_queries(len(few.captured_queries) + 2):  # + previous alert, window
         response = client.call("POST", URL.format(generation.pk), {"thumbs": 1})
     assert response.status_code == 201
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"score": 10**400}, "score"),
+        ({"score": 3, "scale": [1, 10**400]}, "scale"),
+    ],
+)
+def test_numbers_beyond_float_range_are_refused_not_a_500(generation, api_as, body, field):
+    response = api_as("viewer").call("POST", URL.format(generation.pk), body)
+    assert response.status_code == 422, response.content
+    assert response.json()["field"] == field
+    assert not Feedback.objects.exists()
+
+
+def test_rule_threshold_beyond_float_range_is_refused_not_a_500(squad, api_as):
+    response = api_as("engineer").call(
+        "PUT", "/api/v1/squads/acme/alert-rule", {"threshold": 10**400}
+    )
+    assert response.status_code == 422, response.content
+    assert response.json()["field"] == "threshold"
