@@ -142,7 +142,8 @@ def generation_feedback(request: HttpRequest, squad: str, generation_id: int) ->
 
 
 def _pick(board: Dashboard, raw: str | None, default: VersionStats | None) -> VersionStats | None:
-    if raw and raw.isdigit():
+    # isdecimal, not isdigit: int() refuses digits such as "²".
+    if raw and raw.isdecimal():
         found = board.stats_of(int(raw))
         if found is not None:
             return found
@@ -289,7 +290,7 @@ def alert_acknowledge(request: HttpRequest, squad: str, alert_id: int) -> HttpRe
 
 def _int_or_text(raw: str) -> Any:
     raw = raw.strip()
-    return int(raw) if raw.isdigit() else raw
+    return int(raw) if raw.isdecimal() else raw
 
 
 @login_required

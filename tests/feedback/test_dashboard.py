@@ -182,3 +182,10 @@ def test_dashboard_query_count_is_fixed(board_data, django_assert_max_num_querie
         f.generation(v1.template.squad, latency_ms=latency)
     with django_assert_max_num_queries(len(first.captured_queries)):
         client.get("/squads/acme/prompts/support/dashboard")
+
+
+def test_dashboard_version_choice_with_a_non_decimal_digit_falls_back(board_data):
+    # "²".isdigit() is true, but int("²") raises.
+    page = _client("viewer").get("/squads/acme/prompts/support/dashboard?a=%C2%B2&b=%C2%B3")
+    assert page.status_code == 200
+    assert "v2 compared with v1" in page.content.decode()

@@ -156,3 +156,14 @@ def test_admin_acknowledges_through_the_service(squad):
     from apps.audit.models import AuditEvent
 
     assert AuditEvent.objects.filter(action="alert.acknowledged").count() == 1
+
+
+def test_rule_form_with_a_non_decimal_digit_is_refused_not_a_500(squad):
+    # "²".isdigit() is true, but int("²") raises.
+    response = _client("engineer").post(
+        "/squads/acme/alerts/rule",
+        {"threshold": "0.2", "window": "²", "baseline_size": "100", "min_samples": "50"},
+    )
+    assert response.status_code == 422
+    assert "window must be a whole number" in response.content.decode()
+    assert not AlertRule.objects.exists()
