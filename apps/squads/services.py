@@ -76,21 +76,22 @@ def _clean_roles(roles: Iterable[str]) -> list[str]:
 # --- role groups --------------------------------------------------------------
 
 
-def squad_roles_sync(*, squad: Squad) -> None:
-    """Make each role group of the squad hold exactly its registry permissions."""
+def squad_roles_sync(*, squad: Squad, using: str = "default") -> None:
+    """Make each role group of the squad hold exactly its registry permissions, in the
+    database `using` (the post-migrate hook passes the migrated one)."""
     from django.contrib.auth.models import Permission
 
-    ct = ContentType.objects.get_for_model(Squad)
-    perms = {p.codename: p for p in Permission.objects.filter(content_type=ct)}
+    ct = ContentType.objects.db_manager(using).get_for_model(Squad)
+    perms = {p.codename: p for p in Permission.objects.using(using).filter(content_type=ct)}
     for role in Role:
-        group, _ = Group.objects.get_or_create(name=role_group_name(squad.pk, role))
+        group, _ = Group.objects.using(using).get_or_create(name=role_group_name(squad.pk, role))
         wanted = {perms[c].pk for c in role_permissions(role) if c in perms}
-        current = GroupObjectPermission.objects.filter(
+        current = GroupObjectPermission.objects.using(using).filter(
             group=group, content_type=ct, object_pk=str(squad.pk)
         )
         have = set(current.values_list("permission_id", flat=True))
         current.exclude(permission_id__in=wanted).delete()
-        GroupObjectPermission.objects.bulk_create(
+        GroupObjectPermission.objects.using(using).bulk_create(
             [
                 GroupObjectPermission(
                     group=group, permission_id=pid, content_type=ct, object_pk=str(squad.pk)
@@ -98,14 +99,13 @@ def squad_roles_sync(*, squad: Squad) -> None:
                 for pid in wanted - have
             ]
         )
-    forget_squad_permissions(
-        squad.pk, list(Membership.objects.filter(squad=squad).values_list("user_id", flat=True))
-    )
+    members = Membership.objects.using(using).filter(squad=squad)
+    forget_squad_permissions(squad.pk, list(members.values_list("user_id", flat=True)))
 
 
 def squad_roles_sync_all(*, using: str = "default") -> None:
     for squad in Squad.objects.using(using).all():
-        squad_roles_sync(squad=squad)
+        squad_roles_sync(squad=squad, using=using)
 
 
 def _set_role_groups(
