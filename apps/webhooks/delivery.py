@@ -6,6 +6,7 @@ sent, so a redelivered or duplicate task finds the delivery not due, or done, an
 does nothing. The HTTP request runs outside any transaction.
 """
 
+import http.client
 import json
 import logging
 import time
@@ -91,7 +92,15 @@ def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, s
             return response.status, _excerpt(response.read(EXCERPT_BYTES)), ""
     except urllib.error.HTTPError as exc:
         return exc.code, _excerpt(exc.read(EXCERPT_BYTES)), f"HTTP {exc.code}"
-    except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
+    # http.client.HTTPException (a malformed status line, an over-long header, a body cut
+    # short) is not an OSError; uncaught it would leave the attempt unrecorded.
+    except (
+        urllib.error.URLError,
+        TimeoutError,
+        OSError,
+        ValueError,
+        http.client.HTTPException,
+    ) as exc:
         reason = getattr(exc, "reason", exc)
         return None, "", f"{type(exc).__name__}: {reason}"[:500]
 

@@ -302,3 +302,37 @@ def test_a_redirect_is_not_followed_and_counts_as_failed(
     delivery.refresh_from_db()
     assert delivery.status == "retrying" and delivery.last_status_code == 302
     assert len(server.requests) == 1
+
+
+def test_a_receiver_answering_garbage_counts_as_a_failed_attempt(
+    make_webhook, scheduled, django_capture_on_commit_callbacks
+) -> None:
+    """http.client's BadStatusLine is not an OSError: it must be recorded like any failure,
+    not escape the task (no attempt logged, no backoff, never reaching max attempts)."""
+    import socket
+    import threading
+
+    def answer(server: socket.socket) -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        thread = threading.Thread(target=answer, args=(server,), daemon=True)
+        thread.start()
+        make_webhook(url=f"http://127.0.0.1:{server.getsockname()[1]}/hook")
+        delivery = _emit(django_capture_on_commit_callbacks)
+        scheduled.clear()
+        with django_capture_on_commit_callbacks(execute=True):
+            dl.delivery_attempt(delivery_id=delivery.pk)
+        thread.join(5)
+    delivery.refresh_from_db()
+    assert delivery.status == "retrying"
+    assert delivery.last_status_code is None
+    assert "BadStatusLine" in delivery.last_error
+    (attempt,) = delivery.attempt_log.all()
+    assert attempt.number == 1 and attempt.error == delivery.last_error
+    assert scheduled == [(delivery.pk, dl.backoff(1))]
