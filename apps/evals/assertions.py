@@ -74,7 +74,7 @@ def clean_assertion(index: int, raw: Any) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise _fail(index, "", "must be an object with a 'type'.")
     kind = raw.get("type")
-    if kind not in SHAPES:
+    if not isinstance(kind, str) or kind not in SHAPES:
         raise _fail(index, "type", f"unknown type {kind!r}; one of: {', '.join(TYPES)}.")
     shape = SHAPES[kind]
     unknown = sorted(set(raw) - set(shape) - {"type"})
@@ -90,7 +90,8 @@ def clean_assertion(index: int, raw: Any) -> dict[str, Any]:
     if kind == "regex":
         try:
             re.compile(clean["pattern"])
-        except re.error as exc:
+        # A huge repeat count raises OverflowError, deep nesting RecursionError.
+        except (re.error, OverflowError, RecursionError) as exc:
             raise _fail(index, "pattern", f"is not a valid regular expression ({exc}).") from exc
     return clean
 

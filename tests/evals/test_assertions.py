@@ -74,6 +74,16 @@ BAD = [
         "true or false",
     ),
     ({"type": "regex", "pattern": "(unclosed"}, "assertions[0].pattern", "not a valid regular"),
+    # re.compile raises OverflowError / RecursionError for these, not re.error
+    (
+        {"type": "regex", "pattern": "a{99999999999}"},
+        "assertions[0].pattern",
+        "not a valid regular",
+    ),
+    ({"type": "regex", "pattern": "(" * 5000 + ")" * 5000}, "assertions[0].pattern", "not a valid"),
+    # an unhashable type must be refused, not looked up in the table of types
+    ({"type": ["contains"]}, "assertions[0].type", "unknown type"),
+    ({"type": {"contains": 1}}, "assertions[0].type", "unknown type"),
     ({"type": "equals_json"}, "assertions[0].value", "required"),
     ({"type": "max_latency_ms", "value": 0}, "assertions[0].value", "at least 1"),
     ({"type": "max_output_tokens", "value": 2.5}, "assertions[0].value", "whole number"),
