@@ -264,6 +264,9 @@ def parse_cases(template: PromptTemplate, content: bytes) -> list[tuple[int, dic
             message = f"not JSON: {exc.msg} (column {exc.colno})"
             errors.append({"line": line_no, "field": "", "message": message})
             continue
+        except RecursionError:
+            errors.append({"line": line_no, "field": "", "message": "nested too deeply"})
+            continue
         if not isinstance(raw, dict):
             errors.append({"line": line_no, "field": "", "message": "not a JSON object"})
             continue

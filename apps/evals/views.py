@@ -41,6 +41,8 @@ def _json_field(raw: str, field: str, label: str) -> Any:
             f"{label} is not JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).",
             field=field,
         ) from None
+    except RecursionError:
+        raise ValidationFailed(f"{label} is nested too deeply.", field=field) from None
 
 
 def _tags(raw: str) -> list[str]:
@@ -197,7 +199,7 @@ def run_start(request: HttpRequest, squad: str, slug: str) -> HttpResponse:
     template = _template(request, squad, slug)
     try:
         raw = request.POST.get("version", "").strip()
-        if not raw.isdigit():
+        if not raw.isdecimal():  # isdigit() accepts "²", which int() refuses
             raise ValidationFailed("Choose a version to evaluate.", field="version")
         version = prompt_selectors.prompt_version_get(
             user=request.user, template=template, number=int(raw)
@@ -272,7 +274,7 @@ def compare(request: HttpRequest, squad: str) -> HttpResponse:
     """Two runs of one prompt case by case (?base=<run>&head=<run>)."""
     squad_obj = squad_get_for_user(user=request.user, slug=squad)
     base, head = request.GET.get("base", ""), request.GET.get("head", "")
-    if not (base.isdigit() and head.isdigit()):
+    if not (base.isdecimal() and head.isdecimal()):
         raise ValidationFailed("Choose two runs to compare (?base=<run>&head=<run>).", field="base")
     comparison = selectors.compare_runs(
         user=request.user, squad=squad_obj, base_id=int(base), head_id=int(head)

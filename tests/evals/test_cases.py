@@ -144,6 +144,17 @@ def test_import_lists_at_most_100_errors(writer):
     assert len(info.value.extra) == 100 and info.value.extra[-1]["line"] == 100
 
 
+def test_import_refuses_deeply_nested_lines_by_line(writer):
+    content = (_line(name="fine") + "\n" + "[" * 100_000 + "\n").encode()
+    with pytest.raises(ValidationFailed, match="nothing was imported") as info:
+        services.test_cases_import(
+            actor=UserFactory(username="engineer"), template=writer.template, content=content
+        )
+    [error] = info.value.extra
+    assert error["line"] == 2 and "nested too deeply" in error["message"]
+    assert not Case.objects.exists()
+
+
 def test_import_refuses_unreadable_files_and_viewers(writer):
     engineer = UserFactory(username="engineer")
     with pytest.raises(ValidationFailed, match="no test cases"):

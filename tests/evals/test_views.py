@@ -85,6 +85,23 @@ def test_import_errors_by_line_and_export(writer):
     assert json.loads(exported.content)["name"] == "a"
 
 
+def test_unparseable_form_input_is_a_422_not_a_500(writer, fake_server):
+    add_case(writer.template, "tides", "tides", CONTAINS)
+    run = services.eval_run_create(actor=UserFactory(username="engineer"), version=writer)
+    client = _client("engineer")
+    # "²".isdigit() is true, but int("²") raises
+    assert client.get(f"/squads/acme/evals/compare?base=²&head={run.pk}").status_code == 422
+    start = client.post("/squads/acme/evals/prompts/writer/runs", {"version": "²"})
+    assert start.status_code == 422 and b"Choose a version" in start.content
+    # json.loads raises RecursionError, not JSONDecodeError, on deep nesting
+    deep = {"name": "deep", "variables": '{"topic": "x"}', "assertions": "[" * 100_000}
+    refused = client.post(PAGE, deep)
+    assert refused.status_code == 422 and b"Assertions is nested too deeply" in refused.content
+    refused = client.post(PAGE, {**deep, "assertions": "[]", "variables": '{"a": ' * 50_000})
+    assert refused.status_code == 422 and b"Variables is nested too deeply" in refused.content
+    assert not TestCase.objects.filter(name="deep").exists()
+
+
 def test_start_run_page_progress_and_results(writer, fake_server):
     add_case(writer.template, "tides", "tides", CONTAINS)
     add_case(writer.template, "moon", "the moon", CONTAINS)
