@@ -167,6 +167,17 @@ def _contains(assertion: dict[str, Any], text: str) -> bool:
     return needle.casefold() in text.casefold()
 
 
+def _json_equal(a: Any, b: Any) -> bool:
+    """JSON equality: unlike Python's ==, true is not 1 and false is not 0."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_json_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_json_equal(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
 def check(index: int, assertion: dict[str, Any], seen: Observed) -> dict[str, Any]:
     """One assertion's verdict: {"type", "passed", "detail"}."""
     kind, text = assertion["type"], seen.output_text
@@ -188,7 +199,7 @@ def check(index: int, assertion: dict[str, Any], seen: Observed) -> dict[str, An
             value = structured.extract_json(text)
         except structured.NotJSON as exc:
             return _verdict(kind, False, str(exc))
-        equal = value == assertion["value"]
+        equal = _json_equal(value, assertion["value"])
         shown = json.dumps(value, ensure_ascii=False)[:300]
         return _verdict(kind, equal, "equal" if equal else f"got {shown}")
     if kind == "max_latency_ms":

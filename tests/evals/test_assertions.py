@@ -145,3 +145,21 @@ def test_schema_valid_reports_the_schema_errors():
     [clean] = clean_assertions([{"type": "schema_valid"}])
     [result] = evaluate([clean], seen("not json"))
     assert not result["passed"] and "not JSON" in result["detail"]
+
+
+@pytest.mark.parametrize(
+    ("expected", "output", "equal"),
+    [
+        ({"approved": True}, '{"approved": 1}', False),
+        ({"approved": 0}, '{"approved": false}', False),
+        ([1, 0], "[true, false]", False),
+        (True, "1", False),
+        ({"n": 1}, '{"n": 1.0}', True),  # one JSON number
+        ({"a": [True, {"b": None}]}, '{"a": [true, {"b": null}]}', True),
+    ],
+)
+def test_equals_json_tells_booleans_from_numbers(expected, output, equal):
+    # In Python True == 1 and False == 0; in JSON they are different values.
+    [clean] = clean_assertions([{"type": "equals_json", "value": expected}])
+    [result] = evaluate([clean], seen(output))
+    assert result["passed"] is equal, result
