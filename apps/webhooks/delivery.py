@@ -64,6 +64,18 @@ def _claim(delivery_id: int, now: datetime) -> tuple[WebhookDelivery, int] | Non
             delivery.next_attempt_at = None
             delivery.save(update_fields=["status", "last_error", "next_attempt_at"])
             return None
+        if delivery.attempts >= max_attempts():
+            # Every allowed attempt was claimed, the last without an outcome recorded (its
+            # worker died or hit the time limit mid-request): give up instead of sending
+            # again forever.
+            delivery.status = WebhookDelivery.Status.FAILED
+            delivery.last_error = (
+                f"No outcome was recorded for attempt {delivery.attempts} (the worker stopped "
+                f"mid-request); {delivery.attempts} of {max_attempts()} attempts used."
+            )
+            delivery.next_attempt_at = None
+            delivery.save(update_fields=["status", "last_error", "next_attempt_at"])
+            return None
         delivery.attempts += 1
         # The lease: until then a duplicate task sees "not due"; after it (a worker died
         # mid-request) the sweeper queues the delivery again.

@@ -336,3 +336,27 @@ def test_a_receiver_answering_garbage_counts_as_a_failed_attempt(
     (attempt,) = delivery.attempt_log.all()
     assert attempt.number == 1 and attempt.error == delivery.last_error
     assert scheduled == [(delivery.pk, dl.backoff(1))]
+
+
+def test_attempts_that_never_recorded_an_outcome_still_count_towards_the_maximum(
+    settings, make_webhook, receiver, scheduled, django_capture_on_commit_callbacks
+) -> None:
+    """A worker killed (or stopped by its time limit) mid-request leaves a claimed attempt
+    without an outcome; the sweeper queues the delivery again after the lease. Once every
+    allowed attempt was claimed, the delivery fails instead of being sent once more."""
+    settings.STUDIO_WEBHOOK_MAX_ATTEMPTS = 2
+    server = receiver(200)
+    make_webhook(url=server.url)
+    delivery = _emit(django_capture_on_commit_callbacks)
+    for _ in range(2):  # two workers that died after claiming
+        _make_due(delivery)
+        assert dl._claim(delivery.pk, timezone.now()) is not None
+    _make_due(delivery)
+    assert dl.delivery_attempt(delivery_id=delivery.pk) is None
+    delivery.refresh_from_db()
+    assert server.requests == []
+    assert delivery.attempts == 2
+    assert delivery.status == "failed"
+    assert delivery.next_attempt_at is None
+    assert "attempt 2" in delivery.last_error
+    assert dl.deliveries_retry_due() == []
