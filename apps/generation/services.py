@@ -595,7 +595,9 @@ def batch_job_create(
     validate_rows(version, numbered, errors)
     rows = [row for _, row in numbered]
     normalised = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
-    data = normalised.encode()
+    # What is kept on disk is what the policy in force lets through: values it redacts
+    # are written redacted (the sha256 stays that of the rows as uploaded).
+    data = _stored_rows(version, rows, policy_version_current(squad_id=squad.pk))
     job = BatchJob.objects.create(
         squad=squad,
         prompt_version=version,
@@ -603,7 +605,7 @@ def batch_job_create(
         created_by=actor,
         source_name=filename[:255],
         rows_path="",
-        rows_sha256=hashlib.sha256(data).hexdigest(),
+        rows_sha256=hashlib.sha256(normalised.encode()).hexdigest(),
         rows_total=len(rows),
         batch_size=batch_size,
     )
@@ -620,6 +622,35 @@ def batch_job_create(
 
     transaction.on_commit(lambda: run_batch_job.delay(job.pk))
     return job
+
+
+# The first line of a rows file written since uploads are redacted; older files hold one
+# variables object per line.
+ROWS_HEADER = {"studio_rows": 2}
+
+
+def _stored_rows(version: PromptVersion, rows: list[Any], policy: PolicyVersion | None) -> bytes:
+    """The rows file: a header line, then per row the variables as the policy lets them
+    through and the redactions made (they cannot be found again in redacted text).
+    Flags and blocks are checked again when the row runs, under the policy then in force."""
+    lines = [json.dumps(ROWS_HEADER)]
+    for row in rows:
+        prepared = _prepare(version, row, policy)
+        redactions = [f for f in prepared.findings if f["action"] == "redact"]
+        stored = prepared.variables if redactions else row
+        lines.append(
+            json.dumps({"variables": stored, "redactions": redactions}, ensure_ascii=False)
+        )
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _read_rows(path: str) -> list[tuple[Any, list[dict[str, Any]]]]:
+    """(variables, redactions made at upload) per row, from either file layout."""
+    with open(path, encoding="utf-8") as handle:
+        lines = [json.loads(line) for line in handle if line.strip()]
+    if lines and lines[0] == ROWS_HEADER:
+        return [(line["variables"], line["redactions"]) for line in lines[1:]]
+    return [(line, []) for line in lines]
 
 
 def _audit_batch_start(
@@ -746,8 +777,7 @@ def batch_job_run(*, job_id: int) -> BatchJob | None:
     version, target = job.prompt_version, job.target
     bind_generation(version, target)
     try:
-        with open(job.rows_path, encoding="utf-8") as handle:
-            rows = [json.loads(line) for line in handle if line.strip()]
+        rows = _read_rows(job.rows_path)
     except OSError as exc:
         _finish(job, BatchJob.Status.FAILED, f"rows file unreadable: {exc}")
         return job
@@ -755,10 +785,11 @@ def batch_job_run(*, job_id: int) -> BatchJob | None:
     policy = policy_version_current(squad_id=job.squad_id)
     cap = rules_of(policy)["max_output_tokens"]
     todo, blocked = [], []
-    for index, variables in enumerate(rows):
+    for index, (variables, redactions) in enumerate(rows):
         if index in done:
             continue
         prepared = _prepare(version, variables, policy)
+        prepared.findings = [*redactions, *prepared.findings]
         (blocked if prepared.blocked else todo).append((index, prepared))
     # Length-sorted: rows of similar length share a batch, so little padding is wasted.
     todo.sort(key=lambda item: sum(len(m["content"]) for m in item[1].messages))

@@ -2,7 +2,9 @@
 playground and batch jobs (the eval path does not exist yet; it will call the same
 services.execute_rows and _prepare and get the same checks)."""
 
+import hashlib
 import json
+from pathlib import Path
 
 import pytest
 from django.test import Client
@@ -137,6 +139,41 @@ def test_batch_redacts_flags_and_blocks_per_row(squad, writer, fake_server):
     assert sorted(_sent(fake_server)) == sorted(
         ["Write about mail [EMAIL_1] and [EMAIL_1].", f"Write about {PHONE}.", "Write about tides."]
     )
+
+
+def test_a_batch_upload_keeps_only_redacted_values_on_disk(squad, writer, fake_server):
+    rows = [{"topic": EMAIL}, {"topic": PHONE}]
+    job = services.batch_job_create(
+        actor=UserFactory(username="engineer"),
+        version=writer,
+        content="".join(json.dumps(r) + "\n" for r in rows).encode(),
+        filename="rows.jsonl",
+    )
+    on_disk = Path(job.rows_path).read_text(encoding="utf-8")
+    assert "ada@example.com" not in on_disk and "[EMAIL_1]" in on_disk
+    assert "+44 20 7946 0958" in on_disk  # flagged, not redacted: sent as it is
+    # The sha256 is still that of the rows as uploaded (what the audit event names).
+    uploaded = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
+    assert job.rows_sha256 == hashlib.sha256(uploaded).hexdigest()
+    services.batch_job_run(job_id=job.pk)
+    g = {x.row_index: x for x in job.generations.all()}
+    assert [f["action"] for f in g[0].findings] == ["redact", "redact"]
+    assert g[1].findings and {f["action"] for f in g[1].findings} == {"flag"}
+
+
+def test_a_rows_file_from_before_upload_redaction_still_runs(squad, writer, fake_server):
+    job = services.batch_job_create(
+        actor=UserFactory(username="engineer"),
+        version=writer,
+        content=(json.dumps({"topic": "tides"}) + "\n").encode(),
+        filename="rows.jsonl",
+    )
+    with open(job.rows_path, "w", encoding="utf-8") as handle:  # the old layout
+        handle.write(json.dumps({"topic": EMAIL}) + "\n")
+    services.batch_job_run(job_id=job.pk)
+    generation = job.generations.get()
+    assert generation.variables == {"topic": "mail [EMAIL_1] and [EMAIL_1]"}
+    assert _sent(fake_server) == ["Write about mail [EMAIL_1] and [EMAIL_1]."]
 
 
 def test_pii_in_the_output_is_redacted_and_blocked_terms_block_it(squad, policy):
