@@ -77,7 +77,11 @@ def verify(
     except ValueError as exc:
         raise WebhookVerificationError("webhook-timestamp is not a unix time.") from exc
     current = time.time() if now is None else now
-    if abs(current - timestamp) > tolerance:
+    try:
+        late = abs(current - timestamp)
+    except OverflowError as exc:  # an integer no float can hold: not a time at all
+        raise WebhookVerificationError("webhook-timestamp is outside the tolerance.") from exc
+    if late > tolerance:
         raise WebhookVerificationError("webhook-timestamp is outside the tolerance.")
     expected = sign(secret=secret, msg_id=msg_id, timestamp=timestamp, body=body)
     # Several space-separated signatures may be sent (e.g. during a secret rotation).

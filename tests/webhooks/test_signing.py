@@ -116,3 +116,10 @@ def test_non_numeric_timestamp_is_refused() -> None:
     secret = signing.secret_generate()
     with pytest.raises(WebhookVerificationError, match="unix time"):
         verify(secret, {**_signed(secret), "webhook-timestamp": "yesterday"}, BODY)
+
+
+def test_timestamp_beyond_float_range_is_refused_not_an_overflow() -> None:
+    secret = signing.secret_generate()
+    headers = {**_signed(secret), "webhook-timestamp": "1" + "0" * 400}
+    with pytest.raises(WebhookVerificationError, match="webhook-timestamp"):
+        verify(secret, headers, BODY)
