@@ -17,12 +17,20 @@ from apps.squads.permissions import VIEW_SQUAD
 User = AbstractBaseUser | AnonymousUser
 
 
+def _full_runs() -> QuerySet[EvalRun]:
+    """Succeeded runs over all of the template's cases. A cancelled or failed run's pass
+    rate covers only part of them, and so does a run limited to `tags`: choosing the tags
+    of the passing cases must not meet the gate."""
+    return EvalRun.objects.filter(status=EvalRun.Status.SUCCEEDED, tags=[])
+
+
 def eval_run_latest(*, version: PromptVersion, target: ModelTarget) -> EvalRun | None:
-    """The latest finished run of `version` on `target` that ran to the end (succeeded:
-    a cancelled or failed run's pass rate covers only part of the cases). No permission
-    check: for the label gate and the pages that already checked access."""
+    """The latest succeeded run of `version` on `target` over all its cases
+    (`_full_runs`). No permission check: for the label gate and the pages that already
+    checked access."""
     return (
-        EvalRun.objects.filter(version=version, target=target, status=EvalRun.Status.SUCCEEDED)
+        _full_runs()
+        .filter(version=version, target=target)
         .select_related("target", "version")
         .defer("cases")
         .order_by("-finished_at", "-pk")
@@ -31,10 +39,12 @@ def eval_run_latest(*, version: PromptVersion, target: ModelTarget) -> EvalRun |
 
 
 def eval_runs_latest_per_target(*, version: PromptVersion) -> list[EvalRun]:
-    """The latest succeeded run of `version` on each target it ran on, by target name."""
+    """The latest succeeded run of `version` over all its cases on each target it ran
+    on, by target name."""
     latest: dict[int, EvalRun] = {}
     runs = (
-        EvalRun.objects.filter(version=version, status=EvalRun.Status.SUCCEEDED)
+        _full_runs()
+        .filter(version=version)
         .select_related("target")
         .defer("cases")
         .order_by("-finished_at", "-pk")

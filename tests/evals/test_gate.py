@@ -7,6 +7,7 @@ import pytest
 from apps.core.exceptions import Conflict
 from apps.evals import services
 from apps.evals.models import EvalRun
+from apps.evals.selectors import eval_gate_status_for_user
 from apps.prompts import services as prompts
 from apps.reviews.services import approvals
 from tests.evals.conftest import add_case, remote_target
@@ -137,3 +138,24 @@ def test_unprotected_labels_are_not_gated(approved, squad):
         version=approved,
     )
     assert label.name == "staging"
+
+
+def test_a_run_limited_to_tags_does_not_count(approved, squad):
+    # Only the full run measures the version: a run over the cases with one tag (here the
+    # one passing case) must not open the gate.
+    approved.template.test_cases.filter(name="tides").update(tags=["easy"])
+    subset = _run(approved, tags=["easy"])
+    assert (subset.status, subset.total, subset.pass_rate) == ("succeeded", 1, 1.0)
+    _minimum(squad, 0.75)
+    with pytest.raises(Conflict, match="no finished eval run on target 'fake'"):
+        _move(approved)
+    status = eval_gate_status_for_user(user=UserFactory(username="owner"), version=approved)
+    assert status.latest is None and status.runs == [] and not status.meets
+    full = _run(approved)
+    assert full.pass_rate == 0.5
+    _run(approved, tags=["easy"])  # a later subset run does not replace the full one
+    with pytest.raises(Conflict) as info:
+        _move(approved)
+    assert info.value.extra["eval_run"] == full.pk
+    _minimum(squad, 0.5)
+    assert _move(approved).version == approved
