@@ -32,6 +32,8 @@ def extract_json(text: str) -> Any:
             return json.loads(candidate)
         except json.JSONDecodeError as exc:
             last_error = f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+        except RecursionError:  # a degenerate answer such as "[[[[…"
+            last_error = "nested too deeply"
     raise NotJSON(f"output is not JSON: {last_error}")
 
 

@@ -163,3 +163,14 @@ def test_equals_json_tells_booleans_from_numbers(expected, output, equal):
     [clean] = clean_assertions([{"type": "equals_json", "value": expected}])
     [result] = evaluate([clean], seen(output))
     assert result["passed"] is equal, result
+
+
+@pytest.mark.parametrize(
+    "assertion", [{"type": "schema_valid"}, {"type": "equals_json", "value": []}]
+)
+def test_a_deeply_nested_output_fails_the_case_not_the_run(assertion):
+    # A degenerate model output ("[[[[…") made json.loads raise RecursionError, which
+    # failed the whole eval run instead of this one assertion.
+    [clean] = clean_assertions([assertion])
+    [result] = evaluate([clean], seen("[" * 5000 + "]" * 5000))
+    assert result["passed"] is False and "nested too deeply" in result["detail"]
