@@ -27,7 +27,7 @@ class FeedbackAdmin(ReadOnlyAdmin):
     list_display = ("pk", "squad", "generation", "kind", "value", "created_by", "created_at")
     list_filter = ("squad", "kind")
     search_fields = ("external_user_id", "comment")
-    list_select_related = ("squad", "created_by")
+    list_select_related = ("squad", "generation", "created_by")
 
 
 @admin.register(AlertRule)

@@ -24,6 +24,7 @@ class WebhookAdmin(ReadOnly):
     list_display = ("id", "squad", "url", "enabled", "created_by", "created_at")
     list_filter = ("enabled",)
     search_fields = ("url", "squad__slug")
+    list_select_related = ("squad", "created_by")
     exclude = ("secret",)
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 

@@ -167,3 +167,19 @@ def test_rule_form_with_a_non_decimal_digit_is_refused_not_a_500(squad):
     assert response.status_code == 422
     assert "window must be a whole number" in response.content.decode()
     assert not AlertRule.objects.exists()
+
+
+def test_admin_feedback_list_costs_the_same_however_many_rows(squad):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    staff = Client()
+    staff.force_login(UserFactory(username="root", is_staff=True, is_superuser=True))
+    f.feedback_rows(f.generation(squad), [0.5])
+    with CaptureQueriesContext(connection) as one:
+        assert staff.get("/admin/feedback/feedback/").status_code == 200
+    for _ in range(4):
+        f.feedback_rows(f.generation(squad), [0.5])
+    with CaptureQueriesContext(connection) as five:
+        assert staff.get("/admin/feedback/feedback/").status_code == 200
+    assert len(five) == len(one)

@@ -142,3 +142,29 @@ def test_admin_lists_without_the_secret(owner, scheduled) -> None:
     delivery = WebhookDelivery.objects.get()
     assert staff.get(f"/admin/webhooks/webhookdelivery/{delivery.pk}/change/").status_code == 200
     assert staff.get("/admin/webhooks/webhookdelivery/").status_code == 200
+
+
+def test_admin_webhook_list_costs_the_same_however_many_creators(squad) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    staff = Client()
+    staff.force_login(UserFactory(username="root", is_staff=True, is_superuser=True))
+
+    def add(username: str) -> None:
+        Webhook.objects.create(
+            squad=squad,
+            url="https://example.com/h",
+            events=["version.created"],
+            secret="whsec_x",
+            created_by=UserFactory(username=username),
+        )
+
+    add("creator0")
+    with CaptureQueriesContext(connection) as one:
+        assert staff.get("/admin/webhooks/webhook/").status_code == 200
+    for n in range(1, 5):
+        add(f"creator{n}")
+    with CaptureQueriesContext(connection) as five:
+        assert staff.get("/admin/webhooks/webhook/").status_code == 200
+    assert len(five) == len(one)
