@@ -39,7 +39,8 @@ JUDGE_SYSTEM = (
     "You are a strict evaluator. Read the rubric, the input and the answer, then reply "
     "with only a score from 0 to 1 (or 1 to 10), nothing else."
 )
-_NUMBER = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)(?:\s*/\s*(\d+))?")
+# The sign is matched so that "-1" reads as out of range, not as 1.
+_NUMBER = re.compile(r"(?<![\w.-])(-?\d+(?:\.\d+)?)(?:\s*/\s*(\d+))?")
 
 
 def _fail(index: int, name: str, message: str) -> ValidationFailed:

@@ -122,6 +122,10 @@ def test_the_index_of_the_bad_assertion_is_named():
         ("excellent", None),
         ("42", None),
         ("11/10", None),
+        # a negative score is out of range, not its absolute value
+        ("-1", None),
+        ("Score: -0.5", None),
+        ("-3/10", None),
     ],
 )
 def test_judge_scores_are_normalised(answer, score):
