@@ -61,6 +61,8 @@ def _clean_text(value: Any, *, field: str, limit: int) -> str:
         return ""
     if not isinstance(value, str):
         raise ValidationFailed(f"{field} must be text.", field=field)
+    if "\x00" in value:  # PostgreSQL text cannot hold it
+        raise ValidationFailed(f"{field} contains a NUL character (\\x00).", field=field)
     if len(value) > limit:
         raise ValidationFailed(
             f"{field} is {len(value)} characters long; the limit is {limit}.", field=field

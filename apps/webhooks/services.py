@@ -36,6 +36,8 @@ def clean_url(url: str) -> str:
         raise ValidationFailed("Enter the URL that receives the events.", field="url")
     if len(url) > URL_MAX:
         raise ValidationFailed(f"The URL is longer than {URL_MAX} characters.", field="url")
+    if "\x00" in url:  # PostgreSQL text cannot hold it; URLValidator lets it through
+        raise ValidationFailed("The URL contains a NUL character (\\x00).", field="url")
     try:
         _url_validator(url)
     except ValidationError as exc:
@@ -62,6 +64,10 @@ def clean_events(events: Any) -> list[str]:
 
 def clean_description(description: str) -> str:
     description = (description or "").strip()
+    if "\x00" in description:  # PostgreSQL text cannot hold it
+        raise ValidationFailed(
+            "The description contains a NUL character (\\x00).", field="description"
+        )
     if len(description) > DESCRIPTION_MAX:
         raise ValidationFailed(
             f"The description is {len(description)} characters long; the limit is "

@@ -132,3 +132,19 @@ def test_rule_threshold_beyond_float_range_is_refused_not_a_500(squad, api_as):
     )
     assert response.status_code == 422, response.content
     assert response.json()["field"] == "threshold"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"thumbs": 1, "comment": "ok\x00"}, "comment"),
+        ({"thumbs": 1, "external_user_id": "u\x00"}, "external_user_id"),
+        ({"edited_text": "The parcel\x00"}, "edited_text"),
+    ],
+)
+def test_nul_characters_are_refused(generation, api_as, body, field):
+    # PostgreSQL text cannot hold NUL: stored, it would be a 500 there.
+    response = api_as("viewer").call("POST", URL.format(generation.pk), body)
+    assert response.status_code == 422, response.content
+    assert response.json()["field"] == field
+    assert not Feedback.objects.exists()

@@ -178,3 +178,18 @@ def test_delivery_list_costs_a_fixed_number_of_queries(
         owner.call("POST", f"{BASE}/{hook_id}/test")
     with django_assert_max_num_queries(few_count):
         assert len(owner.call("GET", f"{BASE}/{hook_id}/deliveries").json()) == 25
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"description": "CI\x00"}, "description"),
+        ({"url": "https://receiver.example/ho\x00ok"}, "url"),
+    ],
+)
+def test_nul_characters_are_refused(owner, body, field) -> None:
+    # PostgreSQL text cannot hold NUL: stored, it would be a 500 there.
+    response = _create(owner, **body)
+    assert response.status_code == 422, response.content
+    assert response.json()["field"] == field
+    assert not Webhook.objects.exists()
