@@ -134,11 +134,16 @@ def test_case_create(
     data = _clean_case(
         template, {"name": name, "variables": variables, "assertions": assertions, "tags": tags}
     )
+    taken = Conflict(f"A test case named '{data['name']}' already exists.", field="name")
     if TestCase.objects.filter(template=template, name=data["name"]).exists():
-        raise Conflict(f"A test case named '{data['name']}' already exists.", field="name")
-    case = TestCase.objects.create(
-        squad_id=template.squad_id, template=template, created_by=actor, **data
-    )
+        raise taken
+    try:
+        with transaction.atomic():  # another request may take the name after the check
+            case = TestCase.objects.create(
+                squad_id=template.squad_id, template=template, created_by=actor, **data
+            )
+    except IntegrityError as exc:
+        raise taken from exc
     audit_log(
         actor=actor,
         action="eval.case_created",
@@ -178,15 +183,20 @@ def test_case_update(
     data = _clean_case(template, {**before, **changes})
     if data == before:
         return case
+    taken = Conflict(f"A test case named '{data['name']}' already exists.", field="name")
     if (
         data["name"] != case.name
         and TestCase.objects.filter(template=template, name=data["name"]).exists()
     ):
-        raise Conflict(f"A test case named '{data['name']}' already exists.", field="name")
+        raise taken
     for key, value in data.items():
         setattr(case, key, value)
     case.updated_at = timezone.now()
-    case.save()
+    try:
+        with transaction.atomic():  # another request may take the name after the check
+            case.save()
+    except IntegrityError as exc:
+        raise taken from exc
     audit_log(
         actor=actor,
         action="eval.case_updated",
@@ -315,9 +325,17 @@ def test_cases_import(
     for _, data in parsed:
         case = existing.get(data["name"])
         if case is None:
-            TestCase.objects.create(
-                squad_id=template.squad_id, template=template, created_by=actor, **data
-            )
+            try:
+                with transaction.atomic():  # another request may add the same name
+                    TestCase.objects.create(
+                        squad_id=template.squad_id, template=template, created_by=actor, **data
+                    )
+            except IntegrityError as exc:
+                raise Conflict(
+                    f"A test case named '{data['name']}' was added meanwhile; nothing was "
+                    "imported. Import the file again to replace it.",
+                    field="file",
+                ) from exc
             created += 1
         elif _case_data(case) == data:
             unchanged += 1

@@ -1,6 +1,7 @@
 import json
 
 import pytest
+from django.db.models.signals import pre_save
 
 from apps.audit.models import AuditEvent
 from apps.core.exceptions import Conflict, PermissionDenied, ValidationFailed
@@ -75,6 +76,39 @@ def test_duplicate_names_conflict(writer):
     two = add_case(writer.template, "two", "x", CONTAINS)
     with pytest.raises(Conflict):
         services.test_case_update(actor=UserFactory(username="engineer"), case=two, name="one")
+
+
+@pytest.fixture
+def racing_writer(writer):
+    """Another request creates a case named 'taken' between the service's name check and
+    its own write (emulated: the first TestCase save inserts it first)."""
+    state = {"raced": False}
+
+    def insert_first(sender, instance, **kwargs):
+        if not state["raced"] and instance.name == "taken":
+            state["raced"] = True
+            Case.objects.create(
+                squad_id=instance.squad_id, template=instance.template, name="taken"
+            )
+
+    pre_save.connect(insert_first, sender=Case, weak=False)
+    yield writer
+    pre_save.disconnect(insert_first, sender=Case)
+
+
+@pytest.mark.parametrize("how", ["create", "rename", "import"])
+def test_a_name_taken_meanwhile_is_a_conflict_not_a_500(racing_writer, how):
+    template, engineer = racing_writer.template, UserFactory(username="engineer")
+    with pytest.raises(Conflict, match="'taken'") as info:
+        if how == "create":
+            add_case(template, "taken", "x", CONTAINS)
+        elif how == "rename":
+            case = add_case(template, "mine", "x", CONTAINS)
+            services.test_case_update(actor=engineer, case=case, name="taken")
+        else:
+            content = (_line(name="taken") + "\n").encode()
+            services.test_cases_import(actor=engineer, template=template, content=content)
+    assert info.value.field == ("file" if how == "import" else "name")
 
 
 def test_import_adds_and_replaces_and_export_round_trips(writer):
