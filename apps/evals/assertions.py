@@ -68,7 +68,11 @@ def _clean_option(index: int, name: str, kind: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
             raise _fail(index, name, f"must be a number from 0 to 1 (got {value!r}).")
         return float(value)
-    return value  # json: any JSON value
+    try:  # json: any JSON value; Python's json reads NaN and Infinity, JSON has neither
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        raise _fail(index, name, "contains NaN or Infinity, which JSON does not allow.") from None
+    return value
 
 
 def clean_assertion(index: int, raw: Any) -> dict[str, Any]:

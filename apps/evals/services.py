@@ -75,6 +75,12 @@ def clean_tags(raw: Any) -> list[str]:
 def _clean_variables(template: PromptTemplate, raw: Any) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ValidationFailed("variables must be a JSON object.", field="variables")
+    try:  # Python's json reads NaN and Infinity; JSON columns refuse them
+        json.dumps(raw, allow_nan=False)
+    except ValueError:
+        raise ValidationFailed(
+            "variables contain NaN or Infinity, which JSON does not allow.", field="variables"
+        ) from None
     version = template.latest_version
     errors = validate_variables(version.input_schema, raw) if version else []
     if errors:
@@ -110,6 +116,12 @@ def _clean_case(template: PromptTemplate, data: dict[str, Any]) -> dict[str, Any
     return cleaned
 
 
+def _name_taken(template: PromptTemplate, name: str, but: TestCase | None = None) -> bool:
+    """After an IntegrityError: was it the unique name (a concurrent request took it)?"""
+    cases = TestCase.objects.filter(template=template, name=name)
+    return cases.exclude(pk=but.pk).exists() if but else cases.exists()
+
+
 def _case_data(case: TestCase) -> dict[str, Any]:
     return {
         "name": case.name,
@@ -143,7 +155,9 @@ def test_case_create(
                 squad_id=template.squad_id, template=template, created_by=actor, **data
             )
     except IntegrityError as exc:
-        raise taken from exc
+        if _name_taken(template, data["name"]):
+            raise taken from exc
+        raise
     audit_log(
         actor=actor,
         action="eval.case_created",
@@ -196,7 +210,9 @@ def test_case_update(
         with transaction.atomic():  # another request may take the name after the check
             case.save()
     except IntegrityError as exc:
-        raise taken from exc
+        if _name_taken(template, data["name"], but=case):
+            raise taken from exc
+        raise
     audit_log(
         actor=actor,
         action="eval.case_updated",
@@ -331,6 +347,8 @@ def test_cases_import(
                         squad_id=template.squad_id, template=template, created_by=actor, **data
                     )
             except IntegrityError as exc:
+                if not _name_taken(template, data["name"]):
+                    raise
                 raise Conflict(
                     f"A test case named '{data['name']}' was added meanwhile; nothing was "
                     "imported. Import the file again to replace it.",

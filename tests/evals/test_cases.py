@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from django.db.models.signals import pre_save
+from django.db.models import QuerySet
 
 from apps.audit.models import AuditEvent
 from apps.core.exceptions import Conflict, PermissionDenied, ValidationFailed
@@ -57,6 +57,13 @@ def test_who_writes_cases(writer):
             "No enabled model target named 'nope'",
         ),
         ({"tags": "a,b"}, "tags", "list of strings"),
+        # Python's json reads NaN and Infinity; JSON columns refuse them (a 500 on save)
+        ({"variables": {"topic": "x", "w": float("nan")}}, "variables", "NaN or Infinity"),
+        (
+            {"assertions": [{"type": "equals_json", "value": {"a": [float("inf")]}}]},
+            "assertions[0].value",
+            "NaN or Infinity",
+        ),
     ],
 )
 def test_bad_cases_are_refused_naming_the_field(writer, changes, field, message):
@@ -79,21 +86,26 @@ def test_duplicate_names_conflict(writer):
 
 
 @pytest.fixture
-def racing_writer(writer):
-    """Another request creates a case named 'taken' between the service's name check and
-    its own write (emulated: the first TestCase save inserts it first)."""
-    state = {"raced": False}
+def racing_writer(writer, monkeypatch):
+    """Another request creates a case named 'taken' right after the service checked the
+    name (emulated: the case exists, but the service's first look for it does not see it:
+    the name check of create and rename, the locked read of the existing cases of import)."""
+    Case.objects.create(squad_id=writer.template.squad_id, template=writer.template, name="taken")
+    exists, for_update, state = QuerySet.exists, QuerySet.select_for_update, {"raced": False}
 
-    def insert_first(sender, instance, **kwargs):
-        if not state["raced"] and instance.name == "taken":
+    def stale(self):
+        if self.model is Case and not state["raced"]:
             state["raced"] = True
-            Case.objects.create(
-                squad_id=instance.squad_id, template=instance.template, name="taken"
-            )
+            return True
+        return False
 
-    pre_save.connect(insert_first, sender=Case, weak=False)
-    yield writer
-    pre_save.disconnect(insert_first, sender=Case)
+    monkeypatch.setattr(QuerySet, "exists", lambda qs: False if stale(qs) else exists(qs))
+    monkeypatch.setattr(
+        QuerySet,
+        "select_for_update",
+        lambda qs, **kw: for_update(qs.exclude(name="taken") if stale(qs) else qs, **kw),
+    )
+    return writer
 
 
 @pytest.mark.parametrize("how", ["create", "rename", "import"])
@@ -103,8 +115,10 @@ def test_a_name_taken_meanwhile_is_a_conflict_not_a_500(racing_writer, how):
         if how == "create":
             add_case(template, "taken", "x", CONTAINS)
         elif how == "rename":
-            case = add_case(template, "mine", "x", CONTAINS)
-            services.test_case_update(actor=engineer, case=case, name="taken")
+            case = Case.objects.create(squad_id=template.squad_id, template=template, name="mine")
+            services.test_case_update(
+                actor=engineer, case=case, name="taken", variables={"topic": "x"}
+            )
         else:
             content = (_line(name="taken") + "\n").encode()
             services.test_cases_import(actor=engineer, template=template, content=content)
