@@ -5,6 +5,7 @@ import os
 from collections.abc import Iterable, Iterator
 from urllib.parse import urlsplit
 
+import structlog
 from django.conf import settings
 from django.db.models import Count, F, Q
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -15,6 +16,7 @@ from studio.celery import Queue
 _REDIS_SEP = "\x06\x16"
 _REDIS_PRIORITY_STEPS = (0, 3, 6, 9)
 _redis_clients: dict[str, object] = {}
+logger = structlog.get_logger("studio.metrics")
 
 
 def _redis_depths(url: str, queues: Iterable[str]) -> dict[str, int]:
@@ -77,7 +79,11 @@ class QueueDepthCollector:
             "Messages waiting in each Celery queue (not yet taken by a worker).",
             labels=["queue"],
         )
-        depths = queue_depths(self.queues)
+        try:
+            depths = queue_depths(self.queues)
+        except Exception:  # broker down: the scrape's other metrics matter most right now
+            logger.warning("celery queue depth unavailable", exc_info=True)
+            depths = None
         for queue, depth in (depths or {}).items():
             family.add_metric([queue], depth)
         yield family

@@ -100,3 +100,16 @@ def test_api_routes_are_labelled_by_pattern(squad, api_as, samples):
     fetch = "/api/v1/squads/<slug:squad>/prompts/<slug:slug>"
     assert samples.delta(count, view=fetch, method="GET", status="2xx") == 1
     assert samples.delta(count, view="/api/v1/squads/<squad>/targets", method="GET", status="2xx")
+
+
+def test_an_unreachable_broker_leaves_out_queue_depth_not_the_whole_scrape(settings):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings.CELERY_BROKER_URL = f"redis://127.0.0.1:{port}/0"
+    status, body = scrape(REMOTE_ADDR="127.0.0.1")
+    assert status == 200
+    assert "studio_review_backlog" in body
+    assert 'studio_celery_queue_depth{queue="default"}' not in body
