@@ -114,11 +114,13 @@ def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, s
         http.client.HTTPException,
     ) as exc:
         reason = getattr(exc, "reason", exc)
-        return None, "", f"{type(exc).__name__}: {reason}"[:500]
+        error = f"{type(exc).__name__}: {reason}".replace("\x00", "\ufffd")
+        return None, "", error[:500]
 
 
 def _excerpt(raw: bytes) -> str:
-    return raw[:EXCERPT_BYTES].decode("utf-8", errors="replace")
+    # NUL as U+FFFD too: PostgreSQL text cannot hold it, and the attempt must be recorded.
+    return raw[:EXCERPT_BYTES].decode("utf-8", errors="replace").replace("\x00", "\ufffd")
 
 
 def delivery_attempt(*, delivery_id: int) -> WebhookDelivery | None:

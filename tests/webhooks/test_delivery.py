@@ -304,8 +304,9 @@ def test_a_redirect_is_not_followed_and_counts_as_failed(
     assert len(server.requests) == 1
 
 
+@pytest.mark.parametrize("garbage", [b"SSH-2.0-OpenSSH_9.6\r\n", b"\x00\x00binary\r\n"])
 def test_a_receiver_answering_garbage_counts_as_a_failed_attempt(
-    make_webhook, scheduled, django_capture_on_commit_callbacks
+    make_webhook, scheduled, django_capture_on_commit_callbacks, garbage
 ) -> None:
     """http.client's BadStatusLine is not an OSError: it must be recorded like any failure,
     not escape the task (no attempt logged, no backoff, never reaching max attempts)."""
@@ -316,7 +317,7 @@ def test_a_receiver_answering_garbage_counts_as_a_failed_attempt(
         conn, _ = server.accept()
         with conn:
             conn.recv(65536)
-            conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+            conn.sendall(garbage)
 
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
@@ -333,6 +334,7 @@ def test_a_receiver_answering_garbage_counts_as_a_failed_attempt(
     assert delivery.status == "retrying"
     assert delivery.last_status_code is None
     assert "BadStatusLine" in delivery.last_error
+    assert "\x00" not in delivery.last_error  # PostgreSQL text cannot hold it
     (attempt,) = delivery.attempt_log.all()
     assert attempt.number == 1 and attempt.error == delivery.last_error
     assert scheduled == [(delivery.pk, dl.backoff(1))]
@@ -360,3 +362,21 @@ def test_attempts_that_never_recorded_an_outcome_still_count_towards_the_maximum
     assert delivery.next_attempt_at is None
     assert "attempt 2" in delivery.last_error
     assert dl.deliveries_retry_due() == []
+
+
+def test_nul_bytes_in_the_response_are_not_stored(
+    make_webhook, scheduled, django_capture_on_commit_callbacks, monkeypatch
+) -> None:
+    """PostgreSQL text cannot hold NUL: a receiver answering binary must not make the
+    attempt's record fail (the delivery would never be marked delivered)."""
+    make_webhook()
+    delivery = _emit(django_capture_on_commit_callbacks)
+    monkeypatch.setattr(
+        dl, "_post", lambda url, body, headers: (200, dl._excerpt(b"ok\x00\x1f\x8b"), "")
+    )
+    dl.delivery_attempt(delivery_id=delivery.pk)
+    delivery.refresh_from_db()
+    assert delivery.status == "succeeded"
+    assert "\x00" not in delivery.response_excerpt
+    assert delivery.response_excerpt.startswith("ok")
+    assert "\x00" not in delivery.attempt_log.get().response_excerpt
