@@ -142,8 +142,8 @@ def generation_feedback(request: HttpRequest, squad: str, generation_id: int) ->
 
 
 def _pick(board: Dashboard, raw: str | None, default: VersionStats | None) -> VersionStats | None:
-    # isdecimal, not isdigit: int() refuses digits such as "²".
-    if raw and raw.isdecimal():
+    # isdecimal, not isdigit: int() refuses digits such as "²" (and over 4,300 digits).
+    if raw and raw.isdecimal() and len(raw) < 19:
         found = board.stats_of(int(raw))
         if found is not None:
             return found
@@ -290,7 +290,8 @@ def alert_acknowledge(request: HttpRequest, squad: str, alert_id: int) -> HttpRe
 
 def _int_or_text(raw: str) -> Any:
     raw = raw.strip()
-    return int(raw) if raw.isdecimal() else raw
+    # isdecimal, not isdigit: int() refuses digits such as "²" (and over 4,300 digits).
+    return int(raw) if raw.isdecimal() and len(raw) < 19 else raw
 
 
 @login_required

@@ -189,3 +189,10 @@ def test_dashboard_version_choice_with_a_non_decimal_digit_falls_back(board_data
     page = _client("viewer").get("/squads/acme/prompts/support/dashboard?a=%C2%B2&b=%C2%B3")
     assert page.status_code == 200
     assert "v2 compared with v1" in page.content.decode()
+
+
+def test_dashboard_version_choice_with_too_many_digits_falls_back(board_data):
+    # int() refuses strings of more than 4,300 digits (ValueError).
+    page = _client("viewer").get(f"/squads/acme/prompts/support/dashboard?a={'9' * 5000}")
+    assert page.status_code == 200
+    assert "v2 compared with v1" in page.content.decode()

@@ -183,3 +183,14 @@ def test_admin_feedback_list_costs_the_same_however_many_rows(squad):
     with CaptureQueriesContext(connection) as five:
         assert staff.get("/admin/feedback/feedback/").status_code == 200
     assert len(five) == len(one)
+
+
+def test_rule_form_with_more_digits_than_int_converts_is_refused_not_a_500(squad):
+    # int() refuses strings of more than 4,300 digits (ValueError).
+    response = _client("engineer").post(
+        "/squads/acme/alerts/rule",
+        {"threshold": "0.2", "window": "9" * 5000, "baseline_size": "100", "min_samples": "50"},
+    )
+    assert response.status_code == 422
+    assert "window must be a whole number" in response.content.decode()
+    assert not AlertRule.objects.exists()
