@@ -87,6 +87,10 @@ def _clean_scale(scale: Any) -> tuple[float, float]:
         raise ValidationFailed(
             f"scale must go from low to high: {scale[0]} is not below {scale[1]}.", field="scale"
         )
+    if not math.isfinite(high - low):  # normalising would divide by infinity
+        raise ValidationFailed(
+            f"scale is too wide: {high:g} − {low:g} is beyond a number's range.", field="scale"
+        )
     return low, high
 
 

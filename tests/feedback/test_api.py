@@ -148,3 +148,19 @@ def test_nul_characters_are_refused(generation, api_as, body, field):
     assert response.status_code == 422, response.content
     assert response.json()["field"] == field
     assert not Feedback.objects.exists()
+
+
+@pytest.mark.parametrize("score", [1e308, -1e308, 0.0])
+def test_a_scale_wider_than_a_float_holds_is_refused(generation, api_as, score):
+    # high - low overflowed to inf: (score - low) / inf gave NaN or 0 and the NaN row
+    # failed the value constraint with a 500.
+    response = api_as("viewer").call(
+        "POST", URL.format(generation.pk), {"score": score, "scale": [-1e308, 1e308]}
+    )
+    assert response.status_code == 422, response.content
+    assert response.json()["field"] == "scale"
+    assert not Feedback.objects.exists()
+    wide = api_as("sme").call(
+        "POST", URL.format(generation.pk), {"score": 1e307, "scale": [-1e307, 1e307]}
+    )
+    assert wide.status_code == 201 and wide.json()["value"] == pytest.approx(1.0)
