@@ -24,6 +24,11 @@ if STUDIO_METRICS_TOKEN and len(STUDIO_METRICS_TOKEN) < 32:
         "STUDIO_METRICS_TOKEN must be at least 32 characters (or empty: allow-list only)."
     )
 
+# Behind a reverse proxy on the same host every request arrives from 127.0.0.1, so a
+# loopback allow-list would open /metrics to the internet: in production only addresses
+# listed explicitly (or the token) may scrape.
+STUDIO_METRICS_ALLOW = env.list("STUDIO_METRICS_ALLOW", default=[])
+
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
 # Prometheus and load balancers call the nodes directly over plain HTTP on the inside.

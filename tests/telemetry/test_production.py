@@ -50,3 +50,24 @@ def test_metrics_are_served_over_plain_http_in_production(tmp_path):
     assert result.returncode == 0, result.stderr
     # /metrics answers; any other page is still redirected to HTTPS.
     assert result.stdout.split()[-2:] == ["200", "301"]
+
+
+ALLOW_CHECK = "from django.conf import settings; print(repr(settings.STUDIO_METRICS_ALLOW))"
+
+
+def test_production_allows_no_address_unless_listed(tmp_path):
+    """Behind a same-host proxy every request comes from loopback: production does not
+    trust it by default."""
+    env = {"STUDIO_DATA_DIR": str(tmp_path), **PRODUCTION}
+    default = _manage("shell", "--settings=studio.settings.production", "-c", ALLOW_CHECK, **env)
+    assert default.returncode == 0, default.stderr
+    assert default.stdout.strip().splitlines()[-1] == "[]"
+    listed = _manage(
+        "shell",
+        "--settings=studio.settings.production",
+        "-c",
+        ALLOW_CHECK,
+        STUDIO_METRICS_ALLOW="10.0.0.5/32",
+        **env,
+    )
+    assert listed.stdout.strip().splitlines()[-1] == "['10.0.0.5/32']"
