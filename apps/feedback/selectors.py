@@ -236,6 +236,8 @@ def _latency(
             .order_by()
         )
         for row in grouped:
+            if row["day"] not in index:  # stamped after today (a clock ahead): no bucket
+                continue
             daily[(row["prompt_version_id"], index[row["day"]])] = {
                 "latency_p50": row["p50"],
                 "latency_p95": row["p95"],

@@ -196,3 +196,15 @@ def test_dashboard_version_choice_with_too_many_digits_falls_back(board_data):
     page = _client("viewer").get(f"/squads/acme/prompts/support/dashboard?a={'9' * 5000}")
     assert page.status_code == 200
     assert "v2 compared with v1" in page.content.decode()
+
+
+def test_a_generation_stamped_after_today_has_no_bucket_and_breaks_nothing(squad):
+    """A worker whose clock runs ahead can stamp a generation tomorrow: it counts in the
+    range's totals but in no day (on PostgreSQL this was a KeyError)."""
+    v1 = f.version(squad)
+    f.generation(squad, latency_ms=300)
+    f.generation(squad, latency_ms=700, created_at=timezone.now() + timedelta(days=2))
+    board = selectors.template_dashboard(
+        user=UserFactory(username="owner"), template=v1.template, days=7
+    )
+    assert board.versions
