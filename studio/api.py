@@ -5,10 +5,14 @@ browser session, which must carry the CSRF token on unsafe methods. Errors are
 JSON: `{"detail": "...", "field": "..."}`; 401 says why authentication failed.
 """
 
+import json
+
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.parser import Parser
 from ninja.security import HttpBearer
+from ninja.types import DictStrAny
 from ninja.utils import check_csrf
 
 from apps.audit.api import router as audit_router
@@ -62,7 +66,20 @@ class BearerOrSession(HttpBearer):
         return user
 
 
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON (numbers must be finite)")
+
+
+class StrictJSONParser(Parser):
+    """JSON as RFC 8259 has it: Python's parser also takes NaN and Infinity, which
+    PostgreSQL's jsonb refuses at save time (a 500 instead of a 422 saying where)."""
+
+    def parse_body(self, request: HttpRequest) -> DictStrAny:
+        return json.loads(request.body, parse_constant=_no_constant)
+
+
 api = NinjaAPI(
+    parser=StrictJSONParser(),
     title="Studio API",
     version="1",
     description=__doc__ or "",

@@ -45,6 +45,9 @@ def test_member_management_through_the_api(squad, api_as):
     ("method", "path", "body", "raw", "status", "says"),
     [
         ("POST", "/api/v1/squads", None, '{"name": "x",', 400, "Malformed JSON body"),
+        # Python's parser takes these; PostgreSQL's jsonb would refuse them at save time.
+        ("POST", "/api/v1/squads", None, '{"name": NaN, "slug": "x"}', 400, "NaN is not JSON"),
+        ("POST", "/api/v1/squads", None, '{"n": -Infinity}', 400, "-Infinity is not JSON"),
         ("POST", "/api/v1/squads", None, "[1, 2]", 422, "Invalid request"),
         ("POST", "/api/v1/squads", {"slug": "no-name"}, None, 422, "name"),
         ("POST", "/api/v1/squads", {"name": "n" * 101, "slug": "ok"}, None, 422, "name"),
