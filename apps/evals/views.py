@@ -14,6 +14,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import trigger_client_event
 
 from apps.core.exceptions import ApplicationError, ValidationFailed
+from apps.core.http import parse_id
 from apps.evals import selectors, services
 from apps.evals.models import EvalRun, TestCase
 from apps.generation.selectors import model_target_list_for_user
@@ -89,6 +90,20 @@ def _cases_context(request: HttpRequest, template: PromptTemplate, **extra: Any)
     }
 
 
+def _posted_case(request: HttpRequest) -> dict[str, str]:
+    return {k: request.POST.get(k, "") for k in ("name", "variables", "assertions", "tags")}
+
+
+def _case_fields(form: dict[str, str]) -> dict[str, Any]:
+    """The case form's fields as the services take them (JSON errors name the field)."""
+    return {
+        "name": form["name"],
+        "variables": _json_field(form["variables"], "variables", "Variables"),
+        "assertions": _json_field(form["assertions"], "assertions", "Assertions"),
+        "tags": _tags(form["tags"]),
+    }
+
+
 @login_required
 @require_http_methods(["GET", "POST"])
 def cases(request: HttpRequest, squad: str, slug: str) -> HttpResponse:
@@ -96,16 +111,10 @@ def cases(request: HttpRequest, squad: str, slug: str) -> HttpResponse:
     template = _template(request, squad, slug)
     if request.method == "GET":
         return render(request, "evals/cases.html", _cases_context(request, template))
-    form = {k: request.POST.get(k, "") for k in ("name", "variables", "assertions", "tags")}
+    form = _posted_case(request)
     try:
         services.test_case_create(
-            actor=request.user,
-            template=template,
-            name=form["name"],
-            variables=_json_field(form["variables"], "variables", "Variables"),
-            assertions=_json_field(form["assertions"], "assertions", "Assertions"),
-            tags=_tags(form["tags"]),
-            request=request,
+            actor=request.user, template=template, **_case_fields(form), request=request
         )
     except ApplicationError as exc:
         context = _cases_context(request, template, form=form, case_error=exc)
@@ -128,16 +137,10 @@ def case_edit(request: HttpRequest, squad: str, slug: str, case_id: int) -> Http
     }
     if request.method == "GET":
         return render(request, "evals/case_edit.html", context)
-    form = {k: request.POST.get(k, "") for k in ("name", "variables", "assertions", "tags")}
+    form = _posted_case(request)
     try:
         services.test_case_update(
-            actor=request.user,
-            case=case,
-            name=form["name"],
-            variables=_json_field(form["variables"], "variables", "Variables"),
-            assertions=_json_field(form["assertions"], "assertions", "Assertions"),
-            tags=_tags(form["tags"]),
-            request=request,
+            actor=request.user, case=case, **_case_fields(form), request=request
         )
     except ApplicationError as exc:
         context.update(form=form, case_error=exc)
@@ -198,11 +201,11 @@ def case_export(request: HttpRequest, squad: str, slug: str) -> HttpResponse:
 def run_start(request: HttpRequest, squad: str, slug: str) -> HttpResponse:
     template = _template(request, squad, slug)
     try:
-        raw = request.POST.get("version", "").strip()
-        if not raw.isdecimal():  # isdigit() accepts "²", which int() refuses
+        number = parse_id(request.POST.get("version"))
+        if number is None:
             raise ValidationFailed("Choose a version to evaluate.", field="version")
         version = prompt_selectors.prompt_version_get(
-            user=request.user, template=template, number=int(raw)
+            user=request.user, template=template, number=number
         )
         run = services.eval_run_create(
             actor=request.user,
@@ -273,11 +276,11 @@ def run_cancel(request: HttpRequest, squad: str, run_id: int) -> HttpResponse:
 def compare(request: HttpRequest, squad: str) -> HttpResponse:
     """Two runs of one prompt case by case (?base=<run>&head=<run>)."""
     squad_obj = squad_get_for_user(user=request.user, slug=squad)
-    base, head = request.GET.get("base", ""), request.GET.get("head", "")
-    if not (base.isdecimal() and head.isdecimal()):
+    base, head = parse_id(request.GET.get("base")), parse_id(request.GET.get("head"))
+    if base is None or head is None:
         raise ValidationFailed("Choose two runs to compare (?base=<run>&head=<run>).", field="base")
     comparison = selectors.compare_runs(
-        user=request.user, squad=squad_obj, base_id=int(base), head_id=int(head)
+        user=request.user, squad=squad_obj, base_id=base, head_id=head
     )
     context = {
         "squad": squad_obj,

@@ -13,6 +13,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from apps.core.exceptions import ApplicationError, PermissionDenied
+from apps.core.http import parse_id
 from apps.feedback import charts, selectors, services
 from apps.feedback.selectors import RANGES, Dashboard, VersionStats
 from apps.generation.models import Generation
@@ -142,9 +143,9 @@ def generation_feedback(request: HttpRequest, squad: str, generation_id: int) ->
 
 
 def _pick(board: Dashboard, raw: str | None, default: VersionStats | None) -> VersionStats | None:
-    # isdecimal, not isdigit: int() refuses digits such as "²" (and over 4,300 digits).
-    if raw and raw.isdecimal() and len(raw) < 19:
-        found = board.stats_of(int(raw))
+    number = parse_id(raw)
+    if number is not None:
+        found = board.stats_of(number)
         if found is not None:
             return found
     return default
@@ -290,8 +291,8 @@ def alert_acknowledge(request: HttpRequest, squad: str, alert_id: int) -> HttpRe
 
 def _int_or_text(raw: str) -> Any:
     raw = raw.strip()
-    # isdecimal, not isdigit: int() refuses digits such as "²" (and over 4,300 digits).
-    return int(raw) if raw.isdecimal() and len(raw) < 19 else raw
+    number = parse_id(raw)
+    return number if number is not None else raw
 
 
 @login_required

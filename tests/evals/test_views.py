@@ -93,6 +93,12 @@ def test_unparseable_form_input_is_a_422_not_a_500(writer, fake_server):
     assert client.get(f"/squads/acme/evals/compare?base=²&head={run.pk}").status_code == 422
     start = client.post("/squads/acme/evals/prompts/writer/runs", {"version": "²"})
     assert start.status_code == 422 and b"Choose a version" in start.content
+    # 25 digits: no database integer holds it (SQLite raised OverflowError, PostgreSQL a
+    # DataError)
+    huge = "9" * 25
+    assert client.get(f"/squads/acme/evals/compare?base={huge}&head={run.pk}").status_code == 422
+    start = client.post("/squads/acme/evals/prompts/writer/runs", {"version": huge})
+    assert start.status_code == 422
     # json.loads raises RecursionError, not JSONDecodeError, on deep nesting
     deep = {"name": "deep", "variables": '{"topic": "x"}', "assertions": "[" * 100_000}
     refused = client.post(PAGE, deep)
