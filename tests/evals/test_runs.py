@@ -223,11 +223,14 @@ def test_a_failing_model_fails_the_case(squad):
     }
 
 
-def test_governance_blocks_on_the_eval_path(writer, fake_server, squad):
+def test_governance_blocks_redacts_and_flags_on_the_eval_path(writer, fake_server, squad):
     governance.policy_update(
         actor=UserFactory(username="compliance"),
         squad=squad,
-        rules={"pii": {"ssn": "block", "email": "redact"}},
+        rules={"pii": {"ssn": "block", "email": "redact", "phone": "flag"}},
+    )
+    add_case(
+        writer.template, "phone", "ring +44 20 7946 0958", [{"type": "contains", "value": "echo"}]
     )
     add_case(writer.template, "ssn", "ssn 123-45-6789", [{"type": "not_contains", "value": "x"}])
     add_case(
@@ -242,8 +245,11 @@ def test_governance_blocks_on_the_eval_path(writer, fake_server, squad):
     assert "Blocked by the squad's governance policy v1" in blocked.assertion_results[0]["detail"]
     redacted = results["mail"]
     assert redacted.passed and redacted.output == "echo: Write about mail [EMAIL_1]."
-    sent = [r["messages"][-1]["content"] for r in fake_server.requests]
-    assert sent == ["Write about mail [EMAIL_1]."]  # the blocked case never reached the model
+    flagged = results["phone"]
+    assert flagged.passed and {f["action"] for f in flagged.generation.findings} == {"flag"}
+    sent = sorted(r["messages"][-1]["content"] for r in fake_server.requests)
+    # The flagged value goes as it is; the blocked case never reached the model.
+    assert sent == ["Write about mail [EMAIL_1].", "Write about ring +44 20 7946 0958."]
 
 
 def test_variables_refused_by_a_newer_schema_fail_the_case(writer, fake_server):
