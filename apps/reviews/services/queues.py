@@ -994,8 +994,8 @@ def review_next_item(*, actor: User, queue: ReviewQueue) -> ReviewItem | None:
 
     Their own live claim comes first (a reload returns the same item). Otherwise expired
     claims are released and the first item, by id, that is short of `overlap` reviewers
-    and that they have never claimed is locked (skipping items other transactions hold)
-    and claimed. An annotation always leaves a completed assignment behind, so "never
+    and that they have never claimed is locked (skipping items other transactions hold;
+    when every open item is held, waiting for the first) and claimed. An annotation always leaves a completed assignment behind, so "never
     claimed" also means "never annotated". Cost: index lookups on the partial indexes
     review_assignment_live, review_assignment_expiry and review_item_open; the last
     scan passes over open items the reviewer already holds (their lead over the other
@@ -1015,13 +1015,13 @@ def review_next_item(*, actor: User, queue: ReviewQueue) -> ReviewItem | None:
         return own.item
     _release_expired(queue, now)
     held = ReviewAssignment.objects.filter(item=OuterRef("pk"), reviewer=actor)
-    item = (
-        queue_items(queue)
-        .filter(is_full=False)
-        .filter(~Exists(held))
-        .select_for_update(skip_locked=True, of=("self",), no_key=True)
-        .first()
-    )
+    candidates = queue_items(queue).filter(is_full=False).filter(~Exists(held))
+    item = candidates.select_for_update(skip_locked=True, of=("self",), no_key=True).first()
+    if item is None:
+        # Every open item may be held by another reviewer's claim in flight: wait for the
+        # first one rather than say "nothing left". PostgreSQL re-checks is_full on the
+        # row it waited for and moves on to the next one if it filled meanwhile.
+        item = candidates.select_for_update(of=("self",), no_key=True).first()
     if item is None:
         return None
     ReviewAssignment.objects.create(
