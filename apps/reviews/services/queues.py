@@ -995,8 +995,9 @@ def review_next_item(*, actor: User, queue: ReviewQueue) -> ReviewItem | None:
     Their own live claim comes first (a reload returns the same item). Otherwise expired
     claims are released and the first item, by id, that is short of `overlap` reviewers
     and that they have never claimed is locked (skipping items other transactions hold;
-    when every open item is held, waiting for the first) and claimed. An annotation always leaves a completed assignment behind, so "never
-    claimed" also means "never annotated". Cost: index lookups on the partial indexes
+    when every open item is held, waiting for the first) and claimed. An annotation
+    always leaves a completed assignment behind, so "never claimed" also means "never
+    annotated". Cost: index lookups on the partial indexes
     review_assignment_live, review_assignment_expiry and review_item_open; the last
     scan passes over open items the reviewer already holds (their lead over the other
     reviewers), never over the queue."""
