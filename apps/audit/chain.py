@@ -1,10 +1,21 @@
-"""The hash chain: canonical form of an event, and a streaming verifier."""
+"""The hash chain: canonical form of an event, and a streaming verifier.
+
+The hash covers exactly what the database gives back. `storable` and `storable_ip` map
+an event's data and address onto a form that PostgreSQL (jsonb, inet) and SQLite (JSON
+text) both return unchanged, so a legal value can never look like tampering later:
+jsonb keeps numbers as decimals (no -0.0; 1e+16 comes back as the integer
+10000000000000000), cannot hold NUL or lone surrogates, and inet prints IPv4-compatible
+IPv6 addresses with a dotted quad.
+"""
 
 import hashlib
+import ipaddress
 import json
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from apps.audit.models import GENESIS_HASH
@@ -24,6 +35,80 @@ CHAIN_FIELDS = (
     "prev_hash",
     "hash",
 )
+
+
+# Python writes floats from 1e16 up in exponent form; jsonb gives them back as integers.
+_EXPONENT_FORM = 1e16
+_NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
+_REPLACEMENT = "\ufffd"
+
+
+def _storable_text(text: str) -> str:
+    # Surrogate pairs become the character they encode (as json.loads makes them), lone
+    # surrogates and NUL (which jsonb refuses) the replacement character.
+    if text.isascii():
+        return text.replace("\x00", _REPLACEMENT)
+    joined = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return joined.replace("\x00", _REPLACEMENT)
+
+
+def storable(value: Any) -> Any:
+    """`value` (parsed JSON: dict, list, str, int, float, bool, None) in the form both
+    databases' JSON columns give back unchanged. -0.0 becomes 0.0, floats of 1e16 and more
+    become the integers jsonb makes of them, NaN and infinities the strings "NaN",
+    "Infinity", "-Infinity"; NUL and lone surrogates in strings and keys become U+FFFD."""
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return _NON_FINITE[value]
+        if value == 0:
+            return 0.0
+        if abs(value) >= _EXPONENT_FORM:
+            return int(Decimal(repr(value)))
+        return value
+    if isinstance(value, str):
+        return _storable_text(value)
+    if isinstance(value, dict):
+        return {_storable_text(str(k)): storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(v) for v in value]
+    raise TypeError(f"{type(value).__name__} is not a JSON value")
+
+
+def address(raw: str | None) -> str | None:
+    """One spelling per IP address, whichever the database gave back. Needed because none
+    is a fixed point of both: Django stores ::1.2.3.4 as ::102:304, which PostgreSQL's
+    inet prints as ::1.2.3.4 again. Not an address: returned unchanged."""
+    if not raw:
+        return raw or None
+    try:
+        parsed = ipaddress.ip_address(raw)
+    except ValueError:
+        return raw
+    if parsed.version == 4:
+        return str(parsed)
+    if parsed.ipv4_mapped is not None:
+        return f"::ffff:{parsed.ipv4_mapped}"
+    packed = parsed.packed
+    if packed[:12] == bytes(12) and packed[12:14] != b"\0\0":
+        # IPv4-compatible (::a.b.c.d): inet's spelling.
+        return f"::{ipaddress.IPv4Address(packed[12:])}"
+    return str(parsed)
+
+
+def storable_ip(raw: str | None) -> str | None:
+    """The caller's address for the ip column, or None when it is not an address (a
+    scope id such as %eth0 is dropped: inet cannot hold it)."""
+    if not raw:
+        return None
+    try:
+        ipaddress.ip_address(raw.split("%", 1)[0])
+    except ValueError:
+        return None
+    return address(raw.split("%", 1)[0])
 
 
 def canonical(
@@ -49,13 +134,19 @@ def canonical(
         "target_type": target_type,
         "target_id": target_id,
         "data": data,
-        "ip": ip,
+        "ip": address(ip),
     }
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def event_hash(prev_hash: str, canonical_event: bytes) -> str:
     return hashlib.sha256(prev_hash.encode() + canonical_event).hexdigest()
+
+
+def recompute(record: dict[str, Any]) -> str:
+    """The hash a stored row (a dict of CHAIN_FIELDS) should carry, from its own columns."""
+    fields = {k: v for k, v in record.items() if k not in ("prev_hash", "hash")}
+    return event_hash(record["prev_hash"], canonical(**fields))
 
 
 @dataclass(frozen=True)
@@ -92,13 +183,7 @@ def verify(rows: Iterable[tuple], *, start_sequence: int = 1) -> ChainReport:
             return ChainReport(
                 checked, sequence, f"sequence {sequence} does not follow its predecessor"
             )
-        recomputed = event_hash(
-            prev_hash,
-            canonical(
-                **{k: v for k, v in record.items() if k not in ("prev_hash", "hash")},
-            ),
-        )
-        if recomputed != record["hash"]:
+        if recompute(record) != record["hash"]:
             return ChainReport(
                 checked, sequence, f"sequence {sequence} was altered (hash mismatch)"
             )

@@ -46,8 +46,9 @@ def audit_log(
         target_id = target_id or target.pk
     if actor is not None and not actor.is_authenticated:
         actor = None
-    # Normalise to what the JSON column will give back, so the hash verifies later.
-    payload = json.loads(json.dumps(data or {}, cls=DjangoJSONEncoder))
+    # Hash what the database will give back (apps.audit.chain.storable), so a legal
+    # value never reads as tampering later.
+    payload = chain.storable(json.loads(json.dumps(data or {}, cls=DjangoJSONEncoder)))
     _lock_chain()
     last = AuditEvent.objects.order_by("-sequence").values_list("sequence", "hash").first()
     sequence, prev_hash = (last[0] + 1, last[1]) if last else (1, GENESIS_HASH)
@@ -61,7 +62,7 @@ def audit_log(
         "target_type": target_type,
         "target_id": str(target_id),
         "data": payload,
-        "ip": client_ip(request),
+        "ip": chain.storable_ip(client_ip(request)),
     }
     event_hash = chain.event_hash(prev_hash, chain.canonical(**fields))
     return AuditEvent.objects.create(**fields, prev_hash=prev_hash, hash=event_hash)

@@ -413,11 +413,6 @@ def _audit_rows(version: PromptVersion, requests: list[ReviewRequest]) -> list[d
     return out
 
 
-def _recomputed(record: dict[str, Any]) -> str:
-    fields = {k: v for k, v in record.items() if k not in ("prev_hash", "hash")}
-    return chain.event_hash(record["prev_hash"], chain.canonical(**fields))
-
-
 def _audit_part(version: PromptVersion, requests: list[ReviewRequest]) -> dict[str, Any]:
     records = _audit_rows(version, requests)
     squad_id = version.template.squad_id
@@ -431,7 +426,7 @@ def _audit_part(version: PromptVersion, requests: list[ReviewRequest]) -> dict[s
     events = []
     for record in records:
         sequence = record["sequence"]
-        hash_ok = _recomputed(record) == record["hash"]
+        hash_ok = chain.recompute(record) == record["hash"]
         if sequence == 1:
             link_ok = record["prev_hash"] == chain.GENESIS_HASH
         else:
