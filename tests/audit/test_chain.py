@@ -141,3 +141,23 @@ def test_trigger_rejects_update_and_delete(events):
         AuditEvent.objects.filter(sequence=2).delete()
     assert AuditEvent.objects.count() == 7
     call_command("audit_verify")
+
+
+@pytest.mark.postgres
+def test_trigger_rejects_truncate(events):
+    """Row triggers do not fire for TRUNCATE; a statement trigger does (migration 0003).
+    The test database runs with it off (tests/conftest.py): on again for this transaction."""
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE audit_auditevent ENABLE TRIGGER audit_event_no_truncate")
+    for statement in (
+        "TRUNCATE audit_auditevent",
+        "TRUNCATE audit_auditevent RESTART IDENTITY CASCADE",
+    ):
+        with (
+            pytest.raises((InternalError, ProgrammingError), match="append-only: TRUNCATE"),
+            transaction.atomic(),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute(statement)
+    assert AuditEvent.objects.count() == 7
+    call_command("audit_verify")
