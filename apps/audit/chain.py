@@ -154,22 +154,49 @@ class ChainReport:
     events_checked: int
     first_broken_sequence: int | None
     reason: str
+    anchors_checked: int = 0
 
     @property
     def intact(self) -> bool:
         return self.first_broken_sequence is None
 
 
-def verify(rows: Iterable[tuple], *, start_sequence: int = 1) -> ChainReport:
+@dataclass(frozen=True)
+class Anchor:
+    """A hash the row with this sequence must carry, from outside the database (a signed
+    checkpoint); `source` says which, for the report."""
+
+    sequence: int
+    hash: str
+    source: str
+
+
+def verify(
+    rows: Iterable[tuple], *, start_sequence: int = 1, anchors: Iterable[Anchor] = ()
+) -> ChainReport:
     """Walk rows (tuples in CHAIN_FIELDS order, ascending sequence) and stop at the first break.
 
     Detects an edited row (its hash no longer matches), a deleted row (a gap in
     the sequence, reported at the missing number) and reordered rows (a row
-    whose prev_hash is not its predecessor's hash).
+    whose prev_hash is not its predecessor's hash). With anchors it also detects a
+    history rewritten with recomputed hashes up to an anchored row (the row's hash
+    differs from the anchor's) and a removed tail (an anchor beyond the last row).
     """
+    by_sequence: dict[int, Anchor] = {}
+    for anchor in anchors:
+        if anchor.sequence == 0:
+            continue  # the empty chain: nothing to compare
+        seen = by_sequence.setdefault(anchor.sequence, anchor)
+        if seen.hash != anchor.hash:
+            return ChainReport(
+                0,
+                anchor.sequence,
+                f"two signed checkpoints disagree on sequence {anchor.sequence} "
+                f"({seen.source}; {anchor.source}): the history was forked",
+            )
     expected_sequence = start_sequence
     prev_hash = GENESIS_HASH
-    checked = 0
+    checked = anchored = 0
     for row in rows:
         record = dict(zip(CHAIN_FIELDS, row, strict=True))
         sequence = record["sequence"]
@@ -178,19 +205,41 @@ def verify(rows: Iterable[tuple], *, start_sequence: int = 1) -> ChainReport:
                 reason = f"sequence {expected_sequence} is missing (next present is {sequence})"
             else:
                 reason = f"sequence {sequence} appears out of order or twice"
-            return ChainReport(checked, expected_sequence, reason)
+            return ChainReport(checked, expected_sequence, reason, anchored)
         if record["prev_hash"] != prev_hash:
             return ChainReport(
-                checked, sequence, f"sequence {sequence} does not follow its predecessor"
+                checked, sequence, f"sequence {sequence} does not follow its predecessor", anchored
             )
         if recompute(record) != record["hash"]:
             return ChainReport(
-                checked, sequence, f"sequence {sequence} was altered (hash mismatch)"
+                checked, sequence, f"sequence {sequence} was altered (hash mismatch)", anchored
             )
+        anchor = by_sequence.get(sequence)
+        if anchor is not None:
+            if anchor.hash != record["hash"]:
+                return ChainReport(
+                    checked,
+                    sequence,
+                    f"sequence {sequence} differs from the signed checkpoint ({anchor.source}): "
+                    f"history up to it was rewritten",
+                    anchored,
+                )
+            anchored += 1
         prev_hash = record["hash"]
         expected_sequence += 1
         checked += 1
-    return ChainReport(checked, None, f"{checked} events, chain intact")
+    beyond = [a for a in by_sequence.values() if a.sequence >= expected_sequence]
+    if beyond:
+        last = max(beyond, key=lambda a: a.sequence)
+        return ChainReport(
+            checked,
+            expected_sequence,
+            f"the chain ends at sequence {expected_sequence - 1} but a signed checkpoint "
+            f"({last.source}) covers sequence {last.sequence}: events were removed",
+            anchored,
+        )
+    suffix = f", {anchored} signed checkpoints matched" if anchored else ""
+    return ChainReport(checked, None, f"{checked} events, chain intact{suffix}", anchored)
 
 
 def iter_chain_rows(queryset: Any, chunk_size: int = 5000) -> Iterator[tuple]:

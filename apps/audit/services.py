@@ -1,13 +1,15 @@
 import json
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.core.cache import cache
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, models, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
-from apps.audit import chain
+from apps.audit import chain, checkpoints
 from apps.audit.models import GENESIS_HASH, AuditEvent, ChainVerification
 from apps.core.exceptions import PermissionDenied
 from apps.core.http import client_ip
@@ -68,8 +70,55 @@ def audit_log(
     return AuditEvent.objects.create(**fields, prev_hash=prev_hash, hash=event_hash)
 
 
-def chain_verify() -> chain.ChainReport:
-    return chain.verify(chain.iter_chain_rows(AuditEvent.objects.all()))
+CHECKPOINT_DUE_KEY = "studio:audit:checkpoint-due"
+
+
+def chain_head() -> tuple[int, str]:
+    """(sequence, hash) of the newest committed event; (0, genesis) for an empty chain."""
+    head = AuditEvent.objects.order_by("-sequence").values_list("sequence", "hash").first()
+    return head or (0, GENESIS_HASH)
+
+
+def checkpoint_emit(*, reason: str) -> checkpoints.Checkpoint:
+    """Sign the chain's head and publish it outside the database (log line, checkpoint
+    file). Call after commit (transaction.on_commit or outside a transaction): a checkpoint
+    of a head that is then rolled back would later read as a removed tail."""
+    sequence, head_hash = chain_head()
+    checkpoint = checkpoints.sign(sequence=sequence, head_hash=head_hash, reason=reason)
+    checkpoints.publish(checkpoint)
+    return checkpoint
+
+
+def checkpoint_emit_if_due() -> checkpoints.Checkpoint | None:
+    """The scheduled checkpoint (the workers' sweeper calls this every minute): one per
+    STUDIO_AUDIT_CHECKPOINT_SECONDS across the workers sharing the cache; 0 turns it off."""
+    interval = settings.STUDIO_AUDIT_CHECKPOINT_SECONDS
+    if interval <= 0 or not cache.add(CHECKPOINT_DUE_KEY, 1, timeout=interval):
+        return None
+    return checkpoint_emit(reason="schedule")
+
+
+def checkpoint_anchors(source: str) -> list[chain.Anchor]:
+    """The signed checkpoints in a file or at a URL as anchors for `chain.verify`; raises
+    checkpoints.CheckpointRefused for one that does not verify."""
+    return [
+        chain.Anchor(
+            sequence=c.sequence,
+            hash=c.hash,
+            source=f"{c.reason} checkpoint signed {c.signed_at} with key {c.key_id}",
+        )
+        for c in checkpoints.load(source)
+    ]
+
+
+def default_checkpoint_source() -> str | None:
+    """The configured checkpoint file, when there is one."""
+    path = checkpoints.checkpoint_file()
+    return str(path) if path is not None and path.exists() else None
+
+
+def chain_verify(*, anchors: list[chain.Anchor] | None = None) -> chain.ChainReport:
+    return chain.verify(chain.iter_chain_rows(AuditEvent.objects.all()), anchors=anchors or ())
 
 
 @transaction.atomic
@@ -95,7 +144,8 @@ def chain_verification_run(*, verification_id: int) -> ChainVerification:
         verification.started_at = timezone.now()
         verification.save(update_fields=["status", "started_at"])
     try:
-        report = chain_verify()
+        source = default_checkpoint_source()
+        report = chain_verify(anchors=checkpoint_anchors(source) if source else None)
     except Exception as exc:
         verification.status = ChainVerification.Status.FAILED
         verification.detail = f"verification could not run: {exc}"
@@ -125,7 +175,9 @@ def chain_verification_run(*, verification_id: int) -> ChainVerification:
 def audit_export_record(
     *, actor: AbstractBaseUser, filters: dict[str, Any], fmt: str, request: HttpRequest | None
 ) -> None:
-    """Record that someone exported the log (the export itself is a read)."""
+    """Record that someone exported the log (the export itself is a read), and once that
+    commits, publish a signed checkpoint of the head: the exported hashes stay checkable
+    against it."""
     squad = None
     if filters.get("squad"):
         from apps.squads.models import Squad
@@ -138,3 +190,4 @@ def audit_export_record(
         data={"format": fmt, "filters": {k: v for k, v in filters.items() if v}},
         request=request,
     )
+    transaction.on_commit(lambda: checkpoint_emit(reason="export"), robust=True)
