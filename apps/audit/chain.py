@@ -155,6 +155,7 @@ class ChainReport:
     first_broken_sequence: int | None
     reason: str
     anchors_checked: int = 0
+    reanchored: tuple[int, ...] = ()
 
     @property
     def intact(self) -> bool:
@@ -171,8 +172,23 @@ class Anchor:
     source: str
 
 
+@dataclass(frozen=True)
+class Reanchored:
+    """A row a bug broke, acknowledged by a signed `audit.chain_reanchored` event: accepted
+    while it still carries `stored_hash` and its content still hashes to `content_hash`."""
+
+    sequence: int
+    stored_hash: str
+    content_hash: str
+    source: str
+
+
 def verify(
-    rows: Iterable[tuple], *, start_sequence: int = 1, anchors: Iterable[Anchor] = ()
+    rows: Iterable[tuple],
+    *,
+    start_sequence: int = 1,
+    anchors: Iterable[Anchor] = (),
+    reanchored: Iterable[Reanchored] = (),
 ) -> ChainReport:
     """Walk rows (tuples in CHAIN_FIELDS order, ascending sequence) and stop at the first break.
 
@@ -181,7 +197,11 @@ def verify(
     whose prev_hash is not its predecessor's hash). With anchors it also detects a
     history rewritten with recomputed hashes up to an anchored row (the row's hash
     differs from the anchor's) and a removed tail (an anchor beyond the last row).
+    A row whose content no longer hashes to its stored hash is accepted only when it is
+    re-anchored exactly as it is now, and listed in the report.
     """
+    acknowledged = {r.sequence: r for r in reanchored}
+    accepted: list[int] = []
     by_sequence: dict[int, Anchor] = {}
     for anchor in anchors:
         if anchor.sequence == 0:
@@ -210,10 +230,14 @@ def verify(
             return ChainReport(
                 checked, sequence, f"sequence {sequence} does not follow its predecessor", anchored
             )
-        if recompute(record) != record["hash"]:
-            return ChainReport(
-                checked, sequence, f"sequence {sequence} was altered (hash mismatch)", anchored
-            )
+        content_hash = recompute(record)
+        if content_hash != record["hash"]:
+            ack = acknowledged.get(sequence)
+            if ack is None or (ack.stored_hash, ack.content_hash) != (record["hash"], content_hash):
+                return ChainReport(
+                    checked, sequence, f"sequence {sequence} was altered (hash mismatch)", anchored
+                )
+            accepted.append(sequence)
         anchor = by_sequence.get(sequence)
         if anchor is not None:
             if anchor.hash != record["hash"]:
@@ -239,7 +263,11 @@ def verify(
             anchored,
         )
     suffix = f", {anchored} signed checkpoints matched" if anchored else ""
-    return ChainReport(checked, None, f"{checked} events, chain intact{suffix}", anchored)
+    for sequence in accepted:
+        suffix += f"; sequence {sequence} re-anchored ({acknowledged[sequence].source})"
+    return ChainReport(
+        checked, None, f"{checked} events, chain intact{suffix}", anchored, tuple(accepted)
+    )
 
 
 def iter_chain_rows(queryset: Any, chunk_size: int = 5000) -> Iterator[tuple]:

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from apps.audit import chain, checkpoints
 from apps.audit.models import GENESIS_HASH, AuditEvent, ChainVerification
-from apps.core.exceptions import PermissionDenied
+from apps.core.exceptions import PermissionDenied, ValidationFailed
 from apps.core.http import client_ip
 
 # Any constant key: one chain, one lock.
@@ -117,8 +117,122 @@ def default_checkpoint_source() -> str | None:
     return str(path) if path is not None and path.exists() else None
 
 
+REANCHOR_ACTION = "audit.chain_reanchored"
+
+
+def _reanchor_message(statement: dict[str, Any]) -> bytes:
+    return json.dumps(statement, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def reanchored_rows(*, upto: int | None = None) -> list[chain.Reanchored]:
+    """Rows acknowledged by `audit.chain_reanchored` events whose signature verifies with a
+    checkpoint key (the database alone cannot forge one); others are not honoured."""
+    events = AuditEvent.objects.filter(action=REANCHOR_ACTION)
+    if upto is not None:
+        events = events.filter(sequence__lte=upto)
+    found = []
+    for sequence, actor, data in events.values_list("sequence", "actor_label", "data"):
+        statement = {k: v for k, v in data.items() if k not in ("key_id", "signature")}
+        problem = checkpoints.verify_bytes(
+            _reanchor_message(statement),
+            key_id=str(data.get("key_id", "")),
+            signature=str(data.get("signature", "")),
+        )
+        if problem is not None:
+            continue
+        for row in statement.get("rows", []):
+            found.append(
+                chain.Reanchored(
+                    sequence=row["sequence"],
+                    stored_hash=row["stored_hash"],
+                    content_hash=row["content_hash"],
+                    source=f"#{sequence} by {actor}: {statement.get('reason', '')}",
+                )
+            )
+    return found
+
+
 def chain_verify(*, anchors: list[chain.Anchor] | None = None) -> chain.ChainReport:
-    return chain.verify(chain.iter_chain_rows(AuditEvent.objects.all()), anchors=anchors or ())
+    return chain.verify(
+        chain.iter_chain_rows(AuditEvent.objects.all()),
+        anchors=anchors or (),
+        reanchored=reanchored_rows(),
+    )
+
+
+def chain_reanchor(
+    *,
+    actor: AbstractBaseUser,
+    sequences: list[int],
+    reason: str,
+    anchors: list[chain.Anchor] | None = None,
+) -> AuditEvent:
+    """Acknowledge rows a bug broke (their content no longer hashes to their stored hash,
+    e.g. -0.0 stored as 0.0 before the chain hashed the database's form), so verification
+    passes them while they stay exactly as they are now. Staff only; refused unless the
+    whole chain, held to `anchors` (signed checkpoints), verifies with these rows accepted:
+    a missing, reordered or rewritten row is never re-anchored. Records the old head and a
+    signature with the checkpoint key in the `audit.chain_reanchored` event, then publishes
+    a checkpoint."""
+    if not (actor.is_active and actor.is_staff):
+        raise PermissionDenied("Only active staff can re-anchor the audit chain.")
+    reason = reason.strip()
+    if not reason:
+        raise ValidationFailed(
+            "Say why these rows are a bug's doing, not tampering.", field="reason"
+        )
+    if not sequences:
+        raise ValidationFailed("Name the sequences to re-anchor.", field="sequences")
+    with transaction.atomic():
+        _lock_chain()
+        rows = []
+        records = AuditEvent.objects.filter(sequence__in=sequences).values_list(*chain.CHAIN_FIELDS)
+        by_sequence = {r[0]: dict(zip(chain.CHAIN_FIELDS, r, strict=True)) for r in records}
+        for sequence in sorted(set(sequences)):
+            record = by_sequence.get(sequence)
+            if record is None:
+                raise ValidationFailed(f"There is no event {sequence}.", field="sequences")
+            content_hash = chain.recompute(record)
+            if content_hash == record["hash"]:
+                raise ValidationFailed(
+                    f"Event {sequence} verifies as it is; nothing to re-anchor.", field="sequences"
+                )
+            rows.append(
+                {"sequence": sequence, "stored_hash": record["hash"], "content_hash": content_hash}
+            )
+        proposed = [
+            chain.Reanchored(r["sequence"], r["stored_hash"], r["content_hash"], "proposed")
+            for r in rows
+        ]
+        report = chain.verify(
+            chain.iter_chain_rows(AuditEvent.objects.all()),
+            anchors=anchors or (),
+            reanchored=[*reanchored_rows(), *proposed],
+        )
+        if not report.intact:
+            raise ValidationFailed(
+                f"Re-anchoring would not make the chain verify: {report.reason}. Only rows "
+                "whose content no longer matches their hash, with every link intact, can be "
+                "re-anchored; list every such row.",
+                field="sequences",
+            )
+        head_sequence, head_hash = chain_head()
+        statement = chain.storable(
+            {
+                "reason": reason,
+                "actor": actor.get_username(),
+                "old_head": {"sequence": head_sequence, "hash": head_hash},
+                "rows": rows,
+            }
+        )
+        key_id, signature = checkpoints.sign_bytes(_reanchor_message(statement))
+        event = audit_log(
+            actor=actor,
+            action=REANCHOR_ACTION,
+            data={**statement, "key_id": key_id, "signature": signature},
+        )
+        transaction.on_commit(lambda: checkpoint_emit(reason="reanchor"), robust=True)
+    return event
 
 
 @transaction.atomic

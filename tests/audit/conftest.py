@@ -1,6 +1,10 @@
+import json
+
 import pytest
 from django.db import connection, transaction
 
+from apps.audit import chain
+from apps.audit.models import AuditEvent
 from apps.audit.services import audit_log
 from tests.factories import UserFactory
 
@@ -31,3 +35,23 @@ def tamper(sql: str, params: list) -> None:
         cursor.execute(sql, params)
         if connection.vendor == "postgresql":
             cursor.execute("SET LOCAL session_replication_role = origin")
+
+
+def rewrite_from(sequence: int, data: dict) -> None:
+    """The probe's attack: change one event's data and recompute its hash and every later
+    hash and prev_hash with apps.audit.chain, so the chain is consistent again."""
+    rows = AuditEvent.objects.filter(sequence__gte=sequence).order_by("sequence")
+    records = [
+        dict(zip(chain.CHAIN_FIELDS, r, strict=True)) for r in rows.values_list(*chain.CHAIN_FIELDS)
+    ]
+    prev = records[0]["prev_hash"]
+    for record in records:
+        if record["sequence"] == sequence:
+            record["data"] = data
+        record["prev_hash"] = prev
+        record["hash"] = chain.recompute(record)
+        tamper(
+            "UPDATE audit_auditevent SET data = %s, prev_hash = %s, hash = %s WHERE sequence = %s",
+            [json.dumps(record["data"]), record["prev_hash"], record["hash"], record["sequence"]],
+        )
+        prev = record["hash"]

@@ -12,7 +12,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from apps.audit import chain, checkpoints
+from apps.audit import checkpoints
 from apps.audit.models import AuditEvent, ChainVerification
 from apps.audit.services import (
     chain_verification_run,
@@ -20,7 +20,7 @@ from apps.audit.services import (
     checkpoint_emit,
     checkpoint_emit_if_due,
 )
-from tests.audit.conftest import tamper
+from tests.audit.conftest import rewrite_from, tamper
 from tests.telemetry.conftest import log_lines  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.django_db
@@ -51,26 +51,6 @@ def _verify(source) -> str:
     return "OK"
 
 
-def _rewrite_from(sequence: int, data: dict) -> None:
-    """The probe's attack: change one event's data and recompute its hash and every later
-    hash and prev_hash with apps.audit.chain, so the chain is consistent again."""
-    rows = AuditEvent.objects.filter(sequence__gte=sequence).order_by("sequence")
-    records = [
-        dict(zip(chain.CHAIN_FIELDS, r, strict=True)) for r in rows.values_list(*chain.CHAIN_FIELDS)
-    ]
-    prev = records[0]["prev_hash"]
-    for record in records:
-        if record["sequence"] == sequence:
-            record["data"] = data
-        record["prev_hash"] = prev
-        record["hash"] = chain.recompute(record)
-        tamper(
-            "UPDATE audit_auditevent SET data = %s, prev_hash = %s, hash = %s WHERE sequence = %s",
-            [json.dumps(record["data"]), record["prev_hash"], record["hash"], record["sequence"]],
-        )
-        prev = record["hash"]
-
-
 def test_checkpoint_is_signed_and_published_to_the_file_and_the_log(events, sink, log_lines):  # noqa: F811
     checkpoint = checkpoint_emit(reason="manual")
     head = AuditEvent.objects.order_by("-sequence").first()
@@ -85,7 +65,7 @@ def test_checkpoint_is_signed_and_published_to_the_file_and_the_log(events, sink
 
 def test_rewrite_with_recomputed_hashes_before_a_checkpoint_is_detected(events, sink):
     checkpoint_emit(reason="manual")
-    _rewrite_from(3, {"n": 999})
+    rewrite_from(3, {"n": 999})
     assert chain_verify().intact  # without an outside anchor the rewrite is invisible
     assert AuditEvent.objects.get(sequence=3).data == {"n": 999}
     message = _verify(sink)
@@ -97,7 +77,7 @@ def test_rewrite_after_the_newest_checkpoint_is_not_covered(events, sink):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("apps.audit.services.chain_head", lambda: (5, _hash_of(5)))
         checkpoint_emit(reason="manual")
-    _rewrite_from(6, {"n": 600})
+    rewrite_from(6, {"n": 600})
     assert _verify(sink) == "OK"
 
 
