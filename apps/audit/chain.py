@@ -82,14 +82,12 @@ def address(raw: str | None) -> str | None:
     """One spelling per IP address, whichever the database gave back. Needed because none
     is a fixed point of both: Django stores ::1.2.3.4 as ::102:304, which PostgreSQL's
     inet prints as ::1.2.3.4 again. Not an address: returned unchanged."""
-    if not raw:
-        return raw or None
+    if not raw or ":" not in raw:
+        return raw or None  # IPv4 comes back as it was stored
     try:
-        parsed = ipaddress.ip_address(raw)
+        parsed = ipaddress.IPv6Address(raw)
     except ValueError:
         return raw
-    if parsed.version == 4:
-        return str(parsed)
     if parsed.ipv4_mapped is not None:
         return f"::ffff:{parsed.ipv4_mapped}"
     packed = parsed.packed
@@ -105,10 +103,10 @@ def storable_ip(raw: str | None) -> str | None:
     if not raw:
         return None
     try:
-        ipaddress.ip_address(raw.split("%", 1)[0])
+        parsed = ipaddress.ip_address(raw.split("%", 1)[0])
     except ValueError:
         return None
-    return address(raw.split("%", 1)[0])
+    return address(str(parsed))
 
 
 def canonical(
