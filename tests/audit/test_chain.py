@@ -42,9 +42,9 @@ def test_deleted_row_is_detected(events):
 
 
 def test_deleted_tail_is_not_detectable_without_an_anchor(events):
-    """Truncating the newest events leaves a valid shorter chain: the verification
-    result (events_checked) must be compared with an earlier count or export.
-    This test pins that limit down so nobody assumes otherwise."""
+    """Truncating the newest events leaves a valid shorter chain: only a signed
+    checkpoint from before gives it away (tests/audit/test_checkpoints.py). This test
+    pins down the limit of the chain alone so nobody assumes otherwise."""
     tamper("DELETE FROM audit_auditevent WHERE sequence = 7", [])
     report = chain_verify()
     assert report.intact and report.events_checked == 6
