@@ -124,12 +124,10 @@ def _reanchor_message(statement: dict[str, Any]) -> bytes:
     return json.dumps(statement, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def reanchored_rows(*, upto: int | None = None) -> list[chain.Reanchored]:
+def reanchored_rows() -> list[chain.Reanchored]:
     """Rows acknowledged by `audit.chain_reanchored` events whose signature verifies with a
     checkpoint key (the database alone cannot forge one); others are not honoured."""
     events = AuditEvent.objects.filter(action=REANCHOR_ACTION)
-    if upto is not None:
-        events = events.filter(sequence__lte=upto)
     found = []
     for sequence, actor, data in events.values_list("sequence", "actor_label", "data"):
         statement = {k: v for k, v in data.items() if k not in ("key_id", "signature")}
