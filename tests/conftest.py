@@ -12,6 +12,19 @@ from tests.factories import UserFactory, make_squad
 pytest_plugins = ["tests.process_plugin", "pytester"]
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """Tests on real transactions end with Django's flush, a TRUNCATE of every table,
+    which the audit table refuses on PostgreSQL (apps/audit/migrations/0003). In the test
+    database only, that trigger is off; tests/audit/test_chain.py turns it on to test it."""
+    with django_db_blocker.unblock():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "ALTER TABLE audit_auditevent DISABLE TRIGGER audit_event_no_truncate"
+                )
+
+
 @pytest.fixture(autouse=True)
 def _clear_cache():
     """Cached tokens, permissions and prompts must not outlive a test's database rows

@@ -45,6 +45,22 @@ def test_production_refuses_to_start_without_provenance_keys(tmp_path):
     assert "STUDIO_PROVENANCE_KEYS must be set" in result.stderr
 
 
+CHECKPOINT_KEY = "c1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+
+
+def test_production_refuses_to_start_without_audit_checkpoint_keys(tmp_path):
+    result = _manage(
+        "check",
+        "--settings=studio.settings.production",
+        SECRET_KEY="k" + "x9Qz7-pL2!mR4vT8" * 4,
+        STUDIO_DATA_DIR=str(tmp_path),
+        STUDIO_PROVENANCE_KEYS="k1:c2VjcmV0LXNpZ25pbmcta2V5LW9mLTMyLWJ5dGVzISE=",
+        STUDIO_AUDIT_CHECKPOINT_KEYS="",
+    )
+    assert result.returncode != 0
+    assert "STUDIO_AUDIT_CHECKPOINT_KEYS" in result.stderr
+
+
 def test_check_deploy_prints_no_warnings(tmp_path):
     result = _manage(
         "check",
@@ -55,6 +71,7 @@ def test_check_deploy_prints_no_warnings(tmp_path):
         STUDIO_DATA_DIR=str(tmp_path),
         ALLOWED_HOSTS="studio.example.org",
         STUDIO_PROVENANCE_KEYS="k1:c2VjcmV0LXNpZ25pbmcta2V5LW9mLTMyLWJ5dGVzISE=",
+        STUDIO_AUDIT_CHECKPOINT_KEYS=CHECKPOINT_KEY,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "System check identified no issues" in result.stdout

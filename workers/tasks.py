@@ -104,6 +104,12 @@ def _sweep_once() -> None:
             logger.warning("queued overdue webhook deliveries: %s", queued)
     except Exception:
         logger.exception("webhook delivery sweeper failed")
+    try:
+        from apps.audit.services import checkpoint_emit_if_due
+
+        checkpoint_emit_if_due()
+    except Exception:
+        logger.exception("audit checkpoint failed")
 
 
 def _sweep_forever(interval: float, stop: threading.Event) -> None:

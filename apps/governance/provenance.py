@@ -6,8 +6,6 @@ Without the setting (development, tests) one key "dev" is derived from SECRET_KE
 production settings refuse to start without it.
 """
 
-import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -15,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
+
+from apps.core.keys import parse_keyring
 
 MANIFEST_VERSION = 1
 
@@ -32,19 +31,7 @@ def signing_keys() -> list[tuple[str, bytes]]:
     if not raw:
         derived = hashlib.sha256(b"studio-provenance:" + settings.SECRET_KEY.encode()).digest()
         return [("dev", derived)]
-    keys = []
-    for i, item in enumerate(raw.split(",")):
-        key_id, sep, secret = item.strip().partition(":")
-        try:
-            value = base64.b64decode(secret, validate=True) if sep else b""
-        except binascii.Error:
-            value = b""
-        if not key_id or len(value) < 16:
-            raise ImproperlyConfigured(
-                f"STUDIO_PROVENANCE_KEYS entry {i + 1} must be 'id:<base64 of at least 16 bytes>'."
-            )
-        keys.append((key_id, value))
-    return keys
+    return parse_keyring(raw, setting="STUDIO_PROVENANCE_KEYS", min_bytes=16)
 
 
 def sha256_text(text: str) -> str:

@@ -187,6 +187,19 @@ STUDIO_HOT_MEMO_SECONDS = env.float("STUDIO_HOT_MEMO_SECONDS", default=1.0)
 # (rotation: put the new key first, keep the old ones). Development derives key "dev" from
 # SECRET_KEY; production refuses to start without explicit keys.
 STUDIO_PROVENANCE_KEYS = env.str("STUDIO_PROVENANCE_KEYS", default="")
+# Signed checkpoints of the audit chain's head (apps/audit/checkpoints.py): Ed25519 keys
+# "id:<base64 32-byte private key>" (first signs, all verify), from the variable or a file;
+# public halves of retired keys; where the checkpoint file goes ("" = log line only); how
+# often the workers' sweeper publishes one (0 = only on export and on demand).
+STUDIO_AUDIT_CHECKPOINT_KEYS = env.str("STUDIO_AUDIT_CHECKPOINT_KEYS", default="")
+_checkpoint_keys_file = env.str("STUDIO_AUDIT_CHECKPOINT_KEYS_FILE", default="")
+if _checkpoint_keys_file and not STUDIO_AUDIT_CHECKPOINT_KEYS.strip():
+    STUDIO_AUDIT_CHECKPOINT_KEYS = Path(_checkpoint_keys_file).read_text()
+STUDIO_AUDIT_CHECKPOINT_PUBLIC_KEYS = env.str("STUDIO_AUDIT_CHECKPOINT_PUBLIC_KEYS", default="")
+STUDIO_AUDIT_CHECKPOINT_DIR = env.str(
+    "STUDIO_AUDIT_CHECKPOINT_DIR", default=str(DATA_DIR / "audit-checkpoints")
+)
+STUDIO_AUDIT_CHECKPOINT_SECONDS = env.int("STUDIO_AUDIT_CHECKPOINT_SECONDS", default=3600)
 STUDIO_REVIEW_CLAIM_SECONDS = env.int("STUDIO_REVIEW_CLAIM_SECONDS", default=30 * 60)
 # Webhook deliveries: seconds before a receiver counts as not answering, and attempts
 # before a delivery is failed (backoff 30 s, 2 min, 10 min, 1 h, 6 h; capped at 10).

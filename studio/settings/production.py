@@ -1,7 +1,14 @@
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F403
-from .base import SECRET_KEY, STORAGES, STUDIO_METRICS_TOKEN, STUDIO_PROVENANCE_KEYS, env
+from .base import (
+    SECRET_KEY,
+    STORAGES,
+    STUDIO_AUDIT_CHECKPOINT_KEYS,
+    STUDIO_METRICS_TOKEN,
+    STUDIO_PROVENANCE_KEYS,
+    env,
+)
 
 DEBUG = False
 if (
@@ -17,6 +24,13 @@ if (
 if not STUDIO_PROVENANCE_KEYS.strip():
     raise ImproperlyConfigured(
         "STUDIO_PROVENANCE_KEYS must be set in production, e.g. 'k1:<base64 of 32 random bytes>'."
+    )
+
+if not STUDIO_AUDIT_CHECKPOINT_KEYS.strip():
+    raise ImproperlyConfigured(
+        "STUDIO_AUDIT_CHECKPOINT_KEYS (or STUDIO_AUDIT_CHECKPOINT_KEYS_FILE) must be set in "
+        "production: 'k1:<base64 of a 32-byte Ed25519 private key>' "
+        "(manage.py audit_checkpoint --new-key k1 prints one)."
     )
 
 if STUDIO_METRICS_TOKEN and len(STUDIO_METRICS_TOKEN) < 32:

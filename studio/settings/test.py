@@ -9,3 +9,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 # WhiteNoise indexes every static file each time a test client builds the middleware
 # chain; live_server serves static files itself.
 MIDDLEWARE = [m for m in MIDDLEWARE if not m.startswith("whitenoise.")]  # noqa: F405
+
+# No checkpoint file shared between test runs (tests that need one set a tmp_path).
+STUDIO_AUDIT_CHECKPOINT_DIR = ""

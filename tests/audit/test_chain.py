@@ -5,36 +5,9 @@ from django.db import IntegrityError, InternalError, ProgrammingError, connectio
 
 from apps.audit.models import AuditEvent
 from apps.audit.services import audit_log, chain_verify
-from tests.factories import UserFactory
+from tests.audit.conftest import tamper
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def events(db):
-    actor = UserFactory(username="auditor")
-    with transaction.atomic():
-        for i in range(1, 8):
-            audit_log(
-                actor=actor,
-                action="test.event",
-                target_type="thing",
-                target_id=i,
-                data={"n": i, "text": "héllo ✓", "nested": {"b": [1, 2.5, None]}},
-            )
-    return actor
-
-
-def _tamper(sql: str, params: list) -> None:
-    """Change rows behind the application's back. On PostgreSQL the append-only
-    trigger is switched off for this transaction, as an attacker with superuser
-    rights could; the chain must still give them away."""
-    with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute("SET LOCAL session_replication_role = replica")
-        cursor.execute(sql, params)
-        if connection.vendor == "postgresql":
-            cursor.execute("SET LOCAL session_replication_role = origin")
 
 
 def _verify_fails_at(sequence: int) -> str:
@@ -54,34 +27,34 @@ def test_intact_chain_verifies(events, capsys):
 
 
 def test_edited_row_is_detected(events):
-    _tamper("UPDATE audit_auditevent SET data = %s WHERE sequence = 4", ['{"n": 40}'])
+    tamper("UPDATE audit_auditevent SET data = %s WHERE sequence = 4", ['{"n": 40}'])
     assert "altered" in _verify_fails_at(4)
 
 
 def test_edited_actor_is_detected(events):
-    _tamper("UPDATE audit_auditevent SET actor_label = 'someone' WHERE sequence = 2", [])
+    tamper("UPDATE audit_auditevent SET actor_label = 'someone' WHERE sequence = 2", [])
     _verify_fails_at(2)
 
 
 def test_deleted_row_is_detected(events):
-    _tamper("DELETE FROM audit_auditevent WHERE sequence = 5", [])
+    tamper("DELETE FROM audit_auditevent WHERE sequence = 5", [])
     assert "missing" in _verify_fails_at(5)
 
 
 def test_deleted_tail_is_not_detectable_without_an_anchor(events):
-    """Truncating the newest events leaves a valid shorter chain: the verification
-    result (events_checked) must be compared with an earlier count or export.
-    This test pins that limit down so nobody assumes otherwise."""
-    _tamper("DELETE FROM audit_auditevent WHERE sequence = 7", [])
+    """Truncating the newest events leaves a valid shorter chain: only a signed
+    checkpoint from before gives it away (tests/audit/test_checkpoints.py). This test
+    pins down the limit of the chain alone so nobody assumes otherwise."""
+    tamper("DELETE FROM audit_auditevent WHERE sequence = 7", [])
     report = chain_verify()
     assert report.intact and report.events_checked == 6
 
 
 def test_swapped_pair_is_detected(events):
     # Swap the sequence numbers of rows 3 and 6 (through a free number).
-    _tamper("UPDATE audit_auditevent SET sequence = -3 WHERE sequence = 3", [])
-    _tamper("UPDATE audit_auditevent SET sequence = 3 WHERE sequence = 6", [])
-    _tamper("UPDATE audit_auditevent SET sequence = 6 WHERE sequence = -3", [])
+    tamper("UPDATE audit_auditevent SET sequence = -3 WHERE sequence = 3", [])
+    tamper("UPDATE audit_auditevent SET sequence = 3 WHERE sequence = 6", [])
+    tamper("UPDATE audit_auditevent SET sequence = 6 WHERE sequence = -3", [])
     assert "does not follow" in _verify_fails_at(3)
 
 
@@ -104,7 +77,7 @@ def test_rewritten_row_with_recomputed_hash_breaks_the_next_link(events):
         "ip": row.ip,
     }
     new_hash = chain.event_hash(row.prev_hash, chain.canonical(**fields))
-    _tamper(
+    tamper(
         "UPDATE audit_auditevent SET data = %s, hash = %s WHERE sequence = 3",
         ['{"n": 999}', new_hash],
     )
@@ -139,5 +112,25 @@ def test_trigger_rejects_update_and_delete(events):
         transaction.atomic(),
     ):
         AuditEvent.objects.filter(sequence=2).delete()
+    assert AuditEvent.objects.count() == 7
+    call_command("audit_verify")
+
+
+@pytest.mark.postgres
+def test_trigger_rejects_truncate(events):
+    """Row triggers do not fire for TRUNCATE; a statement trigger does (migration 0003).
+    The test database runs with it off (tests/conftest.py): on again for this transaction."""
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE audit_auditevent ENABLE TRIGGER audit_event_no_truncate")
+    for statement in (
+        "TRUNCATE audit_auditevent",
+        "TRUNCATE audit_auditevent RESTART IDENTITY CASCADE",
+    ):
+        with (
+            pytest.raises((InternalError, ProgrammingError), match="append-only: TRUNCATE"),
+            transaction.atomic(),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute(statement)
     assert AuditEvent.objects.count() == 7
     call_command("audit_verify")
