@@ -52,10 +52,10 @@ def gguf_path() -> Path:
 def model_dir(model_id: str = DEFAULT_MODEL_ID) -> Path:
     """Where the converted model lives: `settings.DATA_DIR / "models" / model_id`, or under
     `$STUDIO_DATA_DIR` (default ./var) when Django is not configured."""
-    return _data_dir() / "models" / model_id
+    return data_dir() / "models" / model_id
 
 
-def _data_dir() -> Path:
+def data_dir() -> Path:
     try:
         from django.conf import settings
         from django.core.exceptions import ImproperlyConfigured
