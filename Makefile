@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # pip on this kind of machine warns about optional local indexes it cannot find.
 QUIET_PIP := { grep -v -E '^(WARNING: Location|DEPRECATION)' || true; }
 
-.PHONY: help install run test lint format browser migrate bench
+.PHONY: help install run test lint format browser migrate bench bench-tools
 
 help:
 	@echo "make run    install what is missing, migrate, seed the demo, start web + worker"
@@ -75,5 +75,15 @@ format: install
 test: install browser lint
 	@bash scripts/test.sh
 
-bench: install
-	$(PY) bench/api_overhead.py
+# What the benchmarks need beyond the venv: wrk (the load generator of prompt_fetch and
+# api_overhead) from Debian's packages; llama.cpp's server (batch_generation's and
+# local_server's baseline) comes with the dev extra, built portably above.
+bench-tools: install
+	@command -v wrk >/dev/null || { \
+	  echo "installing Debian's wrk for the benchmarks"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+
+# Every benchmark, one after another (about 25 minutes on 2 cores); each prints ratio= last.
+BENCHES ?= api_overhead prompt_fetch review_queue audit_verify batch_generation finetune
+bench: bench-tools
+	@for b in $(BENCHES); do echo "== bench/$$b.py"; $(PY) bench/$$b.py || exit 1; done

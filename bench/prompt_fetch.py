@@ -355,7 +355,7 @@ def line(label: str, runs: list[Run]) -> str:
 def main() -> int:
     args = parse_args()
     if shutil.which("wrk") is None:
-        raise BenchError("wrk not found: apt-get install -y wrk")
+        raise BenchError("wrk not found: run `make bench-tools` (or apt-get install -y wrk)")
     if args.database_url:
         require_loopback(args.database_url, "--database-url")
     if args.cache_url:

@@ -22,8 +22,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-# zmm registers and opmask operands are AVX-512 only; the tile instructions are AMX.
-FORBIDDEN = re.compile(r"%zmm\d|\{%k[1-7]\}|\b(tdpb[su]{2}d|tdpbf16ps|ldtilecfg|tileloadd|tilestored)\b")
+# zmm registers and opmask operands are AVX-512 only; vpdp* are VNNI (AVX-512 or
+# AVX-VNNI), beyond x86-64-v3; the tile instructions are AMX.
+FORBIDDEN = re.compile(
+    r"%zmm\d|\{%k[1-7]\}|\bvpdp(bu|ws)sds?\b"
+    r"|\b(tdpb[su]{2}d|tdpbf16ps|ldtilecfg|tileloadd|tilestored)\b"
+)
 
 
 def ggml_libraries() -> list[Path]:

@@ -8,6 +8,9 @@ from django.test import Client
 from apps.squads import services
 from tests.factories import UserFactory, make_squad
 
+# tests.process_plugin: a failing test names a dead helper process (signal, last output).
+pytest_plugins = ["tests.process_plugin", "pytester"]
+
 
 @pytest.fixture(autouse=True)
 def _clear_cache():

