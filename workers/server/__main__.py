@@ -44,11 +44,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from workers.runtime import BackendError
     from workers.runtime.local import DEFAULT_MODEL_ID, data_dir, load_local_model
     from workers.server.app import InferenceHTTPServer, InferenceService
 
     model_id = args.model or DEFAULT_MODEL_ID
-    local = load_local_model(model_id)
+    try:
+        local = load_local_model(model_id)
+    except BackendError as exc:
+        logging.critical("cannot serve %s: %s", model_id, exc)
+        return 2
     service = InferenceService(
         local,
         model_id,
@@ -114,7 +119,7 @@ def supervise(command: list[str]) -> int:
             )
             return 1
         logging.error("supervisor: local inference server pid %d %s; restarting", child.pid, how)
-        time.sleep(min(2 ** (len(deaths) - 1), 8) * 0.5)
+        time.sleep(min(0.25 * 2 ** (len(deaths) - 1), 2.0))
     return 0
 
 
