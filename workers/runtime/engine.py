@@ -222,20 +222,23 @@ class Engine:
             self.step()
 
     def step(self) -> None:
-        """Admit waiting rows, decode one token for every row, retire finished rows."""
+        """Decode one token for every running row and retire the finished ones, then
+        admit and prefill waiting rows (they decode with the others from the next step)."""
         import torch
 
         with self.lock, torch.inference_mode():
             self._drop([row for row in self.running if row.cancelled], "cancelled")
-            joining = self._admit()
+            joining: list[Sequence] = []
             try:
+                if self.running:
+                    self._decode()
+                # Rows that just finished freed their room: waiting rows join now.
+                joining = self._admit()
                 if joining:
                     logits = self._prefill(joining)
-                    self._sample_and_retire(joining, logits, offset=len(self.running))
+                    self._next_tokens(joining, logits)
                     self.running.extend(joining)
                     self._retire()
-                if self.running and not joining:
-                    self._decode()
             except RuntimeError as exc:
                 if not is_out_of_memory(exc):
                     raise
@@ -313,10 +316,10 @@ class Engine:
         self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.running), 1))], dim=1)
         positions = (self.mask.sum(-1, keepdim=True) - 1).clamp(min=0)
         logits, self.cache = self._forward(last, self.mask, positions, self.cache, self.running)
-        self._sample_and_retire(self.running, logits, offset=0)
+        self._next_tokens(self.running, logits)
         self._retire()
 
-    def _sample_and_retire(self, rows: list[Sequence], logits, *, offset: int) -> None:
+    def _next_tokens(self, rows: list[Sequence], logits) -> None:
         """Pick each row's next token (its own temperature, top_p and generator), append
         it, stream new text, and mark finished rows."""
         import torch
