@@ -154,3 +154,20 @@ def test_rows_with_and_without_an_adapter_share_a_batch(tiny_model, tmp_path):
     base = [alone(tiny_model, conv, greedy(8)) for conv, _ in plans]
     assert [expected[1], expected[3]] == [base[1], base[3]]  # "__base__" rows: the base model
     assert expected[0] != base[0] and expected[2] != base[2]
+
+
+def test_a_failing_step_fails_its_rows_instead_of_hanging_them(tiny_model, monkeypatch):
+    def broken(**kwargs):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(tiny_model.model, "forward", broken)
+    engine = Engine(tiny_model)
+    engine.start()
+    try:
+        sequence = engine.submit(Sequence(tiny_model.prompt_ids(CONVERSATIONS[0]), greedy(4)))
+        outcome = sequence.result(timeout=30)
+    finally:
+        engine.stop()
+
+    assert isinstance(outcome, BackendError)
+    assert str(outcome) == "the decode loop failed: ValueError: a bug"

@@ -121,6 +121,10 @@ def _run_local(
                 adapter_id=local_adapter_id(spec.adapter_dir) if spec.adapter_dir else None,
                 # a row may wait in the server's queue behind the rest of its chunk
                 timeout=max(spec.timeout, LOCAL_SERVER_TIMEOUT_S),
+                # ride out a restart of the server by its supervisor (about a minute)
+                max_retries=6,
+                backoff_base=1.0,
+                backoff_max=20.0,
             )
         elif spec.adapter_dir:
             from workers.runtime.training import load_adapter_model

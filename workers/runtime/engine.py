@@ -26,6 +26,7 @@ module does not use it. torch is imported inside functions only.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import queue
 import threading
@@ -37,6 +38,7 @@ from typing import Any
 
 from workers.runtime import BackendError, GenerationParams, GenerationResult
 
+logger = logging.getLogger(__name__)
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
 DEFAULT_MAX_ROWS = {"cpu": 64, "cuda": 256}
 PREFILL_TOKENS_PER_STEP = 2048  # joining prompts prefilled in one step, at most
@@ -112,6 +114,9 @@ class Engine:
         self.stopping = False
         self.steps = 0
         self.peak_rows = 0
+        # Adapters loaded here run per row (peft's adapter_names). A model that arrives
+        # already wrapped in peft (load it with its adapter active) runs as it is.
+        self.mixed_adapters = False
 
     # -- admission ----------------------------------------------------------------------
 
@@ -219,7 +224,10 @@ class Engine:
                     self.wake.wait()
                 if self.stopping:
                     return
-            self.step()
+            try:
+                self.step()
+            except Exception:  # its rows have failed; the loop serves the next ones
+                logger.exception("decode loop step failed")
 
     def step(self) -> None:
         """Decode one token for every running row and retire the finished ones, then
@@ -239,10 +247,13 @@ class Engine:
                     self._next_tokens(joining, logits)
                     self.running.extend(joining)
                     self._retire()
-            except RuntimeError as exc:
-                if not is_out_of_memory(exc):
-                    raise
+            except Exception as exc:
+                # Every row of this step fails: none is left waiting on a broken batch.
                 rows = self.running + [row for row in joining if row not in self.running]
+                if not (isinstance(exc, RuntimeError) and is_out_of_memory(exc)):
+                    failure = f"the decode loop failed: {type(exc).__name__}: {exc}"
+                    self._reset(rows, BackendError(failure))
+                    raise
                 self._reset(
                     rows,
                     BackendError(
@@ -257,7 +268,7 @@ class Engine:
 
     def _forward(self, input_ids, mask, positions, cache, rows: list[Sequence]):
         kwargs: dict[str, Any] = {}
-        if self.has_adapters():
+        if self.mixed_adapters:
             kwargs["adapter_names"] = [row.adapter or BASE_ADAPTER for row in rows]
         output = self.model(
             input_ids=input_ids,
@@ -415,9 +426,6 @@ class Engine:
 
     # -- adapters (peft mixed-adapter batches) -------------------------------------------
 
-    def has_adapters(self) -> bool:
-        return bool(getattr(self.model, "peft_config", None))
-
     def has_adapter(self, name: str) -> bool:
         return name in (getattr(self.model, "peft_config", None) or {})
 
@@ -429,13 +437,14 @@ class Engine:
         from peft import PeftModel
 
         with self.lock:
-            if self.has_adapters():
+            if isinstance(self.model, PeftModel):
                 self.model.load_adapter(str(directory), adapter_name=name)
             else:
                 self.model = PeftModel.from_pretrained(
                     self.model, str(directory), adapter_name=name
                 )
             self.model.eval()
+            self.mixed_adapters = True
 
 
 def default_kv_budget(device: Any) -> int:
