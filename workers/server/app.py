@@ -55,9 +55,15 @@ class InferenceService:
     def adapters(self) -> list[str]:
         if not self.adapters_dir.is_dir():
             return []
-        return sorted(
-            str(config.parent.relative_to(self.adapters_dir))
+        found = (
+            config.parent.relative_to(self.adapters_dir)
             for config in self.adapters_dir.rglob("adapter_config.json")
+        )
+        # not a training run's checkpoints, nor a half-written (staging) directory
+        return sorted(
+            str(path)
+            for path in found
+            if not any(part == "checkpoints" or part.startswith(".") for part in path.parts)
         )
 
     def adapter(self, adapter_id: str) -> str:
