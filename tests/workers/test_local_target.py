@@ -103,3 +103,11 @@ def test_an_attached_adapter_goes_to_the_server_as_adapter_id(tiny_dir, served, 
     outside = TargetSpec(name="local", kind="local", base_model="tiny", adapter_dir="/tmp/x")
     [failed] = run_conversations(outside, CONVERSATIONS[:1], GREEDY)
     assert isinstance(failed, BackendError) and "adapters root" in str(failed)
+
+
+def test_the_server_lists_trained_adapters_only(served, tmp_path):
+    for where in ("3/17/adapter", "3/17/checkpoints/step-2/adapter", "3/18/.adapter-tmp"):
+        (tmp_path / "finetune" / where).mkdir(parents=True)
+        (tmp_path / "finetune" / where / "adapter_config.json").write_text("{}")
+
+    assert [m["id"] for m in served.models()["data"]] == ["tiny", "3/17/adapter"]
