@@ -60,7 +60,6 @@ class Sequence:
     cancelled: bool = False
     outcome: GenerationResult | BackendError | None = None
     generator: Any = None
-    first_token_at: float | None = None
     finished: tuple[str, str] | None = None  # (text, finish reason), until retired
 
     @property
@@ -343,8 +342,6 @@ class Engine:
             else:
                 token = greedy[index]
             row.tokens.append(token)
-            if row.first_token_at is None:
-                row.first_token_at = time.monotonic()
             self._advance(row)
 
     def _advance(self, row: Sequence) -> None:

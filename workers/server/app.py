@@ -109,6 +109,7 @@ class InferenceService:
             "max_rows": engine.max_rows,
             "kv_budget_mb": engine.kv_budget // 2**20,
             "peak_rows": engine.peak_rows,
+            "steps": engine.steps,
             "adapters_loaded": sorted(self.adapter_names),
         }
 
