@@ -6,7 +6,9 @@ against llama.cpp's OpenAI-compatible server, on the same prompts, model family 
 
 Both servers are started here (tests/workers/local_server.py and
 tests/workers/llama_server.py: SmolLM2-135M-Instruct; ours runs the float32 weights
-converted from the GGUF file, llama.cpp the Q4_1 GGUF itself). Each is warmed up with one
+converted from the GGUF file, llama.cpp the Q4_1 GGUF itself, with `--interrupt_requests
+False` — by default llama-cpp-python's server cuts a running stream short when another
+request arrives, which would make it look fast at 8 and 32 clients). Each is warmed up with one
 request, then, per concurrency level c, c client threads send streaming chat completions
 (greedy, the same `max_tokens`, `stream_options.include_usage`) one after another until
 c x requests-per-client are answered. Measured per level:
@@ -169,7 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     model = "smollm2-135m-instruct"
     with local_server() as (base_url, _):
         ours = bench_server("local", base_url, model, prompts, args)
-    with llama_server(threads=args.llama_threads) as base_url:
+    # llama-cpp-python's server ends a running stream when another request arrives
+    # (interrupt_requests, on by default): a server meant for concurrent clients turns it off.
+    no_interrupt = ("--interrupt_requests", "False")
+    with llama_server(threads=args.llama_threads, extra_args=no_interrupt) as base_url:
         theirs = bench_server("llama.cpp", base_url, model, prompts, args)
     for clients in args.levels:
         print(

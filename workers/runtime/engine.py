@@ -346,7 +346,7 @@ class Engine:
 
     def _advance(self, row: Sequence) -> None:
         eos = self.tokenizer.eos_token_id
-        text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+        text = self.local.decode(row.tokens)
         stop_at = _first_stop(text, row.params.stop)
         if stop_at is not None:
             self._emit(row, text[:stop_at])

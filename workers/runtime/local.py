@@ -174,13 +174,21 @@ class LocalModel:
         self.device = model.device
         self.dtype = model.dtype
         self.context_length: int = model.config.max_position_embeddings
+        # A fast tokenizer used from two threads at once can fail ("Already borrowed"):
+        # the server tokenizes in request threads while its decode loop detokenizes.
+        self.tokenizer_lock = threading.Lock()
 
     def prompt_ids(self, messages: Conversation) -> list[int]:
         """The chat-template tokens of `messages`, ending with the assistant's turn opener."""
-        text = self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        with self.tokenizer_lock:
+            text = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, tokens: list[int]) -> str:
+        with self.tokenizer_lock:
+            return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
     def count_tokens(self, messages: Conversation) -> int:
         return len(self.prompt_ids(messages))

@@ -150,6 +150,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         if self.path != "/v1/chat/completions":
+            self.close_connection = True  # its body is left unread
             self._error(RequestError(f"No route {self.path}.", code="not_found", status=404))
             return
         try:
@@ -225,6 +226,7 @@ class Handler(BaseHTTPRequestHandler):
     def _body(self) -> Any:
         length = self.headers.get("Content-Length")
         if length is None or not length.isdigit():
+            self.close_connection = True
             raise RequestError("A Content-Length header is required.", code="length_required")
         if int(length) > MAX_BODY_BYTES:
             self.close_connection = True
