@@ -171,3 +171,23 @@ def test_a_failing_step_fails_its_rows_instead_of_hanging_them(tiny_model, monke
 
     assert isinstance(outcome, BackendError)
     assert str(outcome) == "the decode loop failed: ValueError: a bug"
+
+
+def test_bf16_as_on_cuda_halves_the_kv_cost_and_decodes_the_same_way(tiny_model):
+    import torch
+
+    bf16 = LocalModel(copy.deepcopy(tiny_model.model).to(torch.bfloat16), tiny_model.tokenizer)
+    engine = Engine(bf16)
+
+    assert engine.bytes_per_token * 2 == Engine(tiny_model).bytes_per_token
+    plans = [(CONVERSATIONS[i], greedy(4 + i)) for i in range(4)]
+    expected = [alone(bf16, conv, params) for conv, params in plans]
+    together = engine.run([Sequence(bf16.prompt_ids(conv), params) for conv, params in plans])
+    assert together == expected
+    assert [o.output_tokens for o in together] == [4, 5, 6, 7]
+
+
+def test_the_kv_budget_setting(tiny_model, monkeypatch):
+    monkeypatch.setenv("STUDIO_LOCAL_KV_BUDGET_MB", "1.5")
+
+    assert Engine(tiny_model).kv_budget == 1.5 * 2**20
