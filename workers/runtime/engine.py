@@ -3,15 +3,17 @@ and in-process batch jobs share.
 
 Every step decodes one token for every running sequence in one forward pass. A sequence
 that finishes (EOS, its own `max_new_tokens`, one of its own stop strings, or cancelled)
-leaves the batch at once; waiting sequences are prefilled and join at the next step, as
-many as the memory budget allows for their prompt plus `max_new_tokens` (the batch size is
-chosen here, from memory and sequence lengths, not fixed by the caller).
+leaves the batch at once; in the same step waiting sequences are prefilled into the room
+it left, and they decode with the others from the next step: as many as the memory budget
+allows for their prompt plus `max_new_tokens` (the batch size is chosen here, from memory
+and sequence lengths, not fixed by the caller).
 
 The batch is a left-padded tensor batch over one transformers `DynamicCache`: rows are
 right-aligned, so every row appends its next token in the same column; joining rows are
 left-padded to the batch's width (or the batch to theirs), leaving rows are dropped with
 `batch_select_indices`, and columns that are padding for every remaining row are cut.
-Positions come from each row's own length, so a row sees exactly what it would see alone.
+Positions come from each row's own length, so a row sees what it would see alone (up to
+float rounding of padded batches, which could flip a near-tie between two tokens).
 
 Per request: temperature (0 = greedy), top_p, seed (a private torch.Generator, so a seeded
 row draws the same tokens whatever else shares its batch), stop strings (checked on the
