@@ -9,9 +9,9 @@ The default model (SmolLM2-135M-Instruct, converted once from the GGUF inside
 `workers.runtime.local.load_local_model()`; a first-time conversion is done before any
 timing. Then, after one short warm-up generate on each path:
 
-    runtime     LocalModel.generate(conversations, greedy params, batch_size=N): what the
-                batch job runs (workers/runtime/backends.py, run_conversations), with its
-                length-sorted, left-padded batches
+    runtime     LocalModel.generate(conversations, greedy params, batch_size=N): the
+                continuous-batching loop a batch job runs in-process
+                (workers/runtime/engine.py), at most N rows decoding together
     one-by-one  per prompt: chat template, tokenize (no padding),
                 model.generate(**inputs, max_new_tokens, do_sample=False, pad_token_id)
                 under torch.inference_mode()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# `make run`: migrate, seed the demo squad, start the web server and one worker
-# (both queues) on the embedded defaults. Ctrl-C stops both.
+# `make run`: migrate, seed the demo squad, start the web server, one worker (both
+# queues) and the local inference server on the embedded defaults. Ctrl-C stops them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -16,17 +16,24 @@ export PROMETHEUS_MULTIPROC_DIR=${PROMETHEUS_MULTIPROC_DIR:-${STUDIO_DATA_DIR:-v
 mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
 find "$PROMETHEUS_MULTIPROC_DIR" -maxdepth 1 -name '*.db' -delete
 
+# The local inference server (workers/server), supervised: restarted when it dies, and
+# `make run` stops with an error if it keeps dying. Workers reach the local model through it.
+LOCAL_PORT=${STUDIO_LOCAL_SERVER_PORT:-8001}
+export STUDIO_LOCAL_SERVER_URL=${STUDIO_LOCAL_SERVER_URL:-http://127.0.0.1:$LOCAL_PORT}
+$PY -m workers.server --supervise --host 127.0.0.1 --port "$LOCAL_PORT" &
+SERVER=$!
 .venv/bin/celery -A studio worker -Q default,gpu --concurrency 1 --loglevel INFO &
 WORKER=$!
 .venv/bin/gunicorn studio.wsgi:application -c studio/gunicorn.conf.py \
     --bind "$HOST:$PORT" --workers 2 &
 WEB=$!
-stop() { kill $WORKER $WEB 2>/dev/null; wait 2>/dev/null; echo stopped; }
+stop() { kill $WORKER $WEB $SERVER 2>/dev/null; wait 2>/dev/null; echo stopped; }
 trap 'stop; exit 0' INT TERM
 trap stop EXIT
 
 sleep 2
 echo
 echo "Studio is running at http://$HOST:$PORT/  (API docs: http://$HOST:$PORT/api/v1/docs)"
-echo "Sign in as one of the demo users above; Ctrl-C stops the web server and the worker."
-wait -n $WORKER $WEB
+echo "Local model server (OpenAI-compatible): $STUDIO_LOCAL_SERVER_URL/v1"
+echo "Sign in as one of the demo users above; Ctrl-C stops the web server, worker and model server."
+wait -n $WORKER $WEB $SERVER

@@ -206,6 +206,11 @@ STUDIO_REVIEW_CLAIM_SECONDS = env.int("STUDIO_REVIEW_CLAIM_SECONDS", default=30 
 STUDIO_WEBHOOK_TIMEOUT = env.float("STUDIO_WEBHOOK_TIMEOUT", default=10.0)
 STUDIO_WEBHOOK_MAX_ATTEMPTS = env.int("STUDIO_WEBHOOK_MAX_ATTEMPTS", default=6)
 
+# The local inference server (python -m workers.server; `make run` starts it and sets
+# this): when set, `local` targets generate through it (batch jobs, evals, playground);
+# empty: each worker loads the local model in its own process.
+STUDIO_LOCAL_SERVER_URL = env.str("STUDIO_LOCAL_SERVER_URL", default="")
+
 # --- Telemetry (apps/telemetry) ----------------------------------------------------
 # GET /metrics: a bearer token (empty: token access off), or a client address in these
 # networks (REMOTE_ADDR). Multiprocess mode follows PROMETHEUS_MULTIPROC_DIR (scripts/run.sh).

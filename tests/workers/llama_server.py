@@ -66,6 +66,7 @@ def llama_server(
     n_ctx: int = 2048,
     threads: int = 1,
     ready_timeout: float = READY_TIMEOUT_S,
+    extra_args: tuple[str, ...] = (),
 ) -> Iterator[str]:
     """Run `python -m llama_cpp.server` on a free loopback port; yield its base URL.
 
@@ -105,6 +106,7 @@ def llama_server(
         # the GGUF's chat template (ChatML for SmolLM2) is used when no chat_format is set
         "--verbose",
         "False",
+        *extra_args,
     ]
     with ManagedProcess("llama.cpp server", command) as server:
         deadline = time.monotonic() + ready_timeout

@@ -101,26 +101,27 @@ def test_stop_string_trims_the_row_that_hits_it_and_counts_tokens_to_it(tiny_mod
     assert missed == plain_other
 
 
-def test_generation_ends_once_every_row_hit_a_stop_string(tiny_model, monkeypatch):
+def test_a_row_that_hit_its_stop_string_leaves_the_batch_at_once(tiny_model, monkeypatch):
     conversations = CONVERSATIONS[:2]
     plains = tiny_model.generate(conversations, GREEDY)
-    stops = tuple(plain.text[2:5] for plain in plains)
-    generate = tiny_model.model.generate
-    widths = []
+    stop = plains[0].text[2:5]
+    assert stop not in plains[1].text
+    forward = tiny_model.model.forward
+    rows = []
 
     def spy(**kwargs):
-        output = generate(**kwargs)
-        widths.append(output.shape[1] - kwargs["input_ids"].shape[1])
-        return output
+        rows.append(kwargs["input_ids"].shape[0])
+        return forward(**kwargs)
 
-    monkeypatch.setattr(tiny_model.model, "generate", spy)
-    results = tiny_model.generate(
-        conversations, GenerationParams(max_new_tokens=12, temperature=0, stop=stops)
+    monkeypatch.setattr(tiny_model.model, "forward", spy)
+    hit, other = tiny_model.generate(
+        conversations, GenerationParams(max_new_tokens=12, temperature=0, stop=(stop,))
     )
 
-    assert [r.finish_reason for r in results] == ["stop", "stop"]
-    assert widths == [max(r.output_tokens for r in results)]
-    assert widths[0] < GREEDY.max_new_tokens
+    assert (hit.finish_reason, other) == ("stop", plains[1])
+    assert hit.output_tokens < GREEDY.max_new_tokens
+    # one forward pass per token of the longest row; the stopped row in the first ones only
+    assert rows == [2] * hit.output_tokens + [1] * (GREEDY.max_new_tokens - hit.output_tokens)
 
 
 def test_stop_string_straddling_the_prompt_end_is_not_a_stop(tiny_model):
@@ -144,7 +145,7 @@ def test_prompt_too_long_for_the_context_fails_before_generating(tiny_model):
     done = []
 
     with pytest.raises(BackendError) as info:
-        tiny_model.generate([CONVERSATIONS[0], long], params, on_batch_done=done.append)
+        tiny_model.generate([CONVERSATIONS[0], long], params, on_progress=done.append)
 
     message = str(info.value)
     assert "row 1" in message
@@ -154,13 +155,13 @@ def test_prompt_too_long_for_the_context_fails_before_generating(tiny_model):
     assert done == []
 
 
-def test_progress_is_reported_after_each_batch(tiny_model):
+def test_progress_is_reported_as_rows_finish(tiny_model):
     done = []
     params = GenerationParams(max_new_tokens=2, temperature=0)
 
-    tiny_model.generate(CONVERSATIONS, params, batch_size=2, on_batch_done=done.append)
+    tiny_model.generate(CONVERSATIONS, params, batch_size=2, on_progress=done.append)
 
-    assert done == [2, 4, 5]
+    assert done == [1, 2, 3, 4, 5]
 
 
 @pytest.mark.parametrize(
@@ -174,7 +175,7 @@ def test_out_of_memory_is_a_non_retryable_backend_error(tiny_model, monkeypatch,
     def fail(**kwargs):
         raise error
 
-    monkeypatch.setattr(tiny_model.model, "generate", fail)
+    monkeypatch.setattr(tiny_model.model, "forward", fail)
 
     with pytest.raises(BackendError, match=r"^out of memory") as info:
         tiny_model.generate(CONVERSATIONS[:2], GREEDY)
@@ -185,7 +186,7 @@ def test_other_runtime_errors_are_not_disguised(tiny_model, monkeypatch):
     def fail(**kwargs):
         raise RuntimeError("shape mismatch")
 
-    monkeypatch.setattr(tiny_model.model, "generate", fail)
+    monkeypatch.setattr(tiny_model.model, "forward", fail)
 
     with pytest.raises(RuntimeError, match="shape mismatch"):
         tiny_model.generate(CONVERSATIONS[:1], GREEDY)

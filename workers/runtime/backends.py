@@ -3,8 +3,15 @@
 `run_conversations` returns one result or one BackendError per conversation, in
 order: a row that cannot run (too long for the context, say) fails alone instead
 of failing its whole batch.
+
+A `local` target runs on one of two paths, the same for batch jobs, eval runs and the
+playground: through the local inference server when STUDIO_LOCAL_SERVER_URL is set
+(`make run` sets it; `workers/server`), else in this process. Both decode with the same
+continuous-batching loop (`workers.runtime.engine`), which chooses how many rows run
+together; the caller's `batch_size` only applies to remote targets.
 """
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +19,8 @@ from pathlib import Path
 from workers.runtime import BackendError, GenerationParams, GenerationResult
 
 Outcome = GenerationResult | BackendError
+LOCAL_SERVER_CONCURRENCY = 64  # requests one worker keeps in flight to the local server
+LOCAL_SERVER_TIMEOUT_S = 900.0
 Conversation = list[dict[str, str]]
 BatchFunction = Callable[[list[Conversation]], list[Outcome]]
 
@@ -40,6 +49,8 @@ def run_conversations(
     batch_size: int = 8,
     on_progress: Callable[[int], None] | None = None,
 ) -> list[Outcome]:
+    if spec.kind == "local":
+        return _run_local(spec, conversations, params, on_progress)
     try:
         batch = _batch_function(spec, params, batch_size)
     except BackendError as exc:
@@ -64,10 +75,58 @@ def run_conversations(
     return outcomes
 
 
-def _batch_function(spec: TargetSpec, params: GenerationParams, batch_size: int) -> BatchFunction:
-    if spec.kind == "local":
-        base_model = spec.base_model or "smollm2-135m-instruct"
-        if spec.adapter_dir:
+def local_server_url() -> str:
+    """Where the local inference server listens (STUDIO_LOCAL_SERVER_URL), or "" to run
+    `local` targets in this process."""
+    try:
+        from django.conf import settings
+        from django.core.exceptions import ImproperlyConfigured
+    except ImportError:
+        return os.environ.get("STUDIO_LOCAL_SERVER_URL", "")
+    try:
+        return settings.STUDIO_LOCAL_SERVER_URL
+    except (ImproperlyConfigured, AttributeError):  # a bare worker process
+        return os.environ.get("STUDIO_LOCAL_SERVER_URL", "")
+
+
+def local_adapter_id(adapter_dir: str) -> str:
+    """The server's `adapter_id` of a trained adapter: its directory relative to the
+    server's adapters root, DATA_DIR/finetune."""
+    from workers.runtime.local import data_dir
+
+    root = (data_dir() / "finetune").resolve()
+    directory = Path(adapter_dir).resolve()
+    if not directory.is_relative_to(root):
+        raise BackendError(
+            f"the adapter in {directory} is outside {root}, the local server's adapters root"
+        )
+    return str(directory.relative_to(root))
+
+
+def _run_local(
+    spec: TargetSpec,
+    conversations: list[Conversation],
+    params: GenerationParams,
+    on_progress: Callable[[int], None] | None,
+) -> list[Outcome]:
+    base_model = spec.base_model or "smollm2-135m-instruct"
+    server = local_server_url()
+    try:
+        if server:
+            from workers.runtime.remote import RemoteBackend
+
+            backend = RemoteBackend(
+                base_url=server,
+                model=base_model,
+                adapter_id=local_adapter_id(spec.adapter_dir) if spec.adapter_dir else None,
+                # a row may wait in the server's queue behind the rest of its chunk
+                timeout=max(spec.timeout, LOCAL_SERVER_TIMEOUT_S),
+                # ride out a restart of the server by its supervisor (about a minute)
+                max_retries=6,
+                backoff_base=1.0,
+                backoff_max=20.0,
+            )
+        elif spec.adapter_dir:
             from workers.runtime.training import load_adapter_model
 
             model = load_adapter_model(base_model, Path(spec.adapter_dir))
@@ -75,11 +134,26 @@ def _batch_function(spec: TargetSpec, params: GenerationParams, batch_size: int)
             from workers.runtime.local import load_local_model
 
             model = load_local_model(base_model)
+    except BackendError as exc:
+        return [exc] * len(conversations)
+    if not conversations:
+        return []
+    if server:
+        # Every row in flight at once: the server's decode loop decides how many share a
+        # batch, and the rest wait in its queue.
+        outcomes = backend.generate_many(
+            conversations,
+            params,
+            concurrency=min(len(conversations), LOCAL_SERVER_CONCURRENCY),
+            return_exceptions=True,
+        )
+        if on_progress is not None:
+            on_progress(len(outcomes))
+        return outcomes
+    return model.generate_many(conversations, params, on_progress=on_progress)
 
-        def local_batch(convs: list[Conversation]) -> list[Outcome]:
-            return list(model.generate(convs, params, batch_size=batch_size))
 
-        return local_batch
+def _batch_function(spec: TargetSpec, params: GenerationParams, batch_size: int) -> BatchFunction:
     if spec.kind == "remote":
         from workers.runtime.remote import RemoteBackend
 

@@ -52,10 +52,10 @@ def gguf_path() -> Path:
 def model_dir(model_id: str = DEFAULT_MODEL_ID) -> Path:
     """Where the converted model lives: `settings.DATA_DIR / "models" / model_id`, or under
     `$STUDIO_DATA_DIR` (default ./var) when Django is not configured."""
-    return _data_dir() / "models" / model_id
+    return data_dir() / "models" / model_id
 
 
-def _data_dir() -> Path:
+def data_dir() -> Path:
     try:
         from django.conf import settings
         from django.core.exceptions import ImproperlyConfigured
@@ -174,13 +174,21 @@ class LocalModel:
         self.device = model.device
         self.dtype = model.dtype
         self.context_length: int = model.config.max_position_embeddings
+        # A fast tokenizer used from two threads at once can fail ("Already borrowed"):
+        # the server tokenizes in request threads while its decode loop detokenizes.
+        self.tokenizer_lock = threading.Lock()
 
     def prompt_ids(self, messages: Conversation) -> list[int]:
         """The chat-template tokens of `messages`, ending with the assistant's turn opener."""
-        text = self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        with self.tokenizer_lock:
+            text = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def decode(self, tokens: list[int]) -> str:
+        with self.tokenizer_lock:
+            return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
     def count_tokens(self, messages: Conversation) -> int:
         return len(self.prompt_ids(messages))
@@ -190,25 +198,23 @@ class LocalModel:
         conversations: list[Conversation],
         params: GenerationParams,
         *,
-        batch_size: int = 8,
-        on_batch_done: Callable[[int], None] | None = None,
+        batch_size: int | None = None,
+        on_progress: Callable[[int], None] | None = None,
     ) -> list[GenerationResult]:
-        """One result per conversation, in input order.
+        """One result per conversation, in input order, through the continuous-batching
+        decode loop (`workers.runtime.engine`): a row that finishes leaves the batch at once
+        and the next waiting row takes its place. The runtime chooses how many rows decode
+        together from the KV-cache budget and the rows' lengths; `batch_size` only caps it.
 
-        Prompts are sorted by length (longest first, so memory trouble shows in the first
-        batch) and run `batch_size` at a time with left padding. Greedy when
-        `params.temperature` is 0, else sampling with temperature and top_p (no top-k).
-
-        Reproducibility: with a `seed`, the same conversations, params, batch_size,
-        device, dtype and library versions give the same outputs. A sampled row's output
-        is NOT independent of its batch: the random stream is shared by the whole call,
-        so adding, removing or reordering conversations, or changing batch_size, changes
-        what other rows draw. Greedy outputs do not depend on the batch, up to float
-        rounding of padded batches (which can flip a near-tie between two tokens).
+        Greedy when `params.temperature` is 0, else sampling with temperature and top_p (no
+        top-k). With a `seed`, each row draws from its own generator seeded with it, so a
+        sampled row's output does not depend on the other rows of the call. Greedy outputs
+        do not depend on the batch, up to float rounding of padded batches (which can flip
+        a near-tie between two tokens).
 
         Raises BackendError (not retryable) before generating anything when a prompt
         leaves no room for `max_new_tokens` in the context window, and when the device
-        runs out of memory. `on_batch_done(rows_done)` is called after each batch.
+        runs out of memory. `on_progress(rows_done)` is called as rows finish.
         """
         prompts = [self.prompt_ids(messages) for messages in conversations]
         for row, ids in enumerate(prompts):
@@ -218,128 +224,36 @@ class LocalModel:
                     f"{params.max_new_tokens} exceeds the context window of "
                     f"{self.context_length} tokens"
                 )
-        import torch
+        outcomes = self.generate_many(
+            conversations, params, max_rows=batch_size, on_progress=on_progress
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BackendError):
+                raise outcome
+        return outcomes  # type: ignore[return-value]
 
-        if params.seed is not None:
-            torch.manual_seed(params.seed)
-        order = sorted(range(len(prompts)), key=lambda row: -len(prompts[row]))
-        results: list[GenerationResult | None] = [None] * len(prompts)
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            outputs = self._generate_batch([prompts[row] for row in rows], params)
-            for row, (tokens, stopped_at) in zip(rows, outputs, strict=True):
-                results[row] = self._result(prompts[row], tokens, stopped_at, params)
-            if on_batch_done is not None:
-                on_batch_done(start + len(rows))
-        return results  # type: ignore[return-value]
-
-    def _generate_batch(
-        self, prompts: list[list[int]], params: GenerationParams
-    ) -> list[tuple[list[int], int | None]]:
-        """Per row: the generated token ids (a row that finished before the others is
-        padded to the batch's length) and, if it hit a stop string, how many tokens it
-        took to complete one."""
-        import torch
-
-        batch = self.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt")
-        batch = {key: value.to(self.device) for key, value in batch.items()}
-        width = batch["input_ids"].shape[1]
-        options: dict[str, Any] = {
-            "max_new_tokens": params.max_new_tokens,
-            "pad_token_id": self.tokenizer.pad_token_id,
-            "eos_token_id": self.tokenizer.eos_token_id,
-        }
-        if params.temperature > 0:
-            options.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
-            options["top_k"] = 0
-        else:
-            options["do_sample"] = False
-        stop_criterion = None
-        if params.stop:
-            stop_criterion = _stop_criterion(self._decode, params.stop, width)
-            options["stopping_criteria"] = [stop_criterion]
-        try:
-            with torch.inference_mode():
-                output = self.model.generate(**batch, **options)
-        except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
-            if not _is_out_of_memory(exc):
-                raise
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            raise BackendError(
-                f"out of memory on {self.device} generating a batch of {len(prompts)} rows "
-                f"(longest prompt {max(map(len, prompts))} tokens, max_new_tokens "
-                f"{params.max_new_tokens}); lower the batch size or max_new_tokens"
-            ) from exc
-        stopped_at = stop_criterion.stopped_at if stop_criterion else {}
-        generated = output[:, width:].tolist()
-        return [(tokens, stopped_at.get(row)) for row, tokens in enumerate(generated)]
-
-    def _result(
+    def generate_many(
         self,
-        prompt: list[int],
-        tokens: list[int],
-        stopped_at: int | None,
+        conversations: list[Conversation],
         params: GenerationParams,
-    ) -> GenerationResult:
-        """Trim a row at its first stop string or EOS, and count its tokens up to there:
-        the token that completed the stop string, or the EOS, included; padding not."""
-        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        if stopped_at is not None:
-            text = self._decode(tokens[:stopped_at])
-            return GenerationResult(
-                text[: _first_stop(text, params.stop)], len(prompt), stopped_at, "stop"
-            )
-        if eos in tokens:
-            tokens = tokens[: tokens.index(eos) + 1]
-            finish_reason = "stop"
-        else:
-            while tokens and tokens[-1] == pad:
-                tokens = tokens[:-1]
-            finish_reason = "length"
-        return GenerationResult(self._decode(tokens), len(prompt), len(tokens), finish_reason)
+        *,
+        max_rows: int | None = None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> list[GenerationResult | BackendError]:
+        """Like `generate`, but a row that cannot run (too long for the context) gets its
+        BackendError in place of a result and the others still run. Longest prompts are
+        admitted first, so memory trouble shows early."""
+        from workers.runtime.engine import Engine, Sequence
 
-    def _decode(self, tokens: list[int]) -> str:
-        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+        sequences = [Sequence(self.prompt_ids(messages), params) for messages in conversations]
+        by_length = sorted(sequences, key=lambda sequence: -len(sequence.prompt))
+        done = 0
 
+        def finished(sequence: Sequence) -> None:
+            nonlocal done
+            done += 1
+            if on_progress is not None:
+                on_progress(done)
 
-def _stop_criterion(decode: Callable[[list[int]], str], stops: tuple[str, ...], width: int):
-    """A StoppingCriteria that ends a row once its generated text holds a stop string.
-
-    Unlike `generate(stop_strings=...)`, it looks at the generated tokens only: with
-    that option a stop string straddling the prompt's end (say "\\n\\n" after a chat
-    template's "assistant\\n") ends a row before it has written anything.
-    """
-    import torch
-    from transformers import StoppingCriteria
-
-    class StopOnGeneratedText(StoppingCriteria):
-        def __init__(self) -> None:
-            self.stopped_at: dict[int, int] = {}
-
-        def __call__(self, input_ids, scores, **kwargs):
-            generated = input_ids[:, width:].tolist()
-            for row, tokens in enumerate(generated):
-                if row not in self.stopped_at and _first_stop(decode(tokens), stops) is not None:
-                    self.stopped_at[row] = len(tokens)
-            done = [row in self.stopped_at for row in range(len(generated))]
-            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-    return StopOnGeneratedText()
-
-
-def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
-    found = [index for index in (text.find(stop) for stop in stops if stop) if index >= 0]
-    return min(found, default=None)
-
-
-def _is_out_of_memory(exc: RuntimeError) -> bool:
-    import torch
-
-    message = str(exc).lower()
-    return (
-        isinstance(exc, torch.OutOfMemoryError)
-        or "out of memory" in message
-        # the CPU allocator's wording
-        or "not enough memory" in message
-    )
+        Engine(self, max_rows=max_rows).run(by_length, on_done=finished)
+        return [sequence.outcome for sequence in sequences]  # type: ignore[misc]

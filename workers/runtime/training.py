@@ -684,12 +684,12 @@ def _loss_sum(
 @contextmanager
 def _out_of_memory_as_error(batch: list[Example], device: Any, where: str) -> Iterator[None]:
     """Turns the device's out-of-memory error into TrainingError(out_of_memory)."""
-    from workers.runtime.local import _is_out_of_memory
+    from workers.runtime.engine import is_out_of_memory
 
     try:
         yield
     except RuntimeError as exc:
-        if not _is_out_of_memory(exc):
+        if not is_out_of_memory(exc):
             raise
         longest = max(len(e.input_ids) for e in batch)
         raise TrainingError(
