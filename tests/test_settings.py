@@ -45,6 +45,22 @@ def test_production_refuses_to_start_without_provenance_keys(tmp_path):
     assert "STUDIO_PROVENANCE_KEYS must be set" in result.stderr
 
 
+WEBHOOK_KEY = "q3m5hZ0kQb0e1x8fX2V8m6T9b9o4m2y0wS9hD5dKp1c="
+
+
+def test_production_refuses_to_start_without_webhook_secret_keys(tmp_path):
+    result = _manage(
+        "check",
+        "--settings=studio.settings.production",
+        SECRET_KEY="k" + "x9Qz7-pL2!mR4vT8" * 4,
+        STUDIO_DATA_DIR=str(tmp_path),
+        STUDIO_PROVENANCE_KEYS="k1:c2VjcmV0LXNpZ25pbmcta2V5LW9mLTMyLWJ5dGVzISE=",
+        STUDIO_WEBHOOK_SECRET_KEYS="",
+    )
+    assert result.returncode != 0
+    assert "STUDIO_WEBHOOK_SECRET_KEYS must be set" in result.stderr
+
+
 def test_check_deploy_prints_no_warnings(tmp_path):
     result = _manage(
         "check",
@@ -55,6 +71,7 @@ def test_check_deploy_prints_no_warnings(tmp_path):
         STUDIO_DATA_DIR=str(tmp_path),
         ALLOWED_HOSTS="studio.example.org",
         STUDIO_PROVENANCE_KEYS="k1:c2VjcmV0LXNpZ25pbmcta2V5LW9mLTMyLWJ5dGVzISE=",
+        STUDIO_WEBHOOK_SECRET_KEYS=WEBHOOK_KEY,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "System check identified no issues" in result.stdout

@@ -193,6 +193,15 @@ STUDIO_REVIEW_CLAIM_SECONDS = env.int("STUDIO_REVIEW_CLAIM_SECONDS", default=30 
 STUDIO_WEBHOOK_TIMEOUT = env.float("STUDIO_WEBHOOK_TIMEOUT", default=10.0)
 STUDIO_WEBHOOK_MAX_ATTEMPTS = env.int("STUDIO_WEBHOOK_MAX_ATTEMPTS", default=6)
 
+# Webhook targets: in production (studio.settings.production) private, loopback and
+# link-local addresses are refused unless this allow-list (host names, IPs, CIDRs) names
+# them; checked when a URL is saved and again at each delivery (apps/webhooks/targets.py).
+STUDIO_WEBHOOK_BLOCK_PRIVATE = env.bool("STUDIO_WEBHOOK_BLOCK_PRIVATE", default=False)
+STUDIO_WEBHOOK_ALLOWED_HOSTS = env.list("STUDIO_WEBHOOK_ALLOWED_HOSTS", default=[])
+# Fernet keys encrypting webhook signing secrets at rest, first one encrypts
+# (apps/webhooks/vault.py); development derives one from SECRET_KEY.
+STUDIO_WEBHOOK_SECRET_KEYS = env.str("STUDIO_WEBHOOK_SECRET_KEYS", default="")
+
 # --- Telemetry (apps/telemetry) ----------------------------------------------------
 # GET /metrics: a bearer token (empty: token access off), or a client address in these
 # networks (REMOTE_ADDR). Multiprocess mode follows PROMETHEUS_MULTIPROC_DIR (scripts/run.sh).

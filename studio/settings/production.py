@@ -1,7 +1,14 @@
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F403
-from .base import SECRET_KEY, STORAGES, STUDIO_METRICS_TOKEN, STUDIO_PROVENANCE_KEYS, env
+from .base import (
+    SECRET_KEY,
+    STORAGES,
+    STUDIO_METRICS_TOKEN,
+    STUDIO_PROVENANCE_KEYS,
+    STUDIO_WEBHOOK_SECRET_KEYS,
+    env,
+)
 
 DEBUG = False
 if (
@@ -17,6 +24,13 @@ if (
 if not STUDIO_PROVENANCE_KEYS.strip():
     raise ImproperlyConfigured(
         "STUDIO_PROVENANCE_KEYS must be set in production, e.g. 'k1:<base64 of 32 random bytes>'."
+    )
+
+if not STUDIO_WEBHOOK_SECRET_KEYS.strip():
+    raise ImproperlyConfigured(
+        "STUDIO_WEBHOOK_SECRET_KEYS must be set in production: one or more Fernet keys, "
+        "e.g. from `python -c 'from cryptography.fernet import Fernet; "
+        "print(Fernet.generate_key().decode())'`."
     )
 
 if STUDIO_METRICS_TOKEN and len(STUDIO_METRICS_TOKEN) < 32:
@@ -42,3 +56,7 @@ CSRF_COOKIE_SECURE = True
 # Run `manage.py collectstatic` at deploy time; hashed names allow far-future caching.
 STORAGES["staticfiles"] = {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"}
 WHITENOISE_USE_FINDERS = False
+
+# Webhooks may not reach private, loopback or link-local addresses unless
+# STUDIO_WEBHOOK_ALLOWED_HOSTS names them.
+STUDIO_WEBHOOK_BLOCK_PRIVATE = env.bool("STUDIO_WEBHOOK_BLOCK_PRIVATE", default=True)
