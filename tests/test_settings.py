@@ -127,3 +127,21 @@ def test_redis_cache_backend_reuses_its_client():
     client = backend._cache
     assert client.get_client(write=True) is client.get_client(write=True)
     backend.delete("k")
+
+
+def test_production_defaults_keep_the_api_docs_private_and_webhooks_off_private_networks(
+    tmp_path,
+):
+    result = _manage(
+        "shell",
+        "--settings=studio.settings.production",
+        "-c",
+        "from django.conf import settings as s; "
+        "print(s.STUDIO_API_DOCS_PUBLIC, s.STUDIO_WEBHOOK_BLOCK_PRIVATE)",
+        SECRET_KEY="k" + "x9Qz7-pL2!mR4vT8" * 4,
+        STUDIO_DATA_DIR=str(tmp_path),
+        STUDIO_PROVENANCE_KEYS="k1:c2VjcmV0LXNpZ25pbmcta2V5LW9mLTMyLWJ5dGVzISE=",
+        STUDIO_WEBHOOK_SECRET_KEYS=WEBHOOK_KEY,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "False True"

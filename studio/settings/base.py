@@ -32,6 +32,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "axes",
+    # Serves the API docs page's Swagger UI from its own static files (no CDN).
+    "ninja",
     "django_htmx",
     "template_partials",
     "guardian",
@@ -54,6 +56,7 @@ MIDDLEWARE = [
     # First, so its request id, log bindings and latency cover everything below.
     "apps.telemetry.middleware.RequestTelemetryMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "apps.core.csp.ContentSecurityPolicyMiddleware",
     # Before sessions and the API: a caller over its budget costs no database query.
     "apps.core.ratelimit.ApiRateLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -83,6 +86,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "apps.squads.context_processors.navigation",
+                "apps.core.csp.nonce",
             ],
         },
     }
@@ -236,6 +240,8 @@ AXES_CLIENT_IP_CALLABLE = "apps.core.http.client_ip"
 AXES_LOCKOUT_CALLABLE = "apps.squads.signin.lockout_response"
 AXES_ENABLE_ADMIN = False  # the cache handler keeps no rows to browse
 AXES_VERBOSE = False  # no start-up banner in every manage.py output
+# The OpenAPI document and the docs page without signing in (production: off).
+STUDIO_API_DOCS_PUBLIC = env.bool("STUDIO_API_DOCS_PUBLIC", default=True)
 
 # --- Telemetry (apps/telemetry) ----------------------------------------------------
 # GET /metrics: a bearer token (empty: token access off), or a client address in these

@@ -58,5 +58,6 @@ STORAGES["staticfiles"] = {"BACKEND": "whitenoise.storage.CompressedManifestStat
 WHITENOISE_USE_FINDERS = False
 
 # Webhooks may not reach private, loopback or link-local addresses unless
-# STUDIO_WEBHOOK_ALLOWED_HOSTS names them.
+# STUDIO_WEBHOOK_ALLOWED_HOSTS names them; the API document needs a signed-in caller.
 STUDIO_WEBHOOK_BLOCK_PRIVATE = env.bool("STUDIO_WEBHOOK_BLOCK_PRIVATE", default=True)
+STUDIO_API_DOCS_PUBLIC = env.bool("STUDIO_API_DOCS_PUBLIC", default=False)
