@@ -81,3 +81,17 @@ def test_the_api_docs_page_runs_swagger_ui_from_local_files(page, login, squad) 
     # Swagger UI's bundle loaded from /static/ and drew its frame (no violation: the fixture).
     expect(page.locator("#swagger-ui .swagger-ui").first).to_be_attached()
     assert page.evaluate("typeof window.SwaggerUIBundle") == "function"
+
+
+def test_admin_console_works_under_the_policy(page, live_server, squad) -> None:
+    from tests.factories import UserFactory
+
+    UserFactory(username="root", is_staff=True, is_superuser=True)
+    page.goto("/admin/login/")
+    page.get_by_label("Username").fill("root")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", name="Site administration")).to_be_visible()
+    for path in ("/admin/squads/squad/", "/admin/auth/user/", "/admin/webhooks/webhook/"):
+        page.goto(path)
+        expect(page.locator("#changelist")).to_be_visible()
