@@ -110,6 +110,9 @@ def server_env(data_dir: Path) -> dict[str, str]:
         DEBUG="false",
         LOG_LEVEL="WARNING",
         PYTHONUNBUFFERED="1",
+        # The API budgets still count every request (their cost is measured) but never refuse.
+        STUDIO_API_RATE_PER_TOKEN="1000000000/60",
+        STUDIO_API_RATE_PER_ADDRESS="1000000000/60",
     )
     if not os.environ.get("DATABASE_URL"):
         # Set it explicitly: settings read ./.env, which may point at a real database.

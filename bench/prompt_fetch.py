@@ -168,6 +168,9 @@ def server_env(data_dir: Path, database_url: str | None, cache_url: str | None) 
         DEBUG="false",
         LOG_LEVEL="WARNING",
         PYTHONUNBUFFERED="1",
+        # The API budgets still count every request (their cost is measured) but never refuse.
+        STUDIO_API_RATE_PER_TOKEN="1000000000/60",
+        STUDIO_API_RATE_PER_ADDRESS="1000000000/60",
         # Set both explicitly: settings read ./.env, which may point at real services.
         DATABASE_URL=database_url or f"sqlite:///{data_dir / 'bench.sqlite3'}",
         CACHE_URL=cache_url or f"filecache://{data_dir / 'cache'}",

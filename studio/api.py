@@ -31,6 +31,7 @@ from apps.squads.api import tokens_router
 from apps.squads.services import api_token_authenticate
 from apps.telemetry.middleware import bind_user
 from apps.webhooks.api import router as webhooks_router
+from studio.api_docs import docs_access
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
@@ -85,6 +86,7 @@ api = NinjaAPI(
     description=__doc__ or "",
     auth=BearerOrSession(),
     urls_namespace="api",
+    docs_decorator=docs_access,
 )
 
 

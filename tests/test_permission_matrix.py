@@ -222,7 +222,7 @@ ACTIONS = [
         "label.move_protected",
         frozenset({"owner", "engineer"}),
         api=lambda c: _move_production_to_approved_v2(c),
-        view=None,
+        view=lambda c: _move_production_to_approved_v2_view(c),
     ),
     Action(
         "policy.update",
@@ -704,6 +704,13 @@ def _move_production_to_approved_v2(c: ApiClient):
     return c.call("PUT", f"{P}/support/labels/production", {"version": 2})
 
 
+def _move_production_to_approved_v2_view(c: Client):
+    from tests.reviews.factories import approve
+
+    approve(_v2())
+    return c.post("/squads/acme/prompts/support/labels/production", {"version": "2"})
+
+
 def _decide_on_v2(c: ApiClient):
     from tests.reviews.factories import open_review
 
@@ -770,37 +777,90 @@ def test_matrix_covers_every_registered_permission() -> None:
     """A permission added to the registry without a row here fails this test."""
     from apps.squads.permissions import REGISTRY
 
-    covered = {
-        "view_squad": "squad.view",
-        "change_squad": "squad.update",
-        "manage_members": "member.add",
-        "view_audit": "audit.read",
-        "edit_prompts": "prompt.version_create",
-        "move_protected_labels": "label.move_protected",
-        "run_generation": "generation.run",
-        "manage_targets": "target.create",
-        "manage_review_queues": "queue.create",
-        "annotate_outputs": "queue.annotate",
-        "adjudicate_outputs": "queue.adjudicate",
-        "export_reviewed_outputs": "queue.export",
-        "manage_datasets": "dataset.create",
-        "manage_approval_policy": "policy.update",
-        "request_review": "review.request",
-        "decide_review": "review.decide",
-        "comment_prompts": "comment.add",
-        "run_finetune": "finetune.create",
-        "approve_adapters": "adapter.approve",
-        "manage_governance_policy": "governance.policy_update",
-        "write_test_cases": "eval.case_create",
-        "run_evals": "eval.run",
-        "submit_feedback": "feedback.submit",
-        "manage_alerts": "alert.acknowledge",
-        "manage_webhooks": "webhook.create",
-        "export_evidence": "evidence.export",
-    }
+    covered = COVERED
     assert {p.codename for p in REGISTRY} == set(covered)
     names = {a.name for a in ACTIONS}
     assert set(covered.values()) <= names
+
+
+COVERED = {
+    "view_squad": "squad.view",
+    "change_squad": "squad.update",
+    "manage_members": "member.add",
+    "view_audit": "audit.read",
+    "edit_prompts": "prompt.version_create",
+    "move_protected_labels": "label.move_protected",
+    "run_generation": "generation.run",
+    "manage_targets": "target.create",
+    "manage_review_queues": "queue.create",
+    "annotate_outputs": "queue.annotate",
+    "adjudicate_outputs": "queue.adjudicate",
+    "export_reviewed_outputs": "queue.export",
+    "manage_datasets": "dataset.create",
+    "manage_approval_policy": "policy.update",
+    "request_review": "review.request",
+    "decide_review": "review.decide",
+    "comment_prompts": "comment.add",
+    "run_finetune": "finetune.create",
+    "approve_adapters": "adapter.approve",
+    "manage_governance_policy": "governance.policy_update",
+    "write_test_cases": "eval.case_create",
+    "run_evals": "eval.run",
+    "submit_feedback": "feedback.submit",
+    "manage_alerts": "alert.acknowledge",
+    "manage_webhooks": "webhook.create",
+    "export_evidence": "evidence.export",
+}
+
+
+MATRIX_ROLE = {
+    "owner": "owner",
+    "engineer": "prompt_engineer",
+    "sme": "sme",
+    "compliance": "compliance",
+    "viewer": "viewer",
+}
+
+
+def test_matrix_rows_grant_exactly_the_registry_roles() -> None:
+    """The README's role table, the registry and this matrix must agree: each registry
+    permission's row allows exactly the roles the registry gives it."""
+    from apps.squads.permissions import BY_CODENAME
+
+    by_name = {a.name: a for a in ACTIONS}
+    for codename, action_name in COVERED.items():
+        allowed = {MATRIX_ROLE[r] for r in by_name[action_name].allowed if r in MATRIX_ROLE}
+        assert allowed == {r.value for r in BY_CODENAME[codename].roles}, codename
+
+
+def test_readme_role_table_matches_the_registry() -> None:
+    from pathlib import Path
+
+    from apps.squads.permissions import REGISTRY, Role
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("### Roles", 1)[1].split("\n#", 1)[0]
+    header = next(line for line in section.splitlines() if line.startswith("| permission"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    role_of_column = {
+        "owner": Role.OWNER,
+        "prompt engineer": Role.PROMPT_ENGINEER,
+        "SME": Role.SME,
+        "compliance": Role.COMPLIANCE,
+        "viewer": Role.VIEWER,
+    }
+    documented = {}
+    for line in section.splitlines():
+        if not line.startswith("| `"):
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        codename = cells[0].strip("`")
+        documented[codename] = {
+            role_of_column[col]
+            for col, cell in zip(columns, cells, strict=True)
+            if col in role_of_column and cell == "✓"
+        }
+    assert documented == {p.codename: set(p.roles) for p in REGISTRY}
 
 
 def test_revoked_token_of_other_user_is_untouched(squad) -> None:

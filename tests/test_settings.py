@@ -46,6 +46,7 @@ def test_production_refuses_to_start_without_provenance_keys(tmp_path):
 
 
 CHECKPOINT_KEY = "c1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+WEBHOOK_KEY = "q3m5hZ0kQb0e1x8fX2V8m6T9b9o4m2y0wS9hD5dKp1c="
 
 
 def test_production_refuses_to_start_without_audit_checkpoint_keys(tmp_path):
@@ -55,10 +56,25 @@ def test_production_refuses_to_start_without_audit_checkpoint_keys(tmp_path):
         SECRET_KEY="k" + "x9Qz7-pL2!mR4vT8" * 4,
         STUDIO_DATA_DIR=str(tmp_path),
         STUDIO_PROVENANCE_KEYS="k1:c2VjcmV0LXNpZ25pbmcta2V5LW9mLTMyLWJ5dGVzISE=",
+        STUDIO_WEBHOOK_SECRET_KEYS=WEBHOOK_KEY,
         STUDIO_AUDIT_CHECKPOINT_KEYS="",
     )
     assert result.returncode != 0
     assert "STUDIO_AUDIT_CHECKPOINT_KEYS" in result.stderr
+
+
+def test_production_refuses_to_start_without_webhook_secret_keys(tmp_path):
+    result = _manage(
+        "check",
+        "--settings=studio.settings.production",
+        SECRET_KEY="k" + "x9Qz7-pL2!mR4vT8" * 4,
+        STUDIO_DATA_DIR=str(tmp_path),
+        STUDIO_PROVENANCE_KEYS="k1:c2VjcmV0LXNpZ25pbmcta2V5LW9mLTMyLWJ5dGVzISE=",
+        STUDIO_AUDIT_CHECKPOINT_KEYS=CHECKPOINT_KEY,
+        STUDIO_WEBHOOK_SECRET_KEYS="",
+    )
+    assert result.returncode != 0
+    assert "STUDIO_WEBHOOK_SECRET_KEYS must be set" in result.stderr
 
 
 def test_check_deploy_prints_no_warnings(tmp_path):
@@ -72,6 +88,7 @@ def test_check_deploy_prints_no_warnings(tmp_path):
         ALLOWED_HOSTS="studio.example.org",
         STUDIO_PROVENANCE_KEYS="k1:c2VjcmV0LXNpZ25pbmcta2V5LW9mLTMyLWJ5dGVzISE=",
         STUDIO_AUDIT_CHECKPOINT_KEYS=CHECKPOINT_KEY,
+        STUDIO_WEBHOOK_SECRET_KEYS=WEBHOOK_KEY,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "System check identified no issues" in result.stdout
@@ -127,3 +144,22 @@ def test_redis_cache_backend_reuses_its_client():
     client = backend._cache
     assert client.get_client(write=True) is client.get_client(write=True)
     backend.delete("k")
+
+
+def test_production_defaults_keep_the_api_docs_private_and_webhooks_off_private_networks(
+    tmp_path,
+):
+    result = _manage(
+        "shell",
+        "--settings=studio.settings.production",
+        "-c",
+        "from django.conf import settings as s; "
+        "print(s.STUDIO_API_DOCS_PUBLIC, s.STUDIO_WEBHOOK_BLOCK_PRIVATE)",
+        SECRET_KEY="k" + "x9Qz7-pL2!mR4vT8" * 4,
+        STUDIO_DATA_DIR=str(tmp_path),
+        STUDIO_PROVENANCE_KEYS="k1:c2VjcmV0LXNpZ25pbmcta2V5LW9mLTMyLWJ5dGVzISE=",
+        STUDIO_WEBHOOK_SECRET_KEYS=WEBHOOK_KEY,
+        STUDIO_AUDIT_CHECKPOINT_KEYS=CHECKPOINT_KEY,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "False True"

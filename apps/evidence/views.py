@@ -29,4 +29,10 @@ def evidence_page(request: HttpRequest, squad: str, slug: str, number: int) -> H
     response = HttpResponse(page.html)
     response["Cache-Control"] = "no-store"
     response["X-Evidence-SHA256"] = page.sha256
+    # The page is byte for byte the zip's evidence.html (same sha256), so it cannot carry
+    # a per-request nonce for its inline CSS: it runs no script at all instead.
+    response["Content-Security-Policy"] = (
+        "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
     return response

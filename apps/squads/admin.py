@@ -3,12 +3,14 @@ services, so the same rules hold and audit events are written."""
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from guardian.admin import GuardedModelAdmin
 
 from apps.core.exceptions import ApplicationError
-from apps.squads import services
+from apps.squads import services, signin
 from apps.squads.models import ApiToken, Membership, Squad
 from apps.squads.permissions import Role
 
@@ -154,3 +156,24 @@ class ApiTokenAdmin(admin.ModelAdmin):
                 services.api_token_revoke(actor=request.user, token=token, request=request)
                 count += 1
         self.message_user(request, f"Revoked {count} token(s).")
+
+
+# Django's user admin, plus lifting a sign-in lockout (apps/squads/signin.py).
+admin.site.unregister(get_user_model())
+
+
+@admin.register(get_user_model())
+class StudioUserAdmin(UserAdmin):
+    actions = ["unlock_signin"]
+
+    @admin.action(description="Unlock sign-in of selected users (lockout after failed sign-ins)")
+    def unlock_signin(self, request: HttpRequest, queryset: QuerySet) -> None:
+        try:
+            for user in queryset:
+                signin.signin_unlock(
+                    actor=request.user, username=user.get_username(), request=request
+                )
+        except ApplicationError as exc:
+            self.message_user(request, exc.message, messages.ERROR)
+            return
+        self.message_user(request, f"Unlocked sign-in of {queryset.count()} user(s).")

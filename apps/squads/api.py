@@ -95,9 +95,12 @@ def member_list(request: HttpRequest, slug: str) -> list[dict]:
 @router.post("/squads/{slug}/members", response={201: MemberOut})
 def member_add(request: HttpRequest, slug: str, payload: MemberAddIn) -> Status:
     squad = selectors.squad_get_for_user(user=request.auth, slug=slug)
-    user = selectors.user_get_by_username(username=payload.username)
-    membership = services.membership_add(
-        actor=request.auth, squad=squad, user=user, roles=payload.roles, request=request
+    membership = services.membership_add_by_username(
+        actor=request.auth,
+        squad=squad,
+        username=payload.username,
+        roles=payload.roles,
+        request=request,
     )
     return Status(201, _member_out(membership))
 

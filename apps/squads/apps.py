@@ -31,3 +31,13 @@ class SquadsConfig(AppConfig):
         post_save.connect(
             _user_saved, sender=get_user_model(), dispatch_uid="squads_user_saved", weak=False
         )
+
+        from axes.signals import user_locked_out
+
+        from apps.squads.signin import signin_locked_out_audit
+
+        def _locked_out(sender: object, request: object = None, **kwargs: object) -> None:
+            if request is not None:
+                signin_locked_out_audit(request=request, username=kwargs.get("username"))
+
+        user_locked_out.connect(_locked_out, dispatch_uid="squads_signin_locked", weak=False)

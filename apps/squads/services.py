@@ -35,7 +35,7 @@ from apps.squads.permissions import (
     role_group_name,
     role_permissions,
 )
-from apps.squads.selectors import squad_cache_key
+from apps.squads.selectors import squad_cache_key, user_get_by_username
 
 User = AbstractBaseUser
 
@@ -256,6 +256,25 @@ def membership_add(
     if not user.is_active:
         raise ValidationFailed(f"User '{user.get_username()}' is inactive.", field="username")
     return _membership_add(actor=actor, squad=squad, user=user, roles=roles, request=request)
+
+
+@transaction.atomic
+def membership_add_by_username(
+    *,
+    actor: User,
+    squad: Squad,
+    username: str,
+    roles: list[str],
+    request: HttpRequest | None = None,
+) -> Membership:
+    """Add the user named `username`: what the API and the members page call.
+
+    The permission is checked before the name is looked up, so only someone who may
+    manage the squad's members learns whether a username exists (everyone else gets
+    the same 403 for a real and an unknown name)."""
+    require_squad_permission(actor, squad, MANAGE_MEMBERS)
+    user = user_get_by_username(username=(username or "").strip())
+    return membership_add(actor=actor, squad=squad, user=user, roles=roles, request=request)
 
 
 @transaction.atomic

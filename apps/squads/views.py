@@ -91,11 +91,10 @@ def members(request: HttpRequest, slug: str) -> HttpResponse:
     added = None
     if request.method == "POST":
         try:
-            user = selectors.user_get_by_username(username=request.POST.get("username", "").strip())
-            added = services.membership_add(
+            added = services.membership_add_by_username(
                 actor=request.user,
                 squad=squad,
-                user=user,
+                username=request.POST.get("username", ""),
                 roles=request.POST.getlist("roles"),
                 request=request,
             )

@@ -25,7 +25,7 @@ class WebhookAdmin(ReadOnly):
     list_filter = ("enabled",)
     search_fields = ("url", "squad__slug")
     list_select_related = ("squad", "created_by")
-    exclude = ("secret",)
+    exclude = ("secret_encrypted",)
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
 

@@ -13,12 +13,13 @@ import time
 import urllib.error
 import urllib.request
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from apps.webhooks import signing
+from apps.webhooks import signing, targets
 from apps.webhooks.events import schedule
 from apps.webhooks.models import WebhookAttempt, WebhookDelivery
 
@@ -91,7 +92,37 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_opener = urllib.request.build_opener(_NoRedirect)
+class _CheckedHTTPConnection(http.client.HTTPConnection):
+    """Connects only to addresses webhooks may reach, checked at connect time."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = targets.connect
+
+
+class _CheckedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._create_connection = targets.connect
+
+
+class _CheckedHTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_CheckedHTTPConnection, req)
+
+
+class _CheckedHTTPSHandler(urllib.request.HTTPSHandler):
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        options: dict[str, Any] = {"context": self._context}
+        if hasattr(self, "_check_hostname"):  # Python 3.11
+            options["check_hostname"] = self._check_hostname
+        return self.do_open(_CheckedHTTPSConnection, req, **options)
+
+
+# No proxy from the environment: the address check must apply to the receiver itself.
+_opener = urllib.request.build_opener(
+    urllib.request.ProxyHandler({}), _NoRedirect, _CheckedHTTPHandler, _CheckedHTTPSHandler
+)
 
 
 def _post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int | None, str, str]:

@@ -4,19 +4,22 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from apps.webhooks import vault
+
 
 class Webhook(models.Model):
     """An HTTP endpoint of a squad that receives signed events it subscribed to.
 
-    `secret` is kept because every delivery is signed with it; it is shown once (on
-    create and on rotate) and never returned again by the API or the UI.
+    The signing secret is kept because every delivery is signed with it: encrypted
+    (`apps.webhooks.vault`), shown once (on create and on rotate) and never returned
+    again by the API or the UI.
     """
 
     squad = models.ForeignKey("squads.Squad", on_delete=models.CASCADE, related_name="webhooks")
     url = models.URLField(max_length=2000)
     description = models.CharField(max_length=200, blank=True)
     events = models.JSONField(default=list)
-    secret = models.CharField(max_length=200)
+    secret_encrypted = models.TextField()
     enabled = models.BooleanField(default=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
@@ -30,6 +33,15 @@ class Webhook(models.Model):
 
     def __str__(self) -> str:
         return f"Webhook {self.pk} of {self.squad} → {self.url}"
+
+    @property
+    def secret(self) -> str:
+        """The signing secret in clear (decrypted on each read)."""
+        return vault.decrypt(self.secret_encrypted)
+
+    @secret.setter
+    def secret(self, value: str) -> None:
+        self.secret_encrypted = vault.encrypt(value)
 
 
 class WebhookDelivery(models.Model):

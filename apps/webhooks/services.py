@@ -1,8 +1,10 @@
 """Every write to webhooks: owners only (MANAGE_WEBHOOKS), audited in the same transaction.
 
-Targets may be any http(s) URL, internal addresses included: Studio is self-hosted and
-receivers on the same network are the normal case. Whoever can add a webhook is a
-squad owner, who can already read everything the events carry.
+Targets may be any http(s) URL; in production private, loopback and link-local
+addresses only when an allow-list names them (`apps.webhooks.targets`). Whoever can add
+a webhook is a squad owner, who can already read everything the events carry. The audit
+log records URLs with their credentials masked, and secrets are stored encrypted
+(`apps.webhooks.vault`).
 """
 
 from typing import Any
@@ -20,8 +22,10 @@ from apps.squads.access import require_squad_permission
 from apps.squads.models import Squad
 from apps.squads.permissions import MANAGE_WEBHOOKS
 from apps.webhooks import events as ev
+from apps.webhooks import vault
 from apps.webhooks.models import Webhook, WebhookDelivery
 from apps.webhooks.signing import secret_generate
+from apps.webhooks.targets import check_url, mask_url
 
 User = AbstractBaseUser
 URL_MAX = 2000
@@ -45,6 +49,7 @@ def clean_url(url: str) -> str:
             "Enter a full http:// or https:// URL, e.g. https://example.com/hooks/studio.",
             field="url",
         ) from exc
+    check_url(url)
     return url
 
 
@@ -77,10 +82,11 @@ def clean_description(description: str) -> str:
     return description
 
 
-def _facts(webhook: Webhook) -> dict[str, Any]:
-    """What the audit log records about a webhook (never its secret)."""
+def _facts(webhook: Webhook, *, masked: bool = True) -> dict[str, Any]:
+    """What the audit log records about a webhook: never its secret, and the URL with its
+    credentials masked (`masked=False` only to compare before and after)."""
     return {
-        "url": webhook.url,
+        "url": mask_url(webhook.url) if masked else webhook.url,
         "events": webhook.events,
         "enabled": webhook.enabled,
         "description": webhook.description,
@@ -101,6 +107,8 @@ def webhook_create(
     """Add a webhook; returns it with its signing secret (shown to the caller once)."""
     require_squad_permission(actor, squad, MANAGE_WEBHOOKS)
     url, events, description = clean_url(url), clean_events(events), clean_description(description)
+    # The squad's row lock makes count-then-insert one step under concurrent creation.
+    Squad.objects.select_for_update().filter(pk=squad.pk).first()
     if Webhook.objects.filter(squad=squad).count() >= WEBHOOKS_PER_SQUAD:
         raise Conflict(f"A squad has at most {WEBHOOKS_PER_SQUAD} webhooks.")
     secret = secret_generate()
@@ -138,7 +146,7 @@ def webhook_update(
     """Change what is given (None leaves a field as it is)."""
     require_squad_permission(actor, webhook.squad, MANAGE_WEBHOOKS)
     webhook = Webhook.objects.select_for_update().select_related("squad").get(pk=webhook.pk)
-    before = _facts(webhook)
+    before, before_masked = _facts(webhook, masked=False), _facts(webhook)
     if url is not None:
         webhook.url = clean_url(url)
     if events is not None:
@@ -147,7 +155,7 @@ def webhook_update(
         webhook.description = clean_description(description)
     if enabled is not None:
         webhook.enabled = bool(enabled)
-    after = _facts(webhook)
+    after = _facts(webhook, masked=False)
     changed = sorted(k for k in after if after[k] != before[k])
     if not changed:
         return webhook
@@ -158,7 +166,11 @@ def webhook_update(
         action="webhook.updated",
         squad=webhook.squad,
         target=webhook,
-        data={"changed": changed, "before": {k: before[k] for k in changed}, **after},
+        data={
+            "changed": changed,
+            "before": {k: before_masked[k] for k in changed},
+            **_facts(webhook),
+        },
         request=request,
     )
     return webhook
@@ -175,13 +187,13 @@ def webhook_secret_rotate(
     secret = secret_generate()
     webhook.secret = secret
     webhook.secret_rotated_at = webhook.updated_at = timezone.now()
-    webhook.save(update_fields=["secret", "secret_rotated_at", "updated_at"])
+    webhook.save(update_fields=["secret_encrypted", "secret_rotated_at", "updated_at"])
     audit_log(
         actor=actor,
         action="webhook.secret_rotated",
         squad=webhook.squad,
         target=webhook,
-        data={"url": webhook.url},
+        data={"url": mask_url(webhook.url)},
         request=request,
     )
     return webhook, secret
@@ -228,7 +240,11 @@ def webhook_test_send(
         action="webhook.test_sent",
         squad=webhook.squad,
         target=webhook,
-        data={"url": webhook.url, "delivery": delivery.pk, "event_id": str(delivery.event_id)},
+        data={
+            "url": mask_url(webhook.url),
+            "delivery": delivery.pk,
+            "event_id": str(delivery.event_id),
+        },
         request=request,
     )
     return delivery
@@ -258,3 +274,21 @@ def delivery_redeliver(
         request=request,
     )
     return again
+
+
+@transaction.atomic
+def webhook_secrets_reencrypt() -> int:
+    """Re-encrypt every stored signing secret with the first key of
+    STUDIO_WEBHOOK_SECRET_KEYS (after a new key was put first); audited. Returns the
+    number of webhooks. An operator's command (`manage.py webhook_secrets_rotate`):
+    whoever runs it already holds the keys."""
+    webhooks = list(Webhook.objects.select_for_update().only("id", "secret_encrypted"))
+    for webhook in webhooks:
+        webhook.secret_encrypted = vault.rotate(webhook.secret_encrypted)
+    Webhook.objects.bulk_update(webhooks, ["secret_encrypted"], batch_size=500)
+    audit_log(
+        actor=None,
+        action="webhook.secrets_reencrypted",
+        data={"webhooks": len(webhooks)},
+    )
+    return len(webhooks)

@@ -4,6 +4,7 @@ Embedded defaults need no server: SQLite, kombu's filesystem broker and a
 local-memory cache, all under STUDIO_DATA_DIR (default ./var).
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -30,6 +31,9 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "axes",
+    # Serves the API docs page's Swagger UI from its own static files (no CDN).
+    "ninja",
     "django_htmx",
     "template_partials",
     "guardian",
@@ -52,6 +56,9 @@ MIDDLEWARE = [
     # First, so its request id, log bindings and latency cover everything below.
     "apps.telemetry.middleware.RequestTelemetryMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "apps.core.csp.ContentSecurityPolicyMiddleware",
+    # Before sessions and the API: a caller over its budget costs no database query.
+    "apps.core.ratelimit.ApiRateLimitMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -61,6 +68,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "apps.core.middleware.ApplicationErrorMiddleware",
+    # Last: turns a sign-in refused by a lockout into the lockout page (django-axes).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "studio.urls"
@@ -77,6 +86,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "apps.squads.context_processors.navigation",
+                "apps.core.csp.nonce",
             ],
         },
     }
@@ -108,8 +118,13 @@ if CACHES["default"]["BACKEND"] in (
     # Django's own Redis backend (no django-redis), reusing its client: studio/cache.py.
     CACHES["default"]["BACKEND"] = "studio.cache.StudioRedisCache"
     CACHES["default"].pop("OPTIONS", None)
+elif CACHES["default"]["BACKEND"] == "django.core.cache.backends.filebased.FileBasedCache":
+    # Counters (sign-in failures, API budgets) must be atomic across the web workers.
+    CACHES["default"]["BACKEND"] = "studio.cache.StudioFileBasedCache"
 
 AUTHENTICATION_BACKENDS = [
+    # First: refuses every sign-in of a locked-out account or address (django-axes).
+    "apps.squads.signin.SigninLockoutBackend",
     "django.contrib.auth.backends.ModelBackend",
     "guardian.backends.ObjectPermissionBackend",
 ]
@@ -210,6 +225,40 @@ STUDIO_WEBHOOK_MAX_ATTEMPTS = env.int("STUDIO_WEBHOOK_MAX_ATTEMPTS", default=6)
 # this): when set, `local` targets generate through it (batch jobs, evals, playground);
 # empty: each worker loads the local model in its own process.
 STUDIO_LOCAL_SERVER_URL = env.str("STUDIO_LOCAL_SERVER_URL", default="")
+# Webhook targets: in production (studio.settings.production) private, loopback and
+# link-local addresses are refused unless this allow-list (host names, IPs, CIDRs) names
+# them; checked when a URL is saved and again at each delivery (apps/webhooks/targets.py).
+STUDIO_WEBHOOK_BLOCK_PRIVATE = env.bool("STUDIO_WEBHOOK_BLOCK_PRIVATE", default=False)
+STUDIO_WEBHOOK_ALLOWED_HOSTS = env.list("STUDIO_WEBHOOK_ALLOWED_HOSTS", default=[])
+# Fernet keys encrypting webhook signing secrets at rest, first one encrypts
+# (apps/webhooks/vault.py); development derives one from SECRET_KEY.
+STUDIO_WEBHOOK_SECRET_KEYS = env.str("STUDIO_WEBHOOK_SECRET_KEYS", default="")
+
+# --- Abuse limits ------------------------------------------------------------------
+# Reverse proxies whose X-Forwarded-For is believed (apps/core/http.py client_ip): the
+# address used for per-address limits, lockouts and the audit log.
+STUDIO_TRUSTED_PROXIES = env.list("STUDIO_TRUSTED_PROXIES", default=[])
+# API budgets "requests/seconds" per bearer token and per client address, counted in the
+# cache (apps/core/ratelimit.py); past one, 429 with Retry-After. Empty turns one off.
+STUDIO_API_RATE_PER_TOKEN = env.str("STUDIO_API_RATE_PER_TOKEN", default="200/10")
+STUDIO_API_RATE_PER_ADDRESS = env.str("STUDIO_API_RATE_PER_ADDRESS", default="400/10")
+# Sign-in lockout (django-axes, counted in the cache): after this many failed sign-ins
+# for one username or from one address, both /login/ and /admin/login/ refuse that
+# username or address — right password included — until the lockout expires (each
+# further failure restarts it) or staff unlock it (admin, `manage.py signin_unlock`).
+AXES_ENABLED = True
+AXES_HANDLER = "axes.handlers.cache.AxesCacheHandler"
+AXES_CACHE = "default"
+AXES_FAILURE_LIMIT = env.int("STUDIO_SIGNIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(seconds=env.int("STUDIO_SIGNIN_LOCKOUT_SECONDS", default=900))
+AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "apps.core.http.client_ip"
+AXES_LOCKOUT_CALLABLE = "apps.squads.signin.lockout_response"
+AXES_ENABLE_ADMIN = False  # the cache handler keeps no rows to browse
+AXES_VERBOSE = False  # no start-up banner in every manage.py output
+# The OpenAPI document and the docs page without signing in (production: off).
+STUDIO_API_DOCS_PUBLIC = env.bool("STUDIO_API_DOCS_PUBLIC", default=True)
 
 # --- Telemetry (apps/telemetry) ----------------------------------------------------
 # GET /metrics: a bearer token (empty: token access off), or a client address in these

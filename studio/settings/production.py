@@ -7,6 +7,7 @@ from .base import (
     STUDIO_AUDIT_CHECKPOINT_KEYS,
     STUDIO_METRICS_TOKEN,
     STUDIO_PROVENANCE_KEYS,
+    STUDIO_WEBHOOK_SECRET_KEYS,
     env,
 )
 
@@ -33,6 +34,13 @@ if not STUDIO_AUDIT_CHECKPOINT_KEYS.strip():
         "(manage.py audit_checkpoint --new-key k1 prints one)."
     )
 
+if not STUDIO_WEBHOOK_SECRET_KEYS.strip():
+    raise ImproperlyConfigured(
+        "STUDIO_WEBHOOK_SECRET_KEYS must be set in production: one or more Fernet keys, "
+        "e.g. from `python -c 'from cryptography.fernet import Fernet; "
+        "print(Fernet.generate_key().decode())'`."
+    )
+
 if STUDIO_METRICS_TOKEN and len(STUDIO_METRICS_TOKEN) < 32:
     raise ImproperlyConfigured(
         "STUDIO_METRICS_TOKEN must be at least 32 characters (or empty: allow-list only)."
@@ -56,3 +64,8 @@ CSRF_COOKIE_SECURE = True
 # Run `manage.py collectstatic` at deploy time; hashed names allow far-future caching.
 STORAGES["staticfiles"] = {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"}
 WHITENOISE_USE_FINDERS = False
+
+# Webhooks may not reach private, loopback or link-local addresses unless
+# STUDIO_WEBHOOK_ALLOWED_HOSTS names them; the API document needs a signed-in caller.
+STUDIO_WEBHOOK_BLOCK_PRIVATE = env.bool("STUDIO_WEBHOOK_BLOCK_PRIVATE", default=True)
+STUDIO_API_DOCS_PUBLIC = env.bool("STUDIO_API_DOCS_PUBLIC", default=False)

@@ -12,3 +12,7 @@ MIDDLEWARE = [m for m in MIDDLEWARE if not m.startswith("whitenoise.")]  # noqa:
 
 # No checkpoint file shared between test runs (tests that need one set a tmp_path).
 STUDIO_AUDIT_CHECKPOINT_DIR = ""
+# The suite makes thousands of API calls from one address in seconds: budgets far above
+# that (tests/core/test_ratelimit.py proves the limits with the real defaults of base.py).
+STUDIO_API_RATE_PER_TOKEN = "1000000/10"
+STUDIO_API_RATE_PER_ADDRESS = "1000000/10"

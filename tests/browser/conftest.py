@@ -58,21 +58,54 @@ def browser() -> Iterator[object]:
             pw.stop()
 
 
+# Runs in every page before its own scripts (Playwright injects it outside the page's
+# Content-Security-Policy): each violation the browser reports is written to the console,
+# where the fixture below collects it.
+REPORT_CSP_VIOLATIONS = """
+document.addEventListener("securitypolicyviolation", (e) => {
+  console.error(`CSP violation: ${e.violatedDirective} blocked ${e.blockedURI || "inline"}`
+    + ` at ${e.sourceFile || e.documentURI}:${e.lineNumber}`);
+});
+"""
+
+
+def csp_violations(messages: list[str]) -> list[str]:
+    """Console messages that report a Content-Security-Policy violation: the page's own
+    listener's, and chromium's "Refused to …" lines."""
+    return [
+        m
+        for m in messages
+        if m.startswith("CSP violation:") or ("Refused to" in m and "Content Security Policy" in m)
+    ]
+
+
 @pytest.fixture
-def page(browser, live_server) -> Iterator[object]:
-    """A fresh context (no cookies) and page per test, pointed at the live server."""
+def console(browser, live_server) -> list[str]:
+    """Every console message of the test's pages (the `page` fixture fills it)."""
+    return []
+
+
+@pytest.fixture
+def page(browser, live_server, console) -> Iterator[object]:
+    """A fresh context (no cookies) and page per test, pointed at the live server.
+
+    The test fails on any uncaught JavaScript error and on any Content-Security-Policy
+    violation (apps/core/csp.py): an inline script, handler or style, or a remote origin."""
     context = browser.new_context(base_url=live_server.url)
     context.set_default_timeout(DEFAULT_TIMEOUT_MS)
     context.set_default_navigation_timeout(DEFAULT_TIMEOUT_MS)
+    context.add_init_script(REPORT_CSP_VIOLATIONS)
     page = context.new_page()
-    # Any uncaught JavaScript error on a page fails the test.
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda message: console.append(message.text))
     try:
         yield page
     finally:
         context.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+    violations = csp_violations(console)
+    assert not violations, f"Content-Security-Policy violations: {violations}"
 
 
 @pytest.fixture

@@ -19,3 +19,30 @@ from apps.core.http import parse_id
 )
 def test_parse_id(raw, expected) -> None:
     assert parse_id(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("remote", "forwarded", "trusted", "expected"),
+    [
+        ("203.0.113.5", "", [], "203.0.113.5"),
+        # Without trusted proxies the header is ignored: any client can write it.
+        ("203.0.113.5", "1.2.3.4", [], "203.0.113.5"),
+        ("10.0.0.2", "198.51.100.9", ["10.0.0.0/8"], "198.51.100.9"),
+        # A client's own claim left of the real one is not believed.
+        ("10.0.0.2", "1.2.3.4, 198.51.100.9", ["10.0.0.0/8"], "198.51.100.9"),
+        # Two proxies: skip both.
+        ("10.0.0.2", "198.51.100.9, 10.0.0.7", ["10.0.0.0/8"], "198.51.100.9"),
+        # A request that did not come through a trusted proxy keeps its own address.
+        ("203.0.113.5", "198.51.100.9", ["10.0.0.0/8"], "203.0.113.5"),
+        ("10.0.0.2", "garbage", ["10.0.0.0/8"], "10.0.0.2"),
+        ("10.0.0.2", "", ["10.0.0.0/8"], "10.0.0.2"),
+    ],
+)
+def test_client_ip_believes_only_trusted_proxies(
+    rf, settings, remote, forwarded, trusted, expected
+) -> None:
+    from apps.core.http import client_ip
+
+    settings.STUDIO_TRUSTED_PROXIES = trusted
+    request = rf.get("/", REMOTE_ADDR=remote, HTTP_X_FORWARDED_FOR=forwarded)
+    assert client_ip(request) == expected

@@ -107,3 +107,35 @@ def test_openapi_schema_renders(api_as):
     assert response.status_code == 200
     paths = response.json()["paths"]
     assert "/api/v1/squads/{slug}" in paths and "/api/v1/audit/export" in paths
+
+
+@pytest.mark.parametrize("role", ["engineer", "sme", "compliance", "viewer"])
+def test_adding_a_member_does_not_tell_non_owners_which_usernames_exist(squad, api_as, role):
+    """A member who may not manage members gets the same 403 for a real and an unknown
+    username; only an owner learns that a name does not exist."""
+    client = api_as(role)
+    real = client.call(
+        "POST", "/api/v1/squads/acme/members", {"username": "outsider", "roles": ["sme"]}
+    )
+    ghost = client.call(
+        "POST", "/api/v1/squads/acme/members", {"username": "ghost", "roles": ["sme"]}
+    )
+    assert real.status_code == ghost.status_code == 403
+    assert real.json() == ghost.json()
+    owner = api_as("owner").call(
+        "POST", "/api/v1/squads/acme/members", {"username": "ghost", "roles": ["sme"]}
+    )
+    assert owner.status_code == 404 and "ghost" in owner.json()["detail"]
+
+
+def test_members_page_does_not_tell_non_owners_which_usernames_exist(squad):
+    from django.test import Client
+
+    from tests.factories import PASSWORD
+
+    client = Client()
+    assert client.login(username="engineer", password=PASSWORD)
+    real = client.post("/squads/acme/members/", {"username": "outsider", "roles": ["sme"]})
+    ghost = client.post("/squads/acme/members/", {"username": "ghost", "roles": ["sme"]})
+    assert real.status_code == ghost.status_code == 403
+    assert b"ghost" not in ghost.content

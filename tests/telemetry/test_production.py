@@ -6,6 +6,8 @@ from tests.test_settings import _manage
 PRODUCTION = {
     "SECRET_KEY": "k" + "x9Qz7-pL2!mR4vT8" * 4,
     "STUDIO_PROVENANCE_KEYS": "k1:c2VjcmV0LXNpZ25pbmcta2V5LW9mLTMyLWJ5dGVzISE=",
+    "STUDIO_WEBHOOK_SECRET_KEYS": "q3m5hZ0kQb0e1x8fX2V8m6T9b9o4m2y0wS9hD5dKp1c=",
+    "STUDIO_AUDIT_CHECKPOINT_KEYS": "c1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
     "ALLOWED_HOSTS": "testserver",
 }
 
