@@ -133,7 +133,8 @@ def squad_navigation(
         (
             (len(url), i)
             for i, url in enumerate(urls)
-            if (path == url if allowed[i].url_name == "squads:detail" else path.startswith(url))
+            if not allowed[i].anchor
+            and (path == url if allowed[i].url_name == "squads:detail" else path.startswith(url))
         ),
         default=(0, -1),
     )[1]
@@ -148,7 +149,7 @@ def squad_navigation(
                 count_title=f"{n} {titles[area.count].format(s='' if n == 1 else 's')}"
                 if n
                 else "",
-                current=i == current and not area.anchor,
+                current=i == current,
                 group=area.group,
             )
         )
