@@ -294,6 +294,18 @@ ACTIONS = [
         view=None,
     ),
     Action(
+        "generation.list",
+        frozenset(MEMBERS),
+        api=None,
+        view=lambda c: c.get("/squads/acme/generations/?status=ok"),
+    ),
+    Action(
+        "eval.index",
+        frozenset(MEMBERS),
+        api=None,
+        view=lambda c: c.get("/squads/acme/evals/"),
+    ),
+    Action(
         "queue.create",
         frozenset({"owner", "engineer", "compliance"}),
         api=lambda c: c.call(
