@@ -88,12 +88,43 @@ def _overflow(page) -> int:
     )
 
 
-def _crawl(page, base: str, *, width: int) -> tuple[dict[str, int], dict[str, int]]:
-    """Breadth-first from the squad page: {address: status}, {address: overflow px}."""
+# Form layout: inside a fieldset every label stands right above its own control or right
+# before it on the same line (never beside another field), and number inputs are styled
+# like the other fields, not tiny.
+FORM_LAYOUT = """() => {
+  const problems = [];
+  for (const label of document.querySelectorAll("fieldset label[for]")) {
+    const control = document.getElementById(label.htmlFor);
+    if (!control || ["checkbox", "radio", "hidden"].includes(control.type)) continue;
+    if (label.closest("td, th")) continue;  // a table row pairs them side by side
+    if (!label.offsetParent || !control.offsetParent) continue;
+    const a = label.getBoundingClientRect(), b = control.getBoundingClientRect();
+    const above = a.bottom <= b.top + 2 && b.top - a.bottom < 16 && Math.abs(a.left - b.left) < 16;
+    const before = Math.abs((a.top + a.bottom) / 2 - (b.top + b.bottom) / 2) < a.height
+      && b.left >= a.right - 2 && b.left - a.right < 24;
+    if (!above && !before)
+      problems.push(`label for #${label.htmlFor} is not next to its field`);
+  }
+  for (const input of document.querySelectorAll("input[type=number]")) {
+    if (!input.offsetParent) continue;
+    const style = getComputedStyle(input);
+    if (input.getBoundingClientRect().width < 64 || style.borderTopLeftRadius === "0px")
+      problems.push(`#${input.id || input.name} is a tiny unstyled number input`);
+  }
+  return problems;
+}"""
+
+
+def _crawl(
+    page, base: str, *, width: int
+) -> tuple[dict[str, int], dict[str, int], dict[str, list[str]]]:
+    """Breadth-first from the squad page: {address: status}, {address: overflow px},
+    {address: form layout problems}."""
     page.set_viewport_size({"width": width, "height": 900})
     seen_patterns: dict[str, int] = {}
     statuses: dict[str, int] = {}
     overflows: dict[str, int] = {}
+    layouts: dict[str, list[str]] = {}
     queue = deque([SQUAD])
     queued = {SQUAD}
     while queue:
@@ -103,6 +134,9 @@ def _crawl(page, base: str, *, width: int) -> tuple[dict[str, int], dict[str, in
         overflow = _overflow(page)
         if overflow > 0:
             overflows[address] = overflow
+        problems = page.evaluate(FORM_LAYOUT)
+        if problems:
+            layouts[address] = problems
         for link in _links(page, base):
             if link in queued:
                 continue
@@ -112,7 +146,7 @@ def _crawl(page, base: str, *, width: int) -> tuple[dict[str, int], dict[str, in
             seen_patterns[shape] = seen_patterns.get(shape, 0) + 1
             queued.add(link)
             queue.append(link)
-    return statuses, overflows
+    return statuses, overflows, layouts
 
 
 @pytest.fixture
@@ -126,10 +160,11 @@ def test_each_role_reaches_its_areas_and_every_page_fits_1440(
     page, login, live_server, demo, username
 ):
     login(page, username, DEMO_PASSWORD)
-    statuses, overflows = _crawl(page, live_server.url, width=WIDE)
+    statuses, overflows, layouts = _crawl(page, live_server.url, width=WIDE)
     refused = {a: s for a, s in statuses.items() if s != 200}
     assert refused == {}, f"{username} followed links to pages that refused them"
     assert overflows == {}, f"{username}: pages wider than {WIDE} px"
+    assert layouts == {}, f"{username}: broken form layouts"
     visited = {a.split("?")[0] for a in statuses}
     missing = ROLES[username] - visited
     assert missing == set(), f"{username} cannot reach {sorted(missing)} from {SQUAD}"
@@ -157,6 +192,6 @@ def test_on_a_phone_the_header_stays_usable_and_pages_do_not_scroll_sideways(
         assert box["x"] >= 0 and box["x"] + box["width"] <= NARROW, box
         bar = header.bounding_box()
         assert bar["y"] <= box["y"] and box["y"] + box["height"] <= bar["y"] + bar["height"]
-    statuses, overflows = _crawl(page, live_server.url, width=NARROW)
+    statuses, overflows, _ = _crawl(page, live_server.url, width=NARROW)
     assert {a: s for a, s in statuses.items() if s != 200} == {}
     assert overflows == {}, f"pages that scroll sideways at {NARROW} px"
