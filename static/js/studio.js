@@ -43,3 +43,14 @@
     }
   });
 })();
+
+// On a narrow screen the squad navigation is one row that scrolls sideways: bring the
+// current area into view (without scrolling the page itself).
+(function () {
+  "use strict";
+  var nav = document.getElementById("squad-nav");
+  var current = nav && nav.querySelector("[aria-current=page]");
+  if (current && nav.scrollWidth > nav.clientWidth) {
+    nav.scrollLeft = current.offsetLeft - (nav.clientWidth - current.offsetWidth) / 2;
+  }
+})();
