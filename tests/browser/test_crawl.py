@@ -35,8 +35,11 @@ EVERYONE = {
     "/squads/demo/evals/",
     "/squads/demo/alerts/",
     "/squads/demo/governance/",
+    "/squads/demo/approval-policy",
     "/squads/demo/members/",
     "/account/tokens/",
+    "/inbox/",
+    "/notifications/",
 }
 # The areas each demo user must reach from the squad page (and only these of the
 # role-limited ones: the audit log and webhooks).
