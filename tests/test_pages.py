@@ -1,14 +1,54 @@
 """The page frame (issue 16): a friendly 405, the favicon, the flash after a save, and
 the actions that lead from one area to the next ("Evaluate", "Fine-tune on this version")."""
 
+import json
+
 import pytest
 from django.test import Client
 
 from apps.finetune import services as datasets
 from tests.factories import PASSWORD, UserFactory
-from tests.prompts.test_views import MESSAGES, _form, _prompt
+from tests.prompts.factories import make_prompt
 
 pytestmark = pytest.mark.django_db
+
+
+SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+MESSAGES = [
+    {"role": "system", "content": "You are polite."},
+    {"role": "user", "content": "Say hello to {{ name }}."},
+]
+
+
+def _prompt(squad):
+    """Prompt 'greet' version 1, written by the engineer."""
+    return make_prompt(
+        squad,
+        UserFactory(username="engineer"),
+        slug="greet",
+        messages=MESSAGES,
+        input_schema=SCHEMA,
+    )
+
+
+def _editor_form(messages: list[dict[str, str]], **fields: str) -> dict:
+    """The editor's form as a browser posts it."""
+    return {
+        "message_role": [m["role"] for m in messages],
+        "message_content": [m["content"] for m in messages],
+        "input_schema": json.dumps(SCHEMA),
+        "output_format": "text",
+        "output_schema": "",
+        "target": "local",
+        "temperature": "0.7",
+        "top_p": "1.0",
+        "max_new_tokens": "256",
+        "stop": "",
+        "seed": "",
+        "fallback_target": "",
+        "variables": '{"name": "Ada"}',
+        **fields,
+    }
 
 
 def _client(username: str) -> Client:
@@ -41,7 +81,7 @@ def test_saving_a_version_says_so_on_the_next_page(squad):
     changed = [MESSAGES[0], {"role": "user", "content": "Greet {{ name }} warmly."}]
     response = client.post(
         "/squads/acme/prompts/greet/edit",
-        _form(messages=changed, commit_message="warmer", parent_number="1"),
+        _editor_form(changed, commit_message="warmer", parent_number="1"),
         follow=True,
     )
     body = response.content.decode()
