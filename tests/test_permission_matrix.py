@@ -128,14 +128,14 @@ ACTIONS = [
     ),
     Action(
         "audit.read",
-        frozenset({"compliance", "staff"}),
+        frozenset({"owner", "compliance", "staff"}),
         api=lambda c: c.call("GET", "/api/v1/audit/events?squad=acme"),
         view=lambda c: c.get("/audit/acme/"),
         hidden_from=frozenset({"outsider"}),
     ),
     Action(
         "audit.export",
-        frozenset({"compliance", "staff"}),
+        frozenset({"owner", "compliance", "staff"}),
         api=lambda c: c.call("GET", "/api/v1/audit/export?squad=acme&format=csv"),
         view=None,
         hidden_from=frozenset({"outsider"}),
@@ -292,6 +292,18 @@ ACTIONS = [
         frozenset(MEMBERS),
         api=lambda c: c.call("GET", "/api/v1/squads/acme/batches"),
         view=None,
+    ),
+    Action(
+        "generation.list",
+        frozenset(MEMBERS),
+        api=None,
+        view=lambda c: c.get("/squads/acme/generations/?status=ok"),
+    ),
+    Action(
+        "eval.index",
+        frozenset(MEMBERS),
+        api=None,
+        view=lambda c: c.get("/squads/acme/evals/"),
     ),
     Action(
         "queue.create",

@@ -2,6 +2,7 @@ from datetime import datetime
 from typing import Any
 
 from ninja import Field, Schema
+from pydantic import field_validator
 
 from apps.audit.export import ExportFormat
 
@@ -14,6 +15,12 @@ class AuditFilterIn(Schema):
     action: str | None = Field(
         None, max_length=100, description="Exact action, or a prefix ending in * (squad.*)"
     )
+
+    @field_validator("squad", "since", "until", "actor", "action", mode="before")
+    @classmethod
+    def empty_is_unset(cls, value: Any) -> Any:
+        """A form submitted with a field left blank sends `since=`: that filter is unset."""
+        return None if isinstance(value, str) and not value.strip() else value
 
 
 class AuditExportIn(AuditFilterIn):

@@ -23,7 +23,8 @@ class AuditFilter:
 
 
 def audit_squad_get_for_user(*, user: User, slug: str) -> Squad:
-    """The squad whose audit log the user may read: its compliance leads, or staff."""
+    """The squad whose audit log the user may read: its owners and compliance leads
+    (VIEW_AUDIT), or staff."""
     if user.is_authenticated and user.is_staff:
         squad = Squad.objects.filter(slug=slug).first()
         if squad is None:
@@ -33,7 +34,7 @@ def audit_squad_get_for_user(*, user: User, slug: str) -> Squad:
 
 
 def audit_event_list_for_user(*, user: User, filters: AuditFilter) -> QuerySet[AuditEvent]:
-    """Events the user may read, filtered. A squad's compliance leads read that squad's
+    """Events the user may read, filtered. A squad's owners and compliance leads read its
     events; staff read everything, including events outside any squad."""
     events = AuditEvent.objects.all()
     if filters.squad:

@@ -2,11 +2,13 @@ from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils.dateparse import parse_datetime
+from django.utils.http import urlencode
 
 from apps.audit.selectors import AuditFilter, audit_event_list_for_user, audit_squad_get_for_user
 from apps.core.exceptions import ValidationFailed
 
 PAGE = 100
+FILTERS = ("action", "actor", "since", "until")
 
 
 def _when(request: HttpRequest, name: str) -> object:
@@ -31,7 +33,11 @@ def squad_audit(request: HttpRequest, slug: str) -> HttpResponse:
         action=request.GET.get("action") or None,
     )
     events = audit_event_list_for_user(user=request.user, filters=filters)
-    query = request.GET.urlencode()
+    # The export links carry the filters that are set, and only those.
+    export_query = urlencode(
+        {"squad": squad.slug}
+        | {name: request.GET[name].strip() for name in FILTERS if request.GET.get(name, "").strip()}
+    )
     return render(
         request,
         "audit/squad.html",
@@ -39,7 +45,7 @@ def squad_audit(request: HttpRequest, slug: str) -> HttpResponse:
             "squad": squad,
             "events": events.order_by("-sequence")[:PAGE],
             "filters": filters,
-            "query": query,
+            "export_query": export_query,
             "page_size": PAGE,
         },
     )

@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 
 from apps.core.exceptions import NotFound, ValidationFailed
 from apps.evals.models import EvalResult, EvalRun, TestCase
@@ -216,4 +216,16 @@ def eval_gate_status_for_user(*, user: User, version: PromptVersion) -> EvalGate
         target=target,
         latest=eval_run_latest(version=version, target=target) if target else None,
         runs=eval_runs_latest_per_target(version=version),
+    )
+
+
+def prompt_case_counts_for_user(*, user: User, squad: Squad) -> QuerySet[PromptTemplate]:
+    """The squad's prompts by slug, each with `case_count` (its test cases) and its latest
+    version (the squad's evals page: one query)."""
+    require_squad_permission(user, squad, VIEW_SQUAD)
+    return (
+        PromptTemplate.objects.filter(squad=squad)
+        .select_related("latest_version")
+        .annotate(case_count=Count("test_cases"))
+        .order_by("slug")
     )

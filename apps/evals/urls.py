@@ -6,6 +6,7 @@ app_name = "evals"
 
 # Mounted at squads/<slug:squad>/evals/ (every view takes `squad`).
 urlpatterns = [
+    path("", views.index, name="index"),
     path("prompts/<slug:slug>/", views.cases, name="cases"),
     path("prompts/<slug:slug>/cases/<int:case_id>/edit", views.case_edit, name="case_edit"),
     path("prompts/<slug:slug>/cases/<int:case_id>/delete", views.case_delete, name="case_delete"),

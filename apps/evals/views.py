@@ -86,6 +86,7 @@ def _cases_context(request: HttpRequest, template: PromptTemplate, **extra: Any)
         "can_write": has_squad_permission(user, squad, WRITE_TEST_CASES),
         "can_run": has_squad_permission(user, squad, RUN_EVALS),
         "form": _case_form(None),
+        "run_version": parse_id(request.GET.get("version")),
         **extra,
     }
 
@@ -102,6 +103,22 @@ def _case_fields(form: dict[str, str]) -> dict[str, Any]:
         "assertions": _json_field(form["assertions"], "assertions", "Assertions"),
         "tags": _tags(form["tags"]),
     }
+
+
+@login_required
+@require_GET
+def index(request: HttpRequest, squad: str) -> HttpResponse:
+    """The squad's evals: each prompt with its test cases, and the latest runs."""
+    squad_obj = squad_get_for_user(user=request.user, slug=squad)
+    context = {
+        "squad": squad_obj,
+        "prompts": selectors.prompt_case_counts_for_user(user=request.user, squad=squad_obj),
+        "runs": selectors.eval_run_list_for_user(user=request.user, squad=squad_obj).order_by(
+            "-pk"
+        )[:RUNS_LISTED],
+        "runs_listed": RUNS_LISTED,
+    }
+    return render(request, "evals/index.html", context)
 
 
 @login_required

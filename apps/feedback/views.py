@@ -14,6 +14,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from apps.core.exceptions import ApplicationError, PermissionDenied
 from apps.core.http import parse_id
+from apps.core.views import number_or_text, partial_template
 from apps.feedback import charts, selectors, services
 from apps.feedback.selectors import RANGES, Dashboard, VersionStats
 from apps.generation.models import Generation
@@ -52,23 +53,7 @@ def fmt(kind: str, value: float | None) -> str:
     return f"{value:,.1f}"
 
 
-def _partial(request: HttpRequest, page: str, partial: str) -> str:
-    if request.htmx and not request.htmx.history_restore_request:
-        return f"{page}#{partial}"
-    return page
-
-
 # --- feedback panel --------------------------------------------------------------------------
-
-
-def _number_or_text(raw: str) -> Any:
-    raw = raw.strip()
-    if not raw:
-        return None
-    try:
-        return float(raw)
-    except ValueError:
-        return raw
 
 
 def _form_signal(data: Any) -> dict[str, Any]:
@@ -79,11 +64,11 @@ def _form_signal(data: Any) -> dict[str, Any]:
         return {"thumbs": {"up": 1, "down": -1}.get(raw, raw or None)}
     if kind == "score":
         low, high = (
-            _number_or_text(data.get("scale_min", "")),
-            _number_or_text(data.get("scale_max", "")),
+            number_or_text(data.get("scale_min", "")),
+            number_or_text(data.get("scale_max", "")),
         )
         scale = None if low is None and high is None else [low, high]
-        return {"score": _number_or_text(data.get("score", "")), "scale": scale}
+        return {"score": number_or_text(data.get("score", "")), "scale": scale}
     if kind == "edit":
         return {"edited_text": data.get("edited_text", "").replace("\r\n", "\n")}
     return {}
@@ -116,7 +101,7 @@ def generation_feedback(request: HttpRequest, squad: str, generation_id: int) ->
     generation = generation_get_for_user(
         user=request.user, squad=squad_obj, generation_id=generation_id
     )
-    page = _partial(request, "feedback/generation.html", "panel")
+    page = partial_template(request, "feedback/generation.html", "panel")
     if request.method == "GET":
         return render(request, page, _panel_context(request, squad_obj, generation))
     try:

@@ -12,7 +12,8 @@ from django.http import FileResponse, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from apps.core.exceptions import ApplicationError, PermissionDenied, ValidationFailed
+from apps.core.exceptions import ApplicationError, ValidationFailed
+from apps.core.views import form_error
 from apps.finetune import comparisons as comparisons_service
 from apps.finetune import jobs, selectors
 from apps.finetune.models import Adapter, FineTuneJob
@@ -38,12 +39,6 @@ INTEGER_FIELDS = {
     "version",
 }
 CHART_WIDTH, CHART_HEIGHT = 600, 200
-
-
-def _inline(exc: ApplicationError) -> ApplicationError:
-    if isinstance(exc, PermissionDenied):
-        raise exc
-    return exc
 
 
 def _value(form: dict[str, str], name: str) -> int | float | None:
@@ -106,6 +101,8 @@ def job_list(request: HttpRequest, squad: str) -> HttpResponse:
     squad_obj = squad_get_for_user(user=request.user, slug=squad)
     if request.method == "GET":
         form = dict.fromkeys(FORM_FIELDS, "") | {"target": jobs.DEFAULT_TARGET}
+        # "Fine-tune on this version" on a dataset page names the dataset and version.
+        form |= {k: request.GET[k].strip() for k in ("dataset", "version") if k in request.GET}
         return render(
             request, "finetune/job_list.html", _list_context(request, squad_obj, form, None)
         )
@@ -113,7 +110,7 @@ def job_list(request: HttpRequest, squad: str) -> HttpResponse:
     try:
         job = _create(request, squad_obj, form)
     except ApplicationError as exc:
-        context = _list_context(request, squad_obj, form, _inline(exc))
+        context = _list_context(request, squad_obj, form, form_error(exc))
         return render(request, "finetune/job_list.html", context, status=exc.status_code)
     return redirect("finetune_jobs:detail", squad=squad, job_id=job.pk)
 
@@ -202,7 +199,7 @@ def job_cancel(request: HttpRequest, squad: str, job_id: int) -> HttpResponse:
     except ApplicationError as exc:
         if not request.htmx:
             raise
-        context = {**_progress_context(request, squad_obj, job), "cancel_error": _inline(exc)}
+        context = {**_progress_context(request, squad_obj, job), "cancel_error": form_error(exc)}
         return render(request, "finetune/job_detail.html#progress", context, status=exc.status_code)
     if not request.htmx:
         return redirect("finetune_jobs:detail", squad=squad, job_id=job.pk)
@@ -273,7 +270,7 @@ def adapter_detail(request: HttpRequest, squad: str, adapter_id: int) -> HttpRes
         try:
             jobs.adapter_approve(actor=request.user, adapter=adapter, request=request)
         except ApplicationError as exc:
-            return _adapter_page(request, squad_obj, adapter, error=_inline(exc))
+            return _adapter_page(request, squad_obj, adapter, error=form_error(exc))
         return redirect("finetune_jobs:adapter", squad=squad, adapter_id=adapter.pk)
     return _adapter_page(request, squad_obj, adapter)
 
@@ -313,7 +310,7 @@ def adapter_attach(request: HttpRequest, squad: str, adapter_id: int) -> HttpRes
             request=request,
         )
     except ApplicationError as exc:
-        return _adapter_page(request, squad_obj, adapter, error=_inline(exc))
+        return _adapter_page(request, squad_obj, adapter, error=form_error(exc))
     return redirect("finetune_jobs:adapter", squad=squad, adapter_id=adapter.pk)
 
 
@@ -362,7 +359,7 @@ def comparison_create(request: HttpRequest, squad: str, adapter_id: int) -> Http
         )
     except ApplicationError as exc:
         return _adapter_page(
-            request, squad_obj, adapter, compare_error=_inline(exc), compare_form=form
+            request, squad_obj, adapter, compare_error=form_error(exc), compare_form=form
         )
     return redirect(
         "finetune_jobs:comparison", squad=squad, adapter_id=adapter.pk, comparison_id=comparison.pk

@@ -11,43 +11,19 @@ from django.http import FileResponse, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from apps.core.exceptions import ApplicationError, PermissionDenied, ValidationFailed
+from apps.core.exceptions import ApplicationError, ValidationFailed
+from apps.core.views import form_error, parse_float, parse_int, partial_template
 from apps.finetune import rows, selectors, services
 from apps.finetune.models import Dataset, DatasetFormat
 from apps.prompts import selectors as prompt_selectors
 from apps.squads.access import has_squad_permission
 from apps.squads.models import Squad
-from apps.squads.permissions import MANAGE_DATASETS
+from apps.squads.permissions import MANAGE_DATASETS, RUN_FINETUNE
 from apps.squads.selectors import squad_get_for_user
 
 PREVIEW_LIMIT = 20
 CREATE_FIELDS = ("slug", "name", "format", "description", "prompt", "prompt_version")
 UPLOAD_FIELDS = ("commit_message", "seed", "eval_fraction")
-
-
-def _partial(request: HttpRequest, page: str, partial: str) -> str:
-    if request.htmx and not request.htmx.history_restore_request:
-        return f"{page}#{partial}"
-    return page
-
-
-def _inline(exc: ApplicationError) -> ApplicationError:
-    """A refused permission is not a form error: the form was not offered."""
-    if isinstance(exc, PermissionDenied):
-        raise exc
-    return exc
-
-
-def _number(raw: str, *, field: str, kind: type = int) -> Any:
-    raw = (raw or "").strip()
-    if not raw:
-        return None
-    try:
-        return kind(raw)
-    except ValueError:
-        raise ValidationFailed(
-            f"{field.replace('_', ' ').capitalize()} must be a number (got '{raw}').", field=field
-        ) from None
 
 
 def _list_context(
@@ -75,7 +51,7 @@ def _create(request: HttpRequest, squad: Squad, form: dict[str, str]) -> Dataset
         template = prompt_selectors.prompt_template_get_for_user(
             user=request.user, squad_slug=squad.slug, slug=form["prompt"]
         )
-        number = _number(form["prompt_version"], field="prompt_version")
+        number = parse_int(form["prompt_version"], field="prompt_version")
         if number is None and template.latest_version is not None:
             number = template.latest_version.number
         version = prompt_selectors.prompt_version_get(
@@ -107,7 +83,7 @@ def dataset_list(request: HttpRequest, squad: str) -> HttpResponse:
     try:
         dataset = _create(request, squad_obj, form)
     except ApplicationError as exc:
-        context = _list_context(request, squad_obj, form, _inline(exc))
+        context = _list_context(request, squad_obj, form, form_error(exc))
         return render(request, "finetune/dataset_list.html", context, status=exc.status_code)
     return redirect("finetune:detail", squad=squad, slug=dataset.slug)
 
@@ -141,6 +117,7 @@ def _detail_context(
         "dataset": dataset,
         "versions": versions,
         "can_manage": has_squad_permission(request.user, dataset.squad, MANAGE_DATASETS),
+        "can_finetune": has_squad_permission(request.user, dataset.squad, RUN_FINETUNE),
         "form": form or {"commit_message": "", "seed": "", "eval_fraction": ""},
         "error": error,
         "error_rows": error.extra if isinstance(error, rows.RowsRefused) else [],
@@ -184,12 +161,12 @@ def dataset_detail(request: HttpRequest, squad: str, slug: str) -> HttpResponse:
             content=upload.read(rows.MAX_UPLOAD_BYTES + 1),
             filename=upload.name or "",
             commit_message=form["commit_message"],
-            seed=_number(form["seed"], field="seed"),
-            eval_fraction=_number(form["eval_fraction"], field="eval_fraction", kind=float),
+            seed=parse_int(form["seed"], field="seed"),
+            eval_fraction=parse_float(form["eval_fraction"], field="eval_fraction"),
             request=request,
         )
     except ApplicationError as exc:
-        context = _detail_context(request, dataset, form, _inline(exc))
+        context = _detail_context(request, dataset, form, form_error(exc))
         return render(request, "finetune/dataset_detail.html", context, status=exc.status_code)
     return redirect("finetune:detail", squad=squad, slug=slug)
 
@@ -208,7 +185,7 @@ def version_from_review_export(request: HttpRequest, squad: str) -> HttpResponse
     queue = review_selectors.review_queue_get_for_user(
         user=request.user, squad=squad_obj, slug=request.POST.get("queue", "")
     )
-    export_id = _number(request.POST.get("export", ""), field="export")
+    export_id = parse_int(request.POST.get("export", ""), field="export")
     if export_id is None:
         raise ValidationFailed("Choose an export.", field="export")
     export = review_selectors.review_export_get_for_user(
@@ -219,7 +196,7 @@ def version_from_review_export(request: HttpRequest, squad: str) -> HttpResponse
             actor=request.user, dataset=dataset, export=export, request=request
         )
     except ApplicationError as exc:
-        context = _detail_context(request, dataset, {}, _inline(exc))
+        context = _detail_context(request, dataset, {}, form_error(exc))
         return render(request, "finetune/dataset_detail.html", context, status=exc.status_code)
     return redirect("finetune:detail", squad=squad, slug=dataset.slug)
 
@@ -230,10 +207,12 @@ def version_rows(request: HttpRequest, squad: str, slug: str, number: int) -> Ht
     """One page of a version's rows (the preview's htmx paging)."""
     squad_obj = squad_get_for_user(user=request.user, slug=squad)
     dataset = selectors.dataset_get_for_user(user=request.user, squad=squad_obj, slug=slug)
-    offset = _number(request.GET.get("offset", ""), field="offset") or 0
+    offset = parse_int(request.GET.get("offset", ""), field="offset") or 0
     context = {"squad": squad_obj, "dataset": dataset}
     context.update(_preview_context(request, dataset, number, offset))
-    return render(request, _partial(request, "finetune/dataset_detail.html", "preview"), context)
+    return render(
+        request, partial_template(request, "finetune/dataset_detail.html", "preview"), context
+    )
 
 
 @login_required
@@ -242,7 +221,7 @@ def version_diff(request: HttpRequest, squad: str, slug: str) -> HttpResponse:
     """Rows added and removed between two versions (?from=N&to=M)."""
     squad_obj = squad_get_for_user(user=request.user, slug=squad)
     dataset = selectors.dataset_get_for_user(user=request.user, squad=squad_obj, slug=slug)
-    numbers = [_number(request.GET.get(k, ""), field=k) for k in ("from", "to")]
+    numbers = [parse_int(request.GET.get(k, ""), field=k) for k in ("from", "to")]
     if None in numbers:
         raise ValidationFailed("Choose two versions to compare.", field="from")
     old, new = (
@@ -256,7 +235,7 @@ def version_diff(request: HttpRequest, squad: str, slug: str) -> HttpResponse:
         "added": [{"index": a["index"], "text": _json(a["row"])} for a in diff.added],
         "removed": [{"index": r["index"], "text": _json(r["row"])} for r in diff.removed],
     }
-    return render(request, _partial(request, "finetune/diff.html", "diff"), context)
+    return render(request, partial_template(request, "finetune/diff.html", "diff"), context)
 
 
 @login_required

@@ -1,7 +1,9 @@
+from dataclasses import dataclass
+
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Q, QuerySet
 
-from apps.core.exceptions import NotFound
+from apps.core.exceptions import NotFound, ValidationFailed
 from apps.generation.models import BatchJob, Generation, ModelTarget
 from apps.squads.access import require_squad_permission
 from apps.squads.models import Squad
@@ -30,6 +32,51 @@ def generation_get_for_user(*, user: User, squad: Squad, generation_id: int) -> 
     if generation is None:
         raise NotFound(f"Generation {generation_id} not found.")
     return generation
+
+
+@dataclass(frozen=True)
+class GenerationFilter:
+    """What the squad's generations list shows; None means any."""
+
+    prompt: str | None = None
+    version: int | None = None
+    target: str | None = None
+    source: str | None = None
+    status: str | None = None
+    flagged: bool | None = None
+
+
+def generation_list_for_user(
+    *, user: User, squad: Squad, filters: GenerationFilter = GenerationFilter()
+) -> QuerySet[Generation]:
+    """The squad's generations, newest first (by id: paginate with `pk__lt`), filtered.
+    `flagged` means governance found something (Generation.findings is not empty)."""
+    require_squad_permission(user, squad, VIEW_SQUAD)
+    for name, choices in (("source", Generation.Source), ("status", Generation.Status)):
+        value = getattr(filters, name)
+        if value is not None and value not in choices.values:
+            raise ValidationFailed(
+                f"Unknown {name} '{value}'; choose one of {', '.join(choices.values)}.",
+                field=name,
+            )
+    rows = Generation.objects.filter(squad=squad)
+    if filters.prompt:
+        rows = rows.filter(prompt_version__template__slug=filters.prompt)
+    if filters.version is not None:
+        rows = rows.filter(prompt_version__number=filters.version)
+    if filters.target:
+        rows = rows.filter(target__name=filters.target)
+    if filters.source:
+        rows = rows.filter(source=filters.source)
+    if filters.status:
+        rows = rows.filter(status=filters.status)
+    if filters.flagged is not None:
+        rows = rows.exclude(findings=[]) if filters.flagged else rows.filter(findings=[])
+    return (
+        rows.select_related("prompt_version__template", "target")
+        .defer("variables", "output_json", "attempts", "provenance", "errors", "context")
+        .order_by("-pk")
+    )
 
 
 def batch_job_list_for_user(*, user: User, squad: Squad) -> QuerySet[BatchJob]:

@@ -7,6 +7,7 @@ app_name = "generation"
 # Mounted at squads/<slug:squad>/ (every view takes `squad`), after the prompts include.
 urlpatterns = [
     path("prompts/<slug:slug>/run", views.playground, name="playground"),
+    path("generations/", views.generation_list, name="generation_list"),
     path("generations/<int:generation_id>", views.generation_detail, name="generation"),
     path("batches/", views.batch_list, name="batch_list"),
     path("batches/<int:job_id>/", views.batch_detail, name="batch_detail"),

@@ -11,10 +11,13 @@ from django.core.paginator import Paginator
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, QueryDict, StreamingHttpResponse
 from django.shortcuts import redirect, render
+from django.utils.http import urlencode
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import trigger_client_event
 
-from apps.core.exceptions import ApplicationError, PermissionDenied, ValidationFailed
+from apps.core.exceptions import ApplicationError, ValidationFailed
+from apps.core.http import parse_id
+from apps.core.views import form_error, parse_int, partial_template
 from apps.generation import exports, selectors, services
 from apps.generation.api import resolve_version
 from apps.generation.models import BatchJob, Generation, ModelTarget
@@ -38,36 +41,8 @@ BATCH_FIELDS = ("prompt", "version", "target", "batch_size")
 JOB_PARTIALS = ("progress", "results")
 
 
-def _partial(request: HttpRequest, page: str, partial: str) -> str:
-    """The partial for an htmx swap; the whole page otherwise (also when htmx restores a
-    page missing from its history cache)."""
-    if request.htmx and not request.htmx.history_restore_request:
-        return f"{page}#{partial}"
-    return page
-
-
 def _pretty(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False)
-
-
-def _int(raw: str, *, field: str, label: str) -> int | None:
-    raw = raw.strip()
-    if not raw:
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValidationFailed(
-            f"{label} must be a whole number (got '{raw}').", field=field
-        ) from None
-
-
-def _inline(exc: ApplicationError) -> ApplicationError:
-    """Errors shown inside a form. A refused permission is not one of them: the form was
-    not offered, so it answers like any other forbidden page."""
-    if isinstance(exc, PermissionDenied):
-        raise exc
-    return exc
 
 
 def _error_rows(exc: ApplicationError | None) -> list[dict[str, Any]]:
@@ -116,7 +91,7 @@ def _run_form(data: QueryDict, version: PromptVersion | None) -> dict[str, str]:
 
 
 def _run_version(user: Any, template: PromptTemplate, raw: str | None) -> PromptVersion | None:
-    number = _int(raw or "", field="version", label="Version")
+    number = parse_int(raw or "", field="version", label="Version")
     if number is None:
         return template.latest_version
     return prompt_selectors.prompt_version_get(user=user, template=template, number=number)
@@ -179,7 +154,7 @@ def playground(request: HttpRequest, squad: str, slug: str) -> HttpResponse:
         if request.htmx and request.method == "GET":
             return HttpResponse("")  # the template page asks every visitor; show nothing
         require_squad_permission(request.user, template.squad, RUN_GENERATION)
-    page = _partial(request, "generation/playground.html", "run-panel")
+    page = partial_template(request, "generation/playground.html", "run-panel")
     data = request.POST if request.method == "POST" else request.GET
     try:
         version = _run_version(request.user, template, data.get("version"))
@@ -201,7 +176,7 @@ def playground(request: HttpRequest, squad: str, slug: str) -> HttpResponse:
             request=request,
         )
     except ApplicationError as exc:
-        error = _inline(exc)
+        error = form_error(exc)
     context = _panel_context(request, template, version, form, generation=generation, error=error)
     return render(request, page, context, status=error.status_code if error else 200)
 
@@ -216,6 +191,66 @@ def _generation_display(generation: Generation) -> dict[str, Any]:
     }
 
 
+GENERATION_FILTERS = ("prompt", "version", "target", "source", "status", "flagged")
+
+
+@login_required
+@require_GET
+def generation_list(request: HttpRequest, squad: str) -> HttpResponse:
+    """The squad's generations, newest first, filtered by prompt, version, target, source,
+    status and flagged; PAGE_SIZE a page, the next page starting below the last id shown
+    (?before=<id>), so a page costs the same on a squad with millions of rows."""
+    squad_obj = squad_get_for_user(user=request.user, slug=squad)
+    form = {name: request.GET.get(name, "").strip() for name in GENERATION_FILTERS}
+    rows: list[Generation] = []
+    error = None
+    before = parse_id(request.GET.get("before"))
+    try:
+        filters = selectors.GenerationFilter(
+            prompt=form["prompt"] or None,
+            version=parse_int(form["version"], field="version", label="Version", minimum=1),
+            target=form["target"] or None,
+            source=form["source"] or None,
+            status=form["status"] or None,
+            flagged={"": None, "yes": True, "no": False}.get(form["flagged"], form["flagged"]),
+        )
+        if isinstance(filters.flagged, str):
+            raise ValidationFailed(
+                f"Flagged must be 'yes', 'no' or empty (got '{form['flagged']}').", field="flagged"
+            )
+        found = selectors.generation_list_for_user(
+            user=request.user, squad=squad_obj, filters=filters
+        )
+        if before is not None:
+            found = found.filter(pk__lt=before)
+        rows = list(found[: PAGE_SIZE + 1])
+    except ApplicationError as exc:
+        error = form_error(exc)
+    more = len(rows) > PAGE_SIZE
+    rows = rows[:PAGE_SIZE]
+    query = {k: v for k, v in form.items() if v}
+    context = {
+        "squad": squad_obj,
+        "rows": rows,
+        "form": form,
+        "error": error,
+        "prompts": prompt_selectors.prompt_template_list_for_user(
+            user=request.user, squad=squad_obj
+        ),
+        "targets": selectors.model_target_list_for_user(user=request.user, squad=squad_obj),
+        "sources": Generation.Source.values,
+        "statuses": Generation.Status.values,
+        "next_query": urlencode(query | {"before": rows[-1].pk}) if more else "",
+        "first_query": urlencode(query) if before is not None else None,
+    }
+    return render(
+        request,
+        "generation/generation_list.html",
+        context,
+        status=error.status_code if error else 200,
+    )
+
+
 @login_required
 @require_GET
 def generation_detail(request: HttpRequest, squad: str, generation_id: int) -> HttpResponse:
@@ -225,7 +260,9 @@ def generation_detail(request: HttpRequest, squad: str, generation_id: int) -> H
         user=request.user, squad=squad_obj, generation_id=generation_id
     )
     context = {"squad": squad_obj, "generation": generation, **_generation_display(generation)}
-    return render(request, _partial(request, "generation/generation.html", "generation"), context)
+    return render(
+        request, partial_template(request, "generation/generation.html", "generation"), context
+    )
 
 
 # --- batch jobs -------------------------------------------------------------------------
@@ -271,7 +308,7 @@ def _batch_create(request: HttpRequest, squad: Squad, form: dict[str, str]) -> B
         label=choice if choice and not choice.isdigit() else None,
         version=int(choice) if choice.isdigit() else None,
     )
-    batch_size = _int(form["batch_size"], field="batch_size", label="Batch size")
+    batch_size = parse_int(form["batch_size"], field="batch_size", label="Batch size")
     upload = request.FILES.get("file")
     if upload is None:
         raise ValidationFailed("Choose a .jsonl or .csv file of variables.", field="file")
@@ -299,7 +336,7 @@ def batch_list(request: HttpRequest, squad: str) -> HttpResponse:
     try:
         job = _batch_create(request, squad_obj, form)
     except ApplicationError as exc:
-        context = _batch_form_context(request, squad_obj, form, _inline(exc))
+        context = _batch_form_context(request, squad_obj, form, form_error(exc))
         return render(request, "generation/batch_list.html", context, status=exc.status_code)
     return redirect("generation:batch_detail", squad=squad, job_id=job.pk)
 
@@ -362,7 +399,7 @@ def batch_detail(request: HttpRequest, squad: str, job_id: int) -> HttpResponse:
     context.update(_results_context(request, job))
     page = "generation/batch_detail.html"
     if target == "results":
-        page = _partial(request, page, "results")
+        page = partial_template(request, page, "results")
     return render(request, page, context)
 
 
@@ -376,7 +413,7 @@ def batch_cancel(request: HttpRequest, squad: str, job_id: int) -> HttpResponse:
     except ApplicationError as exc:
         if not request.htmx:
             raise
-        context = {**_progress_context(request, squad_obj, job), "cancel_error": _inline(exc)}
+        context = {**_progress_context(request, squad_obj, job), "cancel_error": form_error(exc)}
         return render(
             request, "generation/batch_detail.html#progress", context, status=exc.status_code
         )

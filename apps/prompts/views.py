@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import redirect, render
@@ -16,6 +17,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import HttpResponseClientRedirect, trigger_client_event
 
 from apps.core.exceptions import ApplicationError, ValidationFailed
+from apps.core.views import parse_int, partial_template
 from apps.prompts import selectors, services
 from apps.prompts.contracts import (
     ROLES,
@@ -28,7 +30,7 @@ from apps.prompts.diff import version_diff
 from apps.prompts.models import PromptTemplate, PromptVersion
 from apps.squads.access import has_squad_permission, require_squad_permission
 from apps.squads.models import Squad
-from apps.squads.permissions import EDIT_PROMPTS, MOVE_PROTECTED_LABELS
+from apps.squads.permissions import EDIT_PROMPTS, MOVE_PROTECTED_LABELS, RUN_EVALS
 from apps.squads.selectors import squad_get_for_user
 
 FILTERS = ("q", "tag", "label", "author")
@@ -38,28 +40,8 @@ DEFAULT_INPUT_SCHEMA = {"type": "object", "properties": {}, "required": []}
 ROW_WHERE = re.compile(r"^messages\[(\d+)\]")
 
 
-def _partial(request: HttpRequest, page: str, partial: str) -> str:
-    """The partial for an htmx swap; the whole page otherwise (also when htmx restores a
-    page missing from its history cache)."""
-    if request.htmx and not request.htmx.history_restore_request:
-        return f"{page}#{partial}"
-    return page
-
-
 def _pretty(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False)
-
-
-def _int(raw: str | None, *, field: str, label: str) -> int | None:
-    raw = (raw or "").strip()
-    if not raw:
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValidationFailed(
-            f"{label} must be a version number (got '{raw}').", field=field
-        ) from None
 
 
 def _commas(raw: str) -> list[str]:
@@ -293,7 +275,7 @@ def prompt_list(request: HttpRequest, squad: str) -> HttpResponse:
         "prompts": prompts,
         "can_edit": has_squad_permission(request.user, squad_obj, EDIT_PROMPTS),
     }
-    return render(request, _partial(request, "prompts/list.html", "results"), context)
+    return render(request, partial_template(request, "prompts/list.html", "results"), context)
 
 
 @login_required
@@ -325,8 +307,9 @@ def prompt_new(request: HttpRequest, squad: str) -> HttpResponse:
         context = _editor_context(
             squad_obj, form, template=None, preview=_preview(parsed), error=exc
         )
-        page = _partial(request, "prompts/editor.html", "editor-form")
+        page = partial_template(request, "prompts/editor.html", "editor-form")
         return render(request, page, context, status=exc.status_code)
+    messages.success(request, f"Saved {template.slug} v1.")
     return _saved(request, reverse("prompts:detail", args=[squad, template.slug]))
 
 
@@ -338,7 +321,7 @@ def prompt_edit(request: HttpRequest, squad: str, slug: str) -> HttpResponse:
     )
     require_squad_permission(request.user, template.squad, EDIT_PROMPTS)
     if request.method == "GET":
-        number = _int(request.GET.get("from"), field="from", label="'from'")
+        number = parse_int(request.GET.get("from"), field="from", label="'from'")
         base = (
             selectors.prompt_version_get(user=request.user, template=template, number=number)
             if number is not None
@@ -351,9 +334,9 @@ def prompt_edit(request: HttpRequest, squad: str, slug: str) -> HttpResponse:
     form = _form_from_post(request.POST)
     parsed = _parse(form)
     try:
-        parent = _int(form.fields["parent_number"], field="parent_number", label="Parent")
+        parent = parse_int(form.fields["parent_number"], field="parent_number", label="Parent")
         parsed.report.raise_if_errors()
-        services.prompt_version_create(
+        version = services.prompt_version_create(
             actor=request.user,
             template=template,
             commit_message=form.fields["commit_message"],
@@ -365,8 +348,9 @@ def prompt_edit(request: HttpRequest, squad: str, slug: str) -> HttpResponse:
         context = _editor_context(
             template.squad, form, template=template, preview=_preview(parsed), error=exc
         )
-        page = _partial(request, "prompts/editor.html", "editor-form")
+        page = partial_template(request, "prompts/editor.html", "editor-form")
         return render(request, page, context, status=exc.status_code)
+    messages.success(request, f"Saved v{version.number}.")
     return _saved(request, reverse("prompts:detail", args=[squad, template.slug]))
 
 
@@ -444,7 +428,7 @@ def label_move(request: HttpRequest, squad: str, slug: str, name: str = "") -> H
     name = name or request.POST.get("name", "").strip()
     error = moved = None
     try:
-        number = _int(request.POST.get("version"), field="version", label="Version")
+        number = parse_int(request.POST.get("version"), field="version", label="Version")
         if number is None:
             raise ValidationFailed("Choose the version the label should point at.", field="version")
         version = selectors.prompt_version_get(user=request.user, template=template, number=number)
@@ -461,7 +445,7 @@ def label_move(request: HttpRequest, squad: str, slug: str, name: str = "") -> H
     if error is None and not request.htmx:
         return redirect("prompts:detail", squad=squad, slug=slug)
     context = {**_detail_context(request, template), "label_error": error, "moved": moved}
-    page = _partial(request, "prompts/detail.html", "label-moved")
+    page = partial_template(request, "prompts/detail.html", "label-moved")
     return render(request, page, context, status=error.status_code if error else 200)
 
 
@@ -477,6 +461,7 @@ def version_detail(request: HttpRequest, squad: str, slug: str, number: int) -> 
         "template": template,
         "version": version,
         "can_edit": has_squad_permission(request.user, template.squad, EDIT_PROMPTS),
+        "can_run_evals": has_squad_permission(request.user, template.squad, RUN_EVALS),
         **_version_display(version),
     }
     return render(request, "prompts/version.html", context)
@@ -489,8 +474,8 @@ def diff(request: HttpRequest, squad: str, slug: str) -> HttpResponse:
         user=request.user, squad_slug=squad, slug=slug
     )
     versions = list(selectors.prompt_version_list(user=request.user, template=template))
-    to_number = _int(request.GET.get("to_version"), field="to_version", label="'to_version'")
-    from_number = _int(
+    to_number = parse_int(request.GET.get("to_version"), field="to_version", label="'to_version'")
+    from_number = parse_int(
         request.GET.get("from_version"), field="from_version", label="'from_version'"
     )
     if to_number is None and versions:
@@ -513,4 +498,4 @@ def diff(request: HttpRequest, squad: str, slug: str) -> HttpResponse:
         "to_number": to_number,
         "diff": result,
     }
-    return render(request, _partial(request, "prompts/diff.html", "diff-body"), context)
+    return render(request, partial_template(request, "prompts/diff.html", "diff-body"), context)

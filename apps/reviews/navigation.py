@@ -17,9 +17,13 @@ class NavReviews:
         self.roles_by_squad = roles_by_squad
 
     @cached_property
+    def by_squad(self) -> dict[int, int]:
+        """Squad id -> requests waiting for the user there (the squad navigation's count)."""
+        return inbox_counts_for_user(user=self.user, roles_by_squad=self.roles_by_squad)
+
+    @cached_property
     def inbox(self) -> int:
-        counts = inbox_counts_for_user(user=self.user, roles_by_squad=self.roles_by_squad)
-        return sum(counts.values())
+        return sum(self.by_squad.values())
 
     @cached_property
     def unread(self) -> int:

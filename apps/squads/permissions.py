@@ -47,8 +47,12 @@ CHANGE_SQUAD = SquadPermission(
 MANAGE_MEMBERS = SquadPermission(
     "manage_members", "Add and remove members and change their roles", frozenset({Role.OWNER})
 )
+# Owners too, as with adapters and adjudication: a squad without a compliance lead still has
+# someone who can answer "who changed this", and the owner manages the members it names.
 VIEW_AUDIT = SquadPermission(
-    "view_audit", "Browse and export the squad's audit events", frozenset({Role.COMPLIANCE})
+    "view_audit",
+    "Browse and export the squad's audit events",
+    frozenset({Role.OWNER, Role.COMPLIANCE}),
 )
 
 EDIT_PROMPTS = SquadPermission(

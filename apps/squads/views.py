@@ -12,7 +12,7 @@ from apps.core.exceptions import ApplicationError
 from apps.squads import selectors, services
 from apps.squads.access import has_squad_permission
 from apps.squads.models import Squad
-from apps.squads.permissions import CHANGE_SQUAD, MANAGE_MEMBERS, VIEW_AUDIT, Role
+from apps.squads.permissions import CHANGE_SQUAD, MANAGE_MEMBERS, Role
 
 
 def _squad_context(request: HttpRequest, squad: Squad) -> dict:
@@ -21,7 +21,6 @@ def _squad_context(request: HttpRequest, squad: Squad) -> dict:
         "membership": selectors.memberships_of_user(user=request.user).get(squad.pk),
         "can_change": has_squad_permission(request.user, squad, CHANGE_SQUAD),
         "can_manage_members": has_squad_permission(request.user, squad, MANAGE_MEMBERS),
-        "can_view_audit": has_squad_permission(request.user, squad, VIEW_AUDIT),
     }
 
 
@@ -89,13 +88,18 @@ def members(request: HttpRequest, slug: str) -> HttpResponse:
     squad = selectors.squad_get_for_user(user=request.user, slug=slug)
     error = None
     added = None
+    add_form = {"username": "", "roles": []}
     if request.method == "POST":
+        add_form = {
+            "username": request.POST.get("username", "").strip(),
+            "roles": request.POST.getlist("roles"),
+        }
         try:
             added = services.membership_add_by_username(
                 actor=request.user,
                 squad=squad,
-                username=request.POST.get("username", ""),
-                roles=request.POST.getlist("roles"),
+                username=add_form["username"],
+                roles=add_form["roles"],
                 request=request,
             )
         except ApplicationError as exc:
@@ -104,8 +108,10 @@ def members(request: HttpRequest, slug: str) -> HttpResponse:
         **_squad_context(request, squad),
         "members": selectors.membership_list(user=request.user, squad=squad),
         "roles": Role.choices,
+        # The add form's error and input: kept apart from the member rows' `row_error`.
         "error": error,
         "added": added,
+        "add_form": add_form if error else {"username": "", "roles": []},
     }
     template = "squads/members.html#member-section" if request.htmx else "squads/members.html"
     return render(request, template, context, status=error.status_code if error else 200)
@@ -130,7 +136,12 @@ def member_update(request: HttpRequest, slug: str, username: str) -> HttpRespons
     return render(
         request,
         "squads/members.html#member-row",
-        {**_squad_context(request, squad), "m": membership, "roles": Role.choices, "error": error},
+        {
+            **_squad_context(request, squad),
+            "m": membership,
+            "roles": Role.choices,
+            "row_error": error,
+        },
         status=error.status_code if error else 200,
     )
 
@@ -150,7 +161,7 @@ def member_remove(request: HttpRequest, slug: str, username: str) -> HttpRespons
                 **_squad_context(request, squad),
                 "m": membership,
                 "roles": Role.choices,
-                "error": exc,
+                "row_error": exc,
             },
             status=exc.status_code,
         )

@@ -47,7 +47,7 @@ def test_feedback_form_saves_and_refuses_inline(squad):
         url, {"kind": "score", "score": "9", "scale_min": "1", "scale_max": "5"}, headers=HTMX
     )
     assert bad.status_code == 422
-    assert "score: score 9.0 is outside the scale 1..5" in bad.content.decode()
+    assert "score: score 9 is outside the scale 1..5" in bad.content.decode()
     saved = client.post(
         url, {"kind": "score", "score": "4", "scale_min": "1", "scale_max": "5"}, headers=HTMX
     )

@@ -93,6 +93,22 @@ def test_htmx_member_add_change_and_remove(squad):
     assert removed.status_code == 200 and removed.content == b""
 
 
+def test_unknown_member_error_shows_once_under_the_form_and_keeps_the_input(squad):
+    client = _client("owner")
+    for headers in ({}, {"HX-Request": "true"}):
+        response = client.post(
+            "/squads/acme/members/", {"username": "nobody", "roles": ["sme"]}, headers=headers
+        )
+        assert 400 <= response.status_code < 500
+        body = response.content.decode()
+        # One message, in the add form (not under each member row), and the input is kept.
+        assert body.count('role="alert"') == 1
+        assert 'id="add-error"' in body
+        assert 'value="nobody"' in body and 'aria-invalid="true"' in body
+        add_form = body.split('id="add-title"')[1].split("</form>")[0]
+        assert add_form.count(" checked") == 1 and 'value="sme" checked' in add_form
+
+
 def test_token_page_shows_the_secret_once(db):
     UserFactory(username="dev")
     client = _client("dev")

@@ -17,6 +17,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from apps.core.exceptions import ApplicationError, NotFound, ValidationFailed
+from apps.core.views import parse_int, partial_template
 from apps.evals.selectors import eval_gate_status_for_user
 from apps.prompts import selectors as prompt_selectors
 from apps.prompts.diff import version_diff
@@ -43,31 +44,8 @@ State = ReviewRequest.State
 WITHDRAWABLE = (State.OPEN, State.CHANGES_REQUESTED, State.APPROVED)
 
 
-def _partial(request: HttpRequest, page: str, partial: str) -> str:
-    """The partial for an htmx swap; the whole page otherwise (also when htmx restores a
-    page missing from its history cache)."""
-    if request.htmx and not request.htmx.history_restore_request:
-        return f"{page}#{partial}"
-    return page
-
-
 def _status(error: ApplicationError | None) -> int:
     return error.status_code if error else 200
-
-
-def _int(raw: str | None, *, field: str, label: str) -> int | None:
-    raw = (raw or "").strip()
-    if not raw:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValidationFailed(
-            f"{label} must be a whole number (got '{raw}').", field=field
-        ) from None
-    if value < 0:
-        raise ValidationFailed(f"{label} cannot be negative (got {value}).", field=field)
-    return value
 
 
 def _pass_rate(raw: str) -> float | None:
@@ -109,7 +87,7 @@ def inbox(request: HttpRequest) -> HttpResponse:
         "squad_filter": squad,
         "limit": INBOX_LIMIT,
     }
-    return render(request, _partial(request, "reviews/inbox.html", "inbox-items"), context)
+    return render(request, partial_template(request, "reviews/inbox.html", "inbox-items"), context)
 
 
 @login_required
@@ -164,7 +142,9 @@ def request_list(request: HttpRequest, squad: str) -> HttpResponse:
         "states": State.choices,
         "limit": INBOX_LIMIT,
     }
-    return render(request, _partial(request, "reviews/requests.html", "request-rows"), context)
+    return render(
+        request, partial_template(request, "reviews/requests.html", "request-rows"), context
+    )
 
 
 def _label_diffs(request: HttpRequest, review: ReviewRequest) -> list[dict[str, Any]]:
@@ -361,7 +341,7 @@ def version_review(request: HttpRequest, squad: str, slug: str, number: int) -> 
     """A version's review state with a link to its request, and the "Request review" form
     (the prompt and version pages load it with htmx); POST opens the request."""
     version = _version(request, squad, slug, number)
-    page = _partial(request, "reviews/version.html", "version-review")
+    page = partial_template(request, "reviews/version.html", "version-review")
     if request.method == "GET":
         context = _panel_context(request, version)
         if not request.htmx:
@@ -444,9 +424,9 @@ def version_comments(request: HttpRequest, squad: str, slug: str, number: int) -
     """A version's comment threads; POST adds a comment (a new thread, optionally anchored
     to a message and line, or a reply with `parent`)."""
     version = _version(request, squad, slug, number)
-    page = _partial(request, "reviews/version.html", "comment-threads")
+    page = partial_template(request, "reviews/version.html", "comment-threads")
     # Comments written on a request's page belong to that request too.
-    review_id = _int(request.POST.get("review"), field="review", label="Review")
+    review_id = parse_int(request.POST.get("review"), field="review", label="Review", minimum=0)
     review = (
         selectors.review_request_get_for_user(
             user=request.user, squad=version.template.squad, pk=review_id
@@ -463,8 +443,10 @@ def version_comments(request: HttpRequest, squad: str, slug: str, number: int) -
     form = {k: data.get(k, "") for k in ("body", "message_index", "line", "parent")}
     parent_id = None
     try:
-        parent_id = _int(form["parent"], field="parent", label="Thread")
-        message = _int(form["message_index"], field="message_index", label="Message")
+        parent_id = parse_int(form["parent"], field="parent", label="Thread", minimum=0)
+        message = parse_int(
+            form["message_index"], field="message_index", label="Message", minimum=0
+        )
         parent = (
             selectors.comment_get_for_user(user=request.user, version=version, pk=parent_id)
             if parent_id
@@ -476,7 +458,7 @@ def version_comments(request: HttpRequest, squad: str, slug: str, number: int) -
             body=form["body"],
             # The form counts messages from 1, like the page; the model from 0.
             message_index=message - 1 if message else None,
-            line=_int(form["line"], field="line", label="Line"),
+            line=parse_int(form["line"], field="line", label="Line", minimum=0),
             parent=parent,
             review=review,
             request=request,
@@ -498,7 +480,7 @@ def comment_resolve(request: HttpRequest, squad: str, pk: int) -> HttpResponse:
     squad_obj = squad_get_for_user(user=request.user, slug=squad)
     comment = selectors.comment_get_for_user(user=request.user, squad=squad_obj, pk=pk)
     version = comment.version
-    review_id = _int(request.POST.get("review"), field="review", label="Review")
+    review_id = parse_int(request.POST.get("review"), field="review", label="Review", minimum=0)
     review = (
         selectors.review_request_get_for_user(user=request.user, squad=squad_obj, pk=review_id)
         if review_id
@@ -591,10 +573,11 @@ def approval_policy(request: HttpRequest, squad: str) -> HttpResponse:
             pass_rate = _pass_rate(form["min_eval_pass_rate"])
         required = {}
         for role in POLICY_ROLES:
-            n = _int(
+            n = parse_int(
                 form[f"required_{role.value}"],
                 field=f"required_approvals.{role.value}",
                 label=f"Required {role.label.lower()} approvals",
+                minimum=0,
             )
             if n:
                 required[role.value] = n
@@ -616,7 +599,7 @@ def approval_policy(request: HttpRequest, squad: str) -> HttpResponse:
         **_policy_context(request, squad_obj, error=error, form=form if error else None),
         "saved": error is None,
     }
-    page = _partial(request, "reviews/policy.html", "policy-form")
+    page = partial_template(request, "reviews/policy.html", "policy-form")
     return render(request, page, context, status=_status(error))
 
 

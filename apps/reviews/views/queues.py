@@ -9,7 +9,6 @@ calls) and renders a page, or one of its partials when htmx asks. Errors a perso
 render inline with their status code; a refused permission renders the 403/404 page."""
 
 import json
-import math
 import re
 import uuid
 from pathlib import Path
@@ -21,7 +20,8 @@ from django.shortcuts import redirect, render
 from django.urls import path, reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from apps.core.exceptions import ApplicationError, NotFound, PermissionDenied, ValidationFailed
+from apps.core.exceptions import ApplicationError, NotFound, ValidationFailed
+from apps.core.views import form_error, number_or_text, parse_int, partial_template
 from apps.generation import selectors as generation_selectors
 from apps.reviews.models import Annotation, ReviewItem, ReviewQueue
 from apps.reviews.selectors import queues as selectors
@@ -46,22 +46,6 @@ ANNOTATOR_ROLES = [r for r in Role if r != Role.VIEWER]
 ROW_WHERE = re.compile(r"^rubric\[(\d+)\]\.?(\w*)")
 
 
-def _partial(request: HttpRequest, page: str, partial: str) -> str:
-    """The partial for an htmx swap; the whole page otherwise (also when htmx restores a
-    page missing from its history cache)."""
-    if request.htmx and not request.htmx.history_restore_request:
-        return f"{page}#{partial}"
-    return page
-
-
-def _inline(exc: ApplicationError) -> ApplicationError:
-    """Errors shown inside a form. A refused permission is not one of them: the form was
-    not offered, so it answers like any other forbidden page."""
-    if isinstance(exc, PermissionDenied):
-        raise exc
-    return exc
-
-
 def _status(error: ApplicationError | None) -> int:
     return error.status_code if error else 200
 
@@ -77,35 +61,6 @@ def _field_errors(exc: ApplicationError | None) -> dict[str, list[str]]:
     for problem in problems:
         by_field.setdefault(problem["field"], []).append(problem["message"])
     return by_field
-
-
-def _int(raw: str | None, *, field: str, label: str) -> int | None:
-    raw = (raw or "").strip()
-    if not raw:
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValidationFailed(
-            f"{label} must be a whole number (got '{raw}').", field=field
-        ) from None
-
-
-def _number(raw: str) -> Any:
-    """A typed number for the services, or the text itself so that they name the field
-    and what they got; None when empty."""
-    raw = raw.strip()
-    if not raw:
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        pass
-    try:
-        value = float(raw)
-    except ValueError:
-        return raw
-    return value if math.isfinite(value) else raw
 
 
 def _text(raw: str | None) -> str:
@@ -259,10 +214,10 @@ def _rubric(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if row["description"].strip():
             score["description"] = row["description"].strip()
         if kind == "numeric":
-            score["min"] = _number(row["min"])
-            score["max"] = _number(row["max"])
+            score["min"] = number_or_text(row["min"])
+            score["max"] = number_or_text(row["max"])
             if row["step"].strip():
-                score["step"] = _number(row["step"])
+                score["step"] = number_or_text(row["step"])
         elif kind == "categorical":
             score["options"] = [o.strip() for o in row["options"].split("\n") if o.strip()]
         rubric.append(score)
@@ -304,7 +259,7 @@ def _form_context(
 
 
 def _queue_fields(form: dict[str, Any]) -> dict[str, Any]:
-    overlap = _number(form["overlap"])
+    overlap = number_or_text(form["overlap"])
     return {
         "name": form["name"],
         "instructions": form["instructions"],
@@ -331,7 +286,7 @@ def queue_new(request: HttpRequest, squad: str) -> HttpResponse:
             **_queue_fields(form),
         )
     except ApplicationError as exc:
-        context = _form_context(request, squad_obj, form, error=_inline(exc))
+        context = _form_context(request, squad_obj, form, error=form_error(exc))
         return render(request, "reviews/queues/form.html", context, status=exc.status_code)
     return redirect("reviews:queue", squad=squad, queue=queue.slug)
 
@@ -361,7 +316,9 @@ def queue_edit(request: HttpRequest, squad: str, queue: str) -> HttpResponse:
     except ApplicationError as exc:
         if not form["rubric_editable"]:
             form["rows"] = _form_from_queue(queue_obj)["rows"]
-        context = _form_context(request, queue_obj.squad, form, queue=queue_obj, error=_inline(exc))
+        context = _form_context(
+            request, queue_obj.squad, form, queue=queue_obj, error=form_error(exc)
+        )
         return render(request, "reviews/queues/form.html", context, status=exc.status_code)
     return redirect("reviews:queue", squad=squad, queue=updated.slug)
 
@@ -396,7 +353,7 @@ def _bars(distribution: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _items_context(request: HttpRequest, queue: ReviewQueue) -> dict[str, Any]:
     state = request.GET.get("state", "all")
-    after = _int(request.GET.get("after"), field="after", label="after") or 0
+    after = parse_int(request.GET.get("after"), field="after", label="after") or 0
     page = selectors.review_item_list_for_user(
         user=request.user, queue=queue, after=after, limit=ITEMS_PAGE, state=state
     )
@@ -499,7 +456,7 @@ def items_add(request: HttpRequest, squad: str, queue: str) -> HttpResponse:
     except ApplicationError as exc:
         if not request.htmx:
             raise
-        error = _inline(exc)
+        error = form_error(exc)
     if not request.htmx:
         return redirect("reviews:queue", squad=squad, queue=queue_obj.slug)
     context = {
@@ -526,7 +483,7 @@ def export_create(request: HttpRequest, squad: str, queue: str) -> HttpResponse:
             "squad": queue_obj.squad,
             "queue": queue_obj,
             "can_export": True,
-            "export_error": _inline(exc),
+            "export_error": form_error(exc),
             "exports": list(
                 selectors.review_export_list_for_user(user=request.user, queue=queue_obj)[
                     :EXPORTS_SHOWN
@@ -617,7 +574,7 @@ def item_detail(request: HttpRequest, squad: str, queue: str, item_id: int) -> H
     queue managers, their own otherwise); for htmx, its adjudication panel."""
     queue_obj = _queue(request, squad, queue)
     item = selectors.review_item_get_for_user(user=request.user, queue=queue_obj, item_id=item_id)
-    page = _partial(request, "reviews/queues/item.html", "adjudication")
+    page = partial_template(request, "reviews/queues/item.html", "adjudication")
     return render(request, page, _item_context(request, queue_obj, item))
 
 
@@ -648,7 +605,7 @@ def item_adjudicate(request: HttpRequest, squad: str, queue: str, item_id: int) 
             queue_obj,
             item,
             adjudicate_form=form,
-            adjudicate_error=_inline(exc),
+            adjudicate_error=form_error(exc),
             adjudicate_errors=_field_errors(exc),
         )
         return render(
@@ -770,7 +727,7 @@ def annotate(request: HttpRequest, squad: str, queue: str) -> HttpResponse:
         item = services.review_next_item(actor=request.user, queue=queue_obj)
         context = _panel_context(request, queue_obj, item)
     else:
-        before = _int(request.GET["before"], field="before", label="before")
+        before = parse_int(request.GET["before"], field="before", label="before")
         item = selectors.review_item_previous_for_user(
             user=request.user, queue=queue_obj, before=before
         )
@@ -782,7 +739,9 @@ def annotate(request: HttpRequest, squad: str, queue: str) -> HttpResponse:
             notice = "There is no earlier item: this is the first one you annotated here."
         own = _own(item, request.user) if item is not None else None
         context = _panel_context(request, queue_obj, item, own=own, notice=notice)
-    return render(request, _partial(request, "reviews/queues/annotate.html", "panel"), context)
+    return render(
+        request, partial_template(request, "reviews/queues/annotate.html", "panel"), context
+    )
 
 
 @login_required
@@ -815,7 +774,7 @@ def _scores(form: dict[str, Any], rubric: list[dict[str, Any]]) -> dict[str, Any
         if not raw:
             continue
         if score["kind"] == "numeric":
-            scores[score["name"]] = _number(raw)
+            scores[score["name"]] = number_or_text(raw)
         elif score["kind"] == "boolean":
             scores[score["name"]] = {"true": True, "false": False}.get(raw, raw)
         else:
@@ -849,11 +808,11 @@ def item_annotate(request: HttpRequest, squad: str, queue: str, item_id: int) ->
             request=request,
         )
     except ApplicationError as exc:
-        _inline(exc)
+        form_error(exc)
         context = _panel_context(
             request, queue_obj, item, own=_own(item, request.user), form=form, error=exc
         )
-        page = _partial(request, "reviews/queues/annotate.html", "panel")
+        page = partial_template(request, "reviews/queues/annotate.html", "panel")
         return render(request, page, context, status=exc.status_code)
     if not request.htmx:
         return redirect("reviews:queue_annotate", squad=squad, queue=queue_obj.slug)
@@ -911,13 +870,13 @@ def from_batch(request: HttpRequest, squad: str, job_id: int) -> HttpResponse:
                 queue=target,
                 batch_job=job,
                 mode=form["mode"],
-                n=_int(form["n"], field="n", label="n") if form["mode"] == "random" else None,
-                percent=_number(form["percent"]) if form["mode"] == "percent" else None,
-                seed=_int(form["seed"], field="seed", label="The seed"),
+                n=parse_int(form["n"], field="n", label="n") if form["mode"] == "random" else None,
+                percent=number_or_text(form["percent"]) if form["mode"] == "percent" else None,
+                seed=parse_int(form["seed"], field="seed", label="The seed"),
                 request=request,
             )
         except ApplicationError as exc:
-            error = _inline(exc)
+            error = form_error(exc)
     context = {
         "squad": squad_obj,
         "job": job,
@@ -927,7 +886,7 @@ def from_batch(request: HttpRequest, squad: str, job_id: int) -> HttpResponse:
         "target": target,
         "error": error,
     }
-    page = _partial(request, "reviews/queues/send.html", "from-batch")
+    page = partial_template(request, "reviews/queues/send.html", "from-batch")
     return render(request, page, context, status=_status(error))
 
 
@@ -949,7 +908,7 @@ def from_generation(request: HttpRequest, squad: str, generation_id: int) -> Htt
                 actor=request.user, queue=target, generations=[generation], request=request
             )
         except ApplicationError as exc:
-            error = _inline(exc)
+            error = form_error(exc)
     context = {
         "squad": squad_obj,
         "generation": generation,
@@ -959,7 +918,7 @@ def from_generation(request: HttpRequest, squad: str, generation_id: int) -> Htt
         "target": target,
         "error": error,
     }
-    page = _partial(request, "reviews/queues/send.html", "from-generation")
+    page = partial_template(request, "reviews/queues/send.html", "from-generation")
     return render(request, page, context, status=_status(error))
 
 
