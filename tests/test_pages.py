@@ -2,6 +2,7 @@
 the actions that lead from one area to the next ("Evaluate", "Fine-tune on this version")."""
 
 import json
+import re
 
 import pytest
 from django.test import Client
@@ -93,7 +94,7 @@ def test_editor_warns_before_unsaved_changes_are_left(squad):
     _prompt(squad)
     page = _client("engineer").get("/squads/acme/prompts/greet/edit").content.decode()
     assert 'id="editor" class="prompt-editor" data-warn-unsaved' in page
-    assert '<script src="/static/js/studio.js" defer></script>' in page
+    assert re.search(r'<script src="/static/js/studio\.js" nonce="[^"]+" defer></script>', page)
 
 
 @pytest.mark.parametrize(("role", "shown"), [("engineer", True), ("sme", False)])
