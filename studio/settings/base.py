@@ -193,6 +193,15 @@ STUDIO_REVIEW_CLAIM_SECONDS = env.int("STUDIO_REVIEW_CLAIM_SECONDS", default=30 
 STUDIO_WEBHOOK_TIMEOUT = env.float("STUDIO_WEBHOOK_TIMEOUT", default=10.0)
 STUDIO_WEBHOOK_MAX_ATTEMPTS = env.int("STUDIO_WEBHOOK_MAX_ATTEMPTS", default=6)
 
+# --- Input hardening (apps/prompts/sandbox.py, apps/core/http.py) ----------------------
+# Prompt templates (check, save, render, generation, batches, evals): wall-clock budget per
+# render, loop iterations plus calls, the longest text one operation may build, and the
+# largest integer (in bits) `**` and `*` may produce.
+STUDIO_TEMPLATE_BUDGET_MS = env.int("STUDIO_TEMPLATE_BUDGET_MS", default=250)
+STUDIO_TEMPLATE_MAX_STEPS = env.int("STUDIO_TEMPLATE_MAX_STEPS", default=50_000)
+STUDIO_TEMPLATE_MAX_TEXT = env.int("STUDIO_TEMPLATE_MAX_TEXT", default=1_000_000)
+STUDIO_TEMPLATE_MAX_INT_BITS = env.int("STUDIO_TEMPLATE_MAX_INT_BITS", default=4096)
+
 # --- Telemetry (apps/telemetry) ----------------------------------------------------
 # GET /metrics: a bearer token (empty: token access off), or a client address in these
 # networks (REMOTE_ADDR). Multiprocess mode follows PROMETHEUS_MULTIPROC_DIR (scripts/run.sh).
