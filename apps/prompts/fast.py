@@ -6,6 +6,10 @@ objects) costs more than the fetch itself, so GET and HEAD are answered here wit
 the same authentication, service (`runtime.fetch`), errors and headers as the
 ninja operation — which still documents the endpoint in OpenAPI and serves the
 other methods on this path.
+
+The view is exempt from Django's CSRF middleware like every ninja operation: the
+methods it delegates get the API's own rule (a session needs the CSRF token, a bearer
+token does not, `studio.api.BearerOrSession`), and GET/HEAD are safe methods.
 """
 
 from collections.abc import Callable
@@ -13,6 +17,7 @@ from collections.abc import Callable
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import URLResolver
 from django.urls.resolvers import RoutePattern
+from django.views.decorators.csrf import csrf_exempt
 
 from apps.core.exceptions import ApplicationError, AuthenticationFailed, ValidationFailed
 from apps.prompts import runtime
@@ -38,6 +43,7 @@ def _delegate(request: HttpRequest) -> HttpResponse:
     return match.func(request, *match.args, **match.kwargs)
 
 
+@csrf_exempt
 def prompt_fetch(request: HttpRequest, squad: str, slug: str) -> HttpResponse:
     if request.method not in ("GET", "HEAD"):
         return _delegate(request)
