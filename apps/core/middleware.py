@@ -1,7 +1,11 @@
-from django.http import Http404, HttpRequest, HttpResponse
+import json
+import re
+from typing import Any
+
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 
-from apps.core.exceptions import ApplicationError, NotFound
+from apps.core.exceptions import ApplicationError, NotFound, ValidationFailed
 
 
 class ApplicationErrorMiddleware:
@@ -26,3 +30,73 @@ class ApplicationErrorMiddleware:
                 status=exc.status_code,
             )
         return None
+
+
+# A NUL escape in JSON text: "\u0000" after an even number of backslashes (so not the
+# escaped text "\\u0000").
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000", re.IGNORECASE)
+
+
+def nul_path(value: Any, path: str) -> str | None:
+    """The path of the first text (value or key) in `value` holding a NUL character."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                return where
+            found = nul_path(item, where)
+            if found:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = nul_path(item, f"{path}[{index}]")
+            if found:
+                return found
+    return None
+
+
+def _nul_field(request: HttpRequest) -> str | None:
+    if "\x00" in request.path:
+        return "path"
+    for name, values in request.GET.lists():
+        if "\x00" in name or any("\x00" in v for v in values):
+            return name
+    content_type = request.content_type or ""
+    if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        for name, values in request.POST.lists():
+            if "\x00" in name or any("\x00" in v for v in values):
+                return name
+        for name, upload in request.FILES.items():
+            if "\x00" in (upload.name or ""):
+                return name
+    elif content_type.endswith("json") and _JSON_NUL.search(request.body):
+        try:
+            return nul_path(json.loads(request.body), "") or "body"
+        except (ValueError, RecursionError):
+            return None  # malformed JSON: the parser says where
+    return None
+
+
+class RejectNulMiddleware:
+    """No text with a NUL character reaches a view: PostgreSQL's text and jsonb refuse
+    it (a 500 at save time), and no field of Studio has a use for it. Query strings,
+    form fields, upload names and JSON bodies (the `\\u0000` escape) are checked here,
+    once for every API operation and page: 422 JSON naming the field under /api/, a
+    400 page elsewhere."""
+
+    def __init__(self, get_response):  # type: ignore[no-untyped-def]
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        field = _nul_field(request)
+        if field is None:
+            return self.get_response(request)
+        exc = ValidationFailed(
+            f"{field} contains a NUL character (\\u0000), which Studio does not accept.",
+            field=field,
+        )
+        if request.path.startswith("/api/"):
+            return JsonResponse(exc.as_dict(), status=exc.status_code)
+        return render(request, "error.html", {"message": exc.message, "status": 400}, status=400)
