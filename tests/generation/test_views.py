@@ -283,7 +283,7 @@ def test_refused_upload_lists_row_errors_and_stores_nothing(
     assert BatchJob.objects.count() == 0 and _stored_files(data_dir) == []
     html = response.content.decode()
     assert "nothing was stored" in html.lower() and "<caption>Refused rows</caption>" in html
-    assert '<td class="nowrap">4</td>' in html and "not JSON" in html
+    assert '<td class="nowrap">4</td>' in html and "not valid JSON" in html
     assert '<option value="support" selected>' in html and 'value="4"' in html  # form kept
 
 
