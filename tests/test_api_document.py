@@ -88,3 +88,95 @@ def test_a_session_without_the_csrf_token_gets_the_same_json_403(squad, method, 
     assert response.status_code == 403
     assert response["Content-Type"].startswith("application/json")
     assert "CSRF verification failed" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(("method", "path", "operation"), operations(), ids=_operation_ids())
+def test_nul_characters_are_refused_naming_the_field(token_client, method, path, operation):
+    """Defect 6 of issue 14: PostgreSQL refuses NUL in text and jsonb, which was a 500."""
+    url = concrete(path, operation)
+    if method in UNSAFE:
+        response = getattr(token_client, method)(
+            url, data='{"name": "a\\u0000b"}', content_type="application/json"
+        )
+        field = "name"
+    else:
+        response = getattr(token_client, method)(url, {"q": "a\x00b"})
+        field = "q"
+    assert response.status_code == 422, response.content[:300]
+    assert response.json()["field"] == field
+    assert "NUL" in response.json()["detail"]
+
+
+def _unbounded_integers(schema: Any, where: str, components: dict, seen: set) -> list[str]:
+    if not isinstance(schema, dict):
+        return []
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        if name in seen:
+            return []
+        seen.add(name)
+        return _unbounded_integers(components[name], name, components, seen)
+    found = []
+    if schema.get("type") == "integer" and not {"minimum", "maximum"} <= schema.keys():
+        found.append(where)
+    for key in ("anyOf", "oneOf", "allOf"):
+        for option in schema.get(key, []):
+            found += _unbounded_integers(option, where, components, seen)
+    for name, option in (schema.get("properties") or {}).items():
+        found += _unbounded_integers(option, f"{where}.{name}", components, seen)
+    for key in ("items", "additionalProperties"):
+        found += _unbounded_integers(schema.get(key), f"{where}[]", components, seen)
+    return found
+
+
+def test_every_integer_an_operation_reads_is_bounded():
+    """Defect 8 of issue 14: ?limit=9223372036854775808 was a 500 (bigint out of range)."""
+    document = _document()
+    components = document["components"]["schemas"]
+    unbounded = []
+    for method, path, operation in operations():
+        where = f"{method.upper()} {path}"
+        for parameter in operation.get("parameters", []):
+            unbounded += _unbounded_integers(
+                parameter.get("schema"), f"{where} {parameter['name']}", components, set()
+            )
+        for content in operation.get("requestBody", {}).get("content", {}).values():
+            unbounded += _unbounded_integers(content.get("schema"), where, components, set())
+    assert unbounded == []
+
+
+HUGE = "9223372036854775808"
+
+
+def _integer_parameters(operation: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        p
+        for p in operation.get("parameters", [])
+        if p["in"] in ("path", "query")
+        and "integer"
+        in {p.get("schema", {}).get("type")}
+        | {o.get("type") for o in p.get("schema", {}).get("anyOf", [])}
+    ]
+
+
+WITH_INTEGERS = [op for op in operations() if _integer_parameters(op[2])]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "operation"),
+    WITH_INTEGERS,
+    ids=[f"{m.upper()} {p}" for m, p, _ in WITH_INTEGERS],
+)
+def test_a_huge_integer_parameter_is_a_4xx(token_client, method, path, operation):
+    for parameter in _integer_parameters(operation):
+        name = parameter["name"]
+        url = concrete(path.replace("{" + name + "}", HUGE), operation)
+        query = {name: HUGE} if parameter["in"] == "query" else {}
+        if method in UNSAFE:
+            url += "".join(f"?{k}={v}" for k, v in query.items())
+            response = getattr(token_client, method)(
+                url, data="{}", content_type="application/json"
+            )
+        else:
+            response = getattr(token_client, method)(url, query)
+        assert response.status_code in (404, 422), (name, response.content[:300])

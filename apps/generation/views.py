@@ -15,6 +15,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import trigger_client_event
 
 from apps.core.exceptions import ApplicationError, PermissionDenied, ValidationFailed
+from apps.core.http import parse_int
 from apps.generation import exports, selectors, services
 from apps.generation.api import resolve_version
 from apps.generation.models import BatchJob, Generation, ModelTarget
@@ -48,18 +49,6 @@ def _partial(request: HttpRequest, page: str, partial: str) -> str:
 
 def _pretty(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False)
-
-
-def _int(raw: str, *, field: str, label: str) -> int | None:
-    raw = raw.strip()
-    if not raw:
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValidationFailed(
-            f"{label} must be a whole number (got '{raw}').", field=field
-        ) from None
 
 
 def _inline(exc: ApplicationError) -> ApplicationError:
@@ -116,7 +105,7 @@ def _run_form(data: QueryDict, version: PromptVersion | None) -> dict[str, str]:
 
 
 def _run_version(user: Any, template: PromptTemplate, raw: str | None) -> PromptVersion | None:
-    number = _int(raw or "", field="version", label="Version")
+    number = parse_int(raw or "", field="version", label="Version")
     if number is None:
         return template.latest_version
     return prompt_selectors.prompt_version_get(user=user, template=template, number=number)
@@ -271,7 +260,7 @@ def _batch_create(request: HttpRequest, squad: Squad, form: dict[str, str]) -> B
         label=choice if choice and not choice.isdigit() else None,
         version=int(choice) if choice.isdigit() else None,
     )
-    batch_size = _int(form["batch_size"], field="batch_size", label="Batch size")
+    batch_size = parse_int(form["batch_size"], field="batch_size", label="Batch size")
     upload = request.FILES.get("file")
     if upload is None:
         raise ValidationFailed("Choose a .jsonl or .csv file of variables.", field="file")

@@ -19,7 +19,8 @@ from django.urls import URLResolver
 from django.urls.resolvers import RoutePattern
 from django.views.decorators.csrf import csrf_exempt
 
-from apps.core.exceptions import ApplicationError, AuthenticationFailed, ValidationFailed
+from apps.core.exceptions import ApplicationError, AuthenticationFailed
+from apps.core.http import parse_int
 from apps.prompts import runtime
 from apps.telemetry.recording import bind_prompt
 
@@ -55,15 +56,7 @@ def prompt_fetch(request: HttpRequest, squad: str, slug: str) -> HttpResponse:
     try:
         user = _auth(request)
         label = request.GET.get("label")
-        raw_version = request.GET.get("version")
-        version = None
-        if raw_version is not None:
-            try:
-                version = int(raw_version)
-            except ValueError:
-                raise ValidationFailed(
-                    f"version must be a whole number (got '{raw_version}').", field="version"
-                ) from None
+        version = parse_int(request.GET.get("version"), field="version", label="version")
         if label is None and version is None:
             label = DEFAULT_LABEL
         bind_prompt(slug, label=label, version=version)

@@ -17,6 +17,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from apps.core.exceptions import ApplicationError, NotFound, ValidationFailed
+from apps.core.http import parse_int
 from apps.evals.selectors import eval_gate_status_for_user
 from apps.prompts import selectors as prompt_selectors
 from apps.prompts.diff import version_diff
@@ -53,21 +54,6 @@ def _partial(request: HttpRequest, page: str, partial: str) -> str:
 
 def _status(error: ApplicationError | None) -> int:
     return error.status_code if error else 200
-
-
-def _int(raw: str | None, *, field: str, label: str) -> int | None:
-    raw = (raw or "").strip()
-    if not raw:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValidationFailed(
-            f"{label} must be a whole number (got '{raw}').", field=field
-        ) from None
-    if value < 0:
-        raise ValidationFailed(f"{label} cannot be negative (got {value}).", field=field)
-    return value
 
 
 def _pass_rate(raw: str) -> float | None:
@@ -446,7 +432,7 @@ def version_comments(request: HttpRequest, squad: str, slug: str, number: int) -
     version = _version(request, squad, slug, number)
     page = _partial(request, "reviews/version.html", "comment-threads")
     # Comments written on a request's page belong to that request too.
-    review_id = _int(request.POST.get("review"), field="review", label="Review")
+    review_id = parse_int(request.POST.get("review"), field="review", label="Review", minimum=0)
     review = (
         selectors.review_request_get_for_user(
             user=request.user, squad=version.template.squad, pk=review_id
@@ -463,8 +449,10 @@ def version_comments(request: HttpRequest, squad: str, slug: str, number: int) -
     form = {k: data.get(k, "") for k in ("body", "message_index", "line", "parent")}
     parent_id = None
     try:
-        parent_id = _int(form["parent"], field="parent", label="Thread")
-        message = _int(form["message_index"], field="message_index", label="Message")
+        parent_id = parse_int(form["parent"], field="parent", label="Thread", minimum=0)
+        message = parse_int(
+            form["message_index"], field="message_index", label="Message", minimum=0
+        )
         parent = (
             selectors.comment_get_for_user(user=request.user, version=version, pk=parent_id)
             if parent_id
@@ -476,7 +464,7 @@ def version_comments(request: HttpRequest, squad: str, slug: str, number: int) -
             body=form["body"],
             # The form counts messages from 1, like the page; the model from 0.
             message_index=message - 1 if message else None,
-            line=_int(form["line"], field="line", label="Line"),
+            line=parse_int(form["line"], field="line", label="Line", minimum=0),
             parent=parent,
             review=review,
             request=request,
@@ -498,7 +486,7 @@ def comment_resolve(request: HttpRequest, squad: str, pk: int) -> HttpResponse:
     squad_obj = squad_get_for_user(user=request.user, slug=squad)
     comment = selectors.comment_get_for_user(user=request.user, squad=squad_obj, pk=pk)
     version = comment.version
-    review_id = _int(request.POST.get("review"), field="review", label="Review")
+    review_id = parse_int(request.POST.get("review"), field="review", label="Review", minimum=0)
     review = (
         selectors.review_request_get_for_user(user=request.user, squad=squad_obj, pk=review_id)
         if review_id
@@ -591,10 +579,11 @@ def approval_policy(request: HttpRequest, squad: str) -> HttpResponse:
             pass_rate = _pass_rate(form["min_eval_pass_rate"])
         required = {}
         for role in POLICY_ROLES:
-            n = _int(
+            n = parse_int(
                 form[f"required_{role.value}"],
                 field=f"required_approvals.{role.value}",
                 label=f"Required {role.label.lower()} approvals",
+                minimum=0,
             )
             if n:
                 required[role.value] = n

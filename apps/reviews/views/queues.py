@@ -22,6 +22,7 @@ from django.urls import path, reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from apps.core.exceptions import ApplicationError, NotFound, PermissionDenied, ValidationFailed
+from apps.core.http import parse_int
 from apps.generation import selectors as generation_selectors
 from apps.reviews.models import Annotation, ReviewItem, ReviewQueue
 from apps.reviews.selectors import queues as selectors
@@ -77,18 +78,6 @@ def _field_errors(exc: ApplicationError | None) -> dict[str, list[str]]:
     for problem in problems:
         by_field.setdefault(problem["field"], []).append(problem["message"])
     return by_field
-
-
-def _int(raw: str | None, *, field: str, label: str) -> int | None:
-    raw = (raw or "").strip()
-    if not raw:
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValidationFailed(
-            f"{label} must be a whole number (got '{raw}').", field=field
-        ) from None
 
 
 def _number(raw: str) -> Any:
@@ -396,7 +385,7 @@ def _bars(distribution: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _items_context(request: HttpRequest, queue: ReviewQueue) -> dict[str, Any]:
     state = request.GET.get("state", "all")
-    after = _int(request.GET.get("after"), field="after", label="after") or 0
+    after = parse_int(request.GET.get("after"), field="after", label="after") or 0
     page = selectors.review_item_list_for_user(
         user=request.user, queue=queue, after=after, limit=ITEMS_PAGE, state=state
     )
@@ -770,7 +759,7 @@ def annotate(request: HttpRequest, squad: str, queue: str) -> HttpResponse:
         item = services.review_next_item(actor=request.user, queue=queue_obj)
         context = _panel_context(request, queue_obj, item)
     else:
-        before = _int(request.GET["before"], field="before", label="before")
+        before = parse_int(request.GET["before"], field="before", label="before")
         item = selectors.review_item_previous_for_user(
             user=request.user, queue=queue_obj, before=before
         )
@@ -911,9 +900,9 @@ def from_batch(request: HttpRequest, squad: str, job_id: int) -> HttpResponse:
                 queue=target,
                 batch_job=job,
                 mode=form["mode"],
-                n=_int(form["n"], field="n", label="n") if form["mode"] == "random" else None,
+                n=parse_int(form["n"], field="n", label="n") if form["mode"] == "random" else None,
                 percent=_number(form["percent"]) if form["mode"] == "percent" else None,
-                seed=_int(form["seed"], field="seed", label="The seed"),
+                seed=parse_int(form["seed"], field="seed", label="The seed"),
                 request=request,
             )
         except ApplicationError as exc:
