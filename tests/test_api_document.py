@@ -2,14 +2,16 @@
 operation is covered the day it is added."""
 
 import re
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
+from ninja.params.models import ParamModel
+from pydantic import BaseModel
 
 from apps.squads import services as squad_services
-from studio.api import api
+from studio.api import ROUTERS, api
 
 pytestmark = pytest.mark.django_db
 UNSAFE = {"post", "put", "patch", "delete"}
@@ -180,3 +182,46 @@ def test_a_huge_integer_parameter_is_a_4xx(token_client, method, path, operation
         else:
             response = getattr(token_client, method)(url, query)
         assert response.status_code in (404, 422), (name, response.content[:300])
+
+
+def _models(annotation: Any, found: dict[str, set[type]]) -> None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        wrapper = issubclass(annotation, ParamModel) or annotation.__name__ == "NinjaResponseSchema"
+        names = found.setdefault(annotation.__name__, set())
+        if annotation in names:
+            return
+        if not wrapper:  # ninja's own per-operation wrappers are flattened, never components
+            names.add(annotation)
+        for info in annotation.model_fields.values():
+            _models(info.annotation, found)
+        return
+    for arg in get_args(annotation):
+        _models(arg, found)
+
+
+def test_every_schema_name_is_unique():
+    """Defect 11 of issue 14: two schemas with one name overwrite each other in the
+    document (PolicyIn of reviews and of governance): each must have its own name."""
+    found: dict[str, set[type]] = {}
+    for _, router in ROUTERS:
+        for view in router.path_operations.values():
+            for operation in view.operations:
+                for model in operation.models:
+                    _models(model, found)
+                for model in (operation.response_models or {}).values():
+                    _models(model, found)
+    duplicates = {
+        name: sorted(f"{m.__module__}.{m.__qualname__}" for m in models)
+        for name, models in found.items()
+        if len(models) > 1
+    }
+    assert duplicates == {}
+
+
+def test_the_document_lists_error_answers():
+    document = _document()
+    assert "ErrorOut" in document["components"]["schemas"]
+    for method, path, operation in operations():
+        assert {"400", "401", "403", "422"} <= operation["responses"].keys(), (method, path)
+        if method in UNSAFE:
+            assert "409" in operation["responses"], (method, path)
