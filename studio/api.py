@@ -20,6 +20,7 @@ from apps.audit.api import router as audit_router
 from apps.core.exceptions import ApplicationError, AuthenticationFailed, PermissionDenied
 from apps.core.http import bound_api_integers
 from apps.core.openapi import document_errors
+from apps.core.waits import WaitRefused
 from apps.evals.api import router as evals_router
 from apps.evidence.api import router as evidence_router
 from apps.feedback.api import router as feedback_router
@@ -101,6 +102,8 @@ def application_error(request: HttpRequest, exc: ApplicationError) -> HttpRespon
     response = api.create_response(request, exc.as_dict(), status=exc.status_code)
     if isinstance(exc, AuthenticationFailed):
         response["WWW-Authenticate"] = 'Bearer realm="studio"'
+    if isinstance(exc, WaitRefused):
+        response["Retry-After"] = str(exc.retry_after)
     return response
 
 

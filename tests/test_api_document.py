@@ -225,3 +225,6 @@ def test_the_document_lists_error_answers():
         assert {"400", "401", "403", "422"} <= operation["responses"].keys(), (method, path)
         if method in UNSAFE:
             assert "409" in operation["responses"], (method, path)
+        assert "x-studio-errors" not in operation
+    generate = document["paths"]["/api/v1/squads/{squad}/prompts/{slug}/generate"]["post"]
+    assert "429" in generate["responses"]

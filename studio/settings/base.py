@@ -204,6 +204,11 @@ STUDIO_TEMPLATE_MAX_STEPS = env.int("STUDIO_TEMPLATE_MAX_STEPS", default=50_000)
 STUDIO_TEMPLATE_MAX_TEXT = env.int("STUDIO_TEMPLATE_MAX_TEXT", default=1_000_000)
 STUDIO_TEMPLATE_MAX_INT_BITS = env.int("STUDIO_TEMPLATE_MAX_INT_BITS", default=4096)
 
+# POST …/generate with "wait": true holds a web worker while it waits: at most this many
+# such calls at once (across processes sharing the cache), 429 with Retry-After past it.
+# Keep it below the number of web workers (scripts/run.sh starts 2).
+STUDIO_GENERATE_MAX_WAITING = env.int("STUDIO_GENERATE_MAX_WAITING", default=1)
+
 # --- Telemetry (apps/telemetry) ----------------------------------------------------
 # GET /metrics: a bearer token (empty: token access off), or a client address in these
 # networks (REMOTE_ADDR). Multiprocess mode follows PROMETHEUS_MULTIPROC_DIR (scripts/run.sh).
