@@ -57,34 +57,47 @@ def nul_path(value: Any, path: str) -> str | None:
     return None
 
 
+def _carries_nul(value: str) -> bool:
+    """A NUL character, or JSON text (a variables or schema field) holding one escaped."""
+    if "\x00" in value:
+        return True
+    if not _JSON_NUL.search(value.encode()):
+        return False
+    try:
+        return nul_path(json.loads(value), "") is not None
+    except (ValueError, RecursionError):
+        return False  # not JSON: the escape is plain text
+
+
 def _nul_field(request: HttpRequest) -> str | None:
     if "\x00" in request.path:
         return "path"
     for name, values in request.GET.lists():
-        if "\x00" in name or any("\x00" in v for v in values):
+        if "\x00" in name or any(_carries_nul(v) for v in values):
             return name
     content_type = request.content_type or ""
     if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
         for name, values in request.POST.lists():
-            if "\x00" in name or any("\x00" in v for v in values):
+            if "\x00" in name or any(_carries_nul(v) for v in values):
                 return name
         for name, upload in request.FILES.items():
             if "\x00" in (upload.name or ""):
                 return name
     elif content_type.endswith("json") and _JSON_NUL.search(request.body):
         try:
-            return nul_path(json.loads(request.body), "") or "body"
+            where = nul_path(json.loads(request.body), "")
         except (ValueError, RecursionError):
             return None  # malformed JSON: the parser says where
+        return None if where is None else where or "body"
     return None
 
 
 class RejectNulMiddleware:
     """No text with a NUL character reaches a view: PostgreSQL's text and jsonb refuse
     it (a 500 at save time), and no field of Studio has a use for it. Query strings,
-    form fields, upload names and JSON bodies (the `\\u0000` escape) are checked here,
-    once for every API operation and page: 422 JSON naming the field under /api/, a
-    400 page elsewhere."""
+    form fields (and JSON text in them), upload names and JSON bodies (the `\\u0000`
+    escape) are checked here, once for every API operation and page: 422 JSON naming
+    the field under /api/, a 400 page elsewhere."""
 
     def __init__(self, get_response):  # type: ignore[no-untyped-def]
         self.get_response = get_response

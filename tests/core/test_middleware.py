@@ -41,3 +41,17 @@ def test_nul_path_walks_values_and_keys():
     assert nul_path({"a": ["ok", {"b": "x\x00"}]}, "") == "a[1].b"
     assert nul_path({"k\x00": 1}, "") == "k\x00"
     assert nul_path({"a": ["ok"]}, "") is None
+
+
+def test_json_text_in_a_form_field_carrying_nul_is_refused(client, squad):
+    """The playground's variables field is JSON: `\\u0000` in it would reach jsonb."""
+    client.force_login(get_user_model().objects.get(username="owner"))
+    response = client.post(
+        "/squads/acme/prompts/any/run", {"variables": '{"topic": "a\\u0000b"}', "label": ""}
+    )
+    assert response.status_code == 400
+    assert b"variables contains a NUL character" in response.content
+    # The same escape in text that is not JSON is only text.
+    fine = client.post("/squads/acme/settings", {"name": "Acme", "description": "a \\u0000 b"})
+    assert fine.status_code in (200, 302)
+    assert Squad.objects.get(slug="acme").description == "a \\u0000 b"
