@@ -189,8 +189,9 @@ def test_run_with_bad_variables_shows_every_error_inline(
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('{"customer": ', "Variables are not valid JSON: Expecting value at line 1, column 14."),
+        ('{"customer": ', "Variables is not valid JSON: Expecting value at line 1, column 14."),
         ("[1, 2]", "Variables must be a JSON object"),
+        ("[" * 5000 + "]" * 5000, "Variables is nested more than 64 levels deep."),  # was a 500
     ],
 )
 def test_run_with_unparseable_variables_is_an_inline_error(template, text, message):
