@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from jinja2 import StrictUndefined, nodes
+from jinja2 import StrictUndefined, nodes, pass_eval_context
 from jinja2 import filters as jinja_filters
 from jinja2.sandbox import SandboxedEnvironment
 from jinja2.visitor import NodeTransformer
@@ -185,6 +185,16 @@ def _slice(value: Iterable, slices: int, fill_with: Any = None) -> Iterator[list
     return jinja_filters.sync_do_slice(value, slices, fill_with)
 
 
+def _replace(eval_ctx: Any, value: str, old: str, new: str, count: int | None = None) -> str:
+    text, old, new = str(value), str(old), str(new)
+    times = text.count(old) if old else len(text) + 1
+    if count is not None and _is_int(count):
+        times = min(times, max(count, 0))
+    if len(text) + times * len(new) > max_text():
+        raise _too_long("a replace() result", len(text) + times * len(new))
+    return jinja_filters.do_replace(eval_ctx, value, old, new, count)
+
+
 def _format(value: str, *args: Any, **kwargs: Any) -> str:
     check_format_string(str(value), percent=True)
     return jinja_filters.do_format(value, *args, **kwargs)
@@ -208,7 +218,8 @@ def _check_str_method(method: Any, args: tuple, kwargs: dict) -> None:
     elif name in ("format", "format_map"):
         check_format_string(owner, percent=False)
     elif name == "replace" and len(args) >= 2 and isinstance(args[1], str):
-        size = len(owner) + owner.count(args[0]) * len(args[1]) if args[0] else 0
+        times = owner.count(args[0]) if args[0] else len(owner) + 1
+        size = len(owner) + times * len(args[1])
         if size > max_text():
             raise _too_long("str.replace()", size)
     elif name == "join" and args and isinstance(args[0], list | tuple):
@@ -241,7 +252,13 @@ class BudgetedSandbox(SandboxedEnvironment):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self.filters.update(center=_center, indent=_indent, slice=_slice, format=_format)
+        self.filters.update(
+            center=_center,
+            indent=_indent,
+            slice=_slice,
+            format=_format,
+            replace=pass_eval_context(_replace),
+        )
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
         return _Metered().visit(super()._parse(source, name, filename))

@@ -39,6 +39,8 @@ RENDER_BOMBS = {
     "indent": "{{ ('a\\n' * 1000)|indent(999999) }}",
     "slice count": "{{ range(10)|slice(10**9)|list|length }}",
     "replace blow-up": "{{ ('a' * 100000).replace('a', 'b' * 100000)|length }}",
+    "replace filter blow-up": "{{ ('a' * 100000)|replace('a', 'b' * 100000)|length }}",
+    "replace of nothing": "{{ ('a' * 100000)|replace('', 'b' * 100000)|length }}",
 }
 
 
@@ -84,10 +86,11 @@ def test_ordinary_templates_still_render():
         "{% for x in items %}{{ loop.index }}:{{ x * 2 }} {% endfor %}{{ 'a' ~ 'b' }} "
         "{{ 2**10 }} {{ 'ab' * 3 }} {{ '%5.1f' % 3.14159 }} {{ '{:>4}'.format('x') }} "
         "{{ [1] + [2] }} {{ 'q'|center(5) }}|{{ range(6)|slice(2)|list }}"
+        "{{ 'ab'|replace('b', 'c') }}"
     )
     out = render_messages([{"role": "user", "content": content}], OPEN, {"items": [1, 2]})
     assert out[0]["content"] == (
-        "1:2 2:4 ab 1024 ababab   3.1    x [1, 2]   q  |[[0, 1, 2], [3, 4, 5]]"
+        "1:2 2:4 ab 1024 ababab   3.1    x [1, 2]   q  |[[0, 1, 2], [3, 4, 5]]ac"
     )
 
 
