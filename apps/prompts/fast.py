@@ -19,7 +19,7 @@ from django.urls import URLResolver
 from django.urls.resolvers import RoutePattern
 from django.views.decorators.csrf import csrf_exempt
 
-from apps.core.exceptions import ApplicationError, AuthenticationFailed
+from apps.core.exceptions import ApplicationError, AuthenticationFailed, ValidationFailed
 from apps.core.http import parse_int
 from apps.prompts import runtime
 from apps.telemetry.recording import bind_prompt
@@ -56,7 +56,10 @@ def prompt_fetch(request: HttpRequest, squad: str, slug: str) -> HttpResponse:
     try:
         user = _auth(request)
         label = request.GET.get("label")
-        version = parse_int(request.GET.get("version"), field="version", label="version")
+        raw_version = request.GET.get("version")
+        version = parse_int(raw_version, field="version", label="version")
+        if raw_version is not None and version is None:  # "?version=" as ninja has it
+            raise ValidationFailed("version must be a whole number (got '').", field="version")
         if label is None and version is None:
             label = DEFAULT_LABEL
         bind_prompt(slug, label=label, version=version)
