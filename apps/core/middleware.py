@@ -1,11 +1,11 @@
 import json
 import re
-from typing import Any
 
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 
 from apps.core.exceptions import ApplicationError, NotFound, ValidationFailed
+from apps.core.validation import nul_path
 
 
 class ApplicationErrorMiddleware:
@@ -35,26 +35,6 @@ class ApplicationErrorMiddleware:
 # A NUL escape in JSON text: "\u0000" after an even number of backslashes (so not the
 # escaped text "\\u0000").
 _JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000", re.IGNORECASE)
-
-
-def nul_path(value: Any, path: str) -> str | None:
-    """The path of the first text (value or key) in `value` holding a NUL character."""
-    if isinstance(value, str):
-        return path if "\x00" in value else None
-    if isinstance(value, dict):
-        for key, item in value.items():
-            where = f"{path}.{key}" if path else str(key)
-            if "\x00" in str(key):
-                return where
-            found = nul_path(item, where)
-            if found:
-                return found
-    if isinstance(value, list):
-        for index, item in enumerate(value):
-            found = nul_path(item, f"{path}[{index}]")
-            if found:
-                return found
-    return None
 
 
 def _carries_nul(value: str) -> bool:

@@ -5,7 +5,7 @@ that turns into a 500."""
 import json
 from typing import Any
 
-from apps.core.middleware import nul_path
+from apps.core.validation import nul_path
 
 # Deeper values are refused: json.loads stops near 1,000 levels with RecursionError, and
 # what reads a row later (jsonschema, json.dumps, jsonb) recurses as well.

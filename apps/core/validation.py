@@ -59,3 +59,23 @@ def parse_json(raw: str, *, field: str, label: str) -> Any:
     if too_deep:
         raise ValidationFailed(f"{label} is nested more than {MAX_DEPTH} levels deep.", field=field)
     return value
+
+
+def nul_path(value: Any, path: str) -> str | None:
+    """The path of the first text (value or key) in `value` holding a NUL character."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                return where
+            found = nul_path(item, where)
+            if found:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = nul_path(item, f"{path}[{index}]")
+            if found:
+                return found
+    return None

@@ -1,7 +1,7 @@
 import pytest
 from django.contrib.auth import get_user_model
 
-from apps.core.middleware import nul_path
+from apps.core.validation import nul_path
 from apps.squads.models import Squad
 
 pytestmark = pytest.mark.django_db
