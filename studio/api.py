@@ -6,6 +6,7 @@ JSON: `{"detail": "...", "field": "..."}`; 401 says why authentication failed.
 """
 
 import json
+from typing import Any
 
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja import NinjaAPI
@@ -17,6 +18,9 @@ from ninja.utils import check_csrf
 
 from apps.audit.api import router as audit_router
 from apps.core.exceptions import ApplicationError, AuthenticationFailed, PermissionDenied
+from apps.core.http import bound_api_integers
+from apps.core.openapi import document_errors
+from apps.core.waits import WaitRefused
 from apps.evals.api import router as evals_router
 from apps.evidence.api import router as evidence_router
 from apps.feedback.api import router as feedback_router
@@ -79,7 +83,12 @@ class StrictJSONParser(Parser):
         return json.loads(request.body, parse_constant=_no_constant)
 
 
-api = NinjaAPI(
+class StudioAPI(NinjaAPI):
+    def get_openapi_schema(self, **kwargs: Any) -> Any:
+        return document_errors(super().get_openapi_schema(**kwargs))
+
+
+api = StudioAPI(
     parser=StrictJSONParser(),
     title="Studio API",
     version="1",
@@ -95,6 +104,8 @@ def application_error(request: HttpRequest, exc: ApplicationError) -> HttpRespon
     response = api.create_response(request, exc.as_dict(), status=exc.status_code)
     if isinstance(exc, AuthenticationFailed):
         response["WWW-Authenticate"] = 'Bearer realm="studio"'
+    if isinstance(exc, WaitRefused):
+        response["Retry-After"] = str(exc.retry_after)
     return response
 
 
@@ -132,16 +143,30 @@ def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
     return api.create_response(request, {"detail": detail}, status=exc.status_code)
 
 
-api.add_router("/", squads_router)
-api.add_router("/tokens", tokens_router)
-api.add_router("/audit", audit_router)
-api.add_router("/", prompts_router)
-api.add_router("/", generation_router)
-api.add_router("/", reviews_approvals_router)
-api.add_router("/", review_queues_router)
-api.add_router("/", finetune_router)
-api.add_router("/", governance_router)
-api.add_router("/", evals_router)
-api.add_router("/", evidence_router)
-api.add_router("/", webhooks_router)
-api.add_router("/", feedback_router)
+ROUTERS = [
+    ("/", squads_router),
+    ("/tokens", tokens_router),
+    ("/audit", audit_router),
+    ("/", prompts_router),
+    ("/", generation_router),
+    ("/", reviews_approvals_router),
+    ("/", review_queues_router),
+    ("/", finetune_router),
+    ("/", governance_router),
+    ("/", evals_router),
+    ("/", evidence_router),
+    ("/", webhooks_router),
+    ("/", feedback_router),
+]
+for prefix, router in ROUTERS:
+    api.add_router(prefix, router)
+# One bound for every integer any operation reads (apps/core/http.py): 9223372036854775808
+# in a query string was a 500 ("bigint out of range"), now a 422 naming the parameter.
+bound_api_integers(
+    [
+        operation
+        for _, router in ROUTERS
+        for view in router.path_operations.values()
+        for operation in view.operations
+    ]
+)

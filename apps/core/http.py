@@ -1,8 +1,17 @@
 import ipaddress
+import types
 from functools import lru_cache
+from typing import Annotated, Any, Union, get_args, get_origin
 
+import annotated_types
 from django.conf import settings
 from django.http import HttpRequest
+from pydantic import BaseModel, Field
+
+# Every integer Studio takes from a request lies within ±(2**53 - 1): exact in JSON and
+# JavaScript, and a sum of two (offset + limit) still fits PostgreSQL's bigint.
+MAX_INT = 2**53 - 1
+BoundedInt = Annotated[int, Field(ge=-MAX_INT, le=MAX_INT)]
 
 
 @lru_cache(maxsize=8)
@@ -45,7 +54,70 @@ def client_ip(request: HttpRequest | None) -> str | None:
 
 def parse_id(raw: str | None) -> int | None:
     """A row id typed into a form or a query string, or None when it is not one. Decimal
-    digits only (isdigit() also accepts "²", which int() refuses) and at most 18 of them,
-    so it fits PostgreSQL's bigint and int() never meets its 4,300-digit limit."""
+    digits only (isdigit() also accepts "²", which int() refuses) and at most MAX_INT, so
+    it fits PostgreSQL's bigint and int() never meets its 4,300-digit limit."""
     raw = (raw or "").strip()
-    return int(raw) if raw.isdecimal() and len(raw) <= 18 else None
+    if not raw.isdecimal() or len(raw) > len(str(MAX_INT)):
+        return None
+    value = int(raw)
+    return value if value <= MAX_INT else None
+
+
+def _bounded(annotation: Any) -> Any:
+    """`annotation` with every bare `int` inside it (list[int], dict[str, int] …) bounded."""
+    if annotation is int:
+        return BoundedInt
+    origin = get_origin(annotation)
+    if origin is None or origin is Annotated:
+        return annotation
+    args = get_args(annotation)
+    bounded = tuple(_bounded(arg) for arg in args)
+    if bounded == args:
+        return annotation
+    if origin in (Union, types.UnionType):
+        return Union[bounded]  # noqa: UP007 (built from a tuple)
+    return origin[bounded] if len(bounded) > 1 else origin[bounded[0]]
+
+
+def _is_optional_int(annotation: Any) -> bool:
+    if annotation is int:
+        return True
+    args = get_args(annotation)
+    return get_origin(annotation) in (Union, types.UnionType) and set(args) == {int, type(None)}
+
+
+def bound_model_integers(model: type[BaseModel], done: set[type] | None = None) -> None:
+    """Give every integer field of `model` and of the models it nests the MAX_INT bounds
+    (keeping tighter bounds a field declares), then rebuild the validators, children
+    first. The OpenAPI document shows the bounds."""
+    done = set() if done is None else done
+    if model in done:
+        return
+    done.add(model)
+    for info in model.model_fields.values():
+        for nested in _models_in(info.annotation):
+            bound_model_integers(nested, done)
+        if _is_optional_int(info.annotation):
+            kinds = {type(m) for m in info.metadata}
+            if not kinds & {annotated_types.Ge, annotated_types.Gt}:
+                info.metadata.append(annotated_types.Ge(-MAX_INT))
+            if not kinds & {annotated_types.Le, annotated_types.Lt}:
+                info.metadata.append(annotated_types.Le(MAX_INT))
+        else:
+            info.annotation = _bounded(info.annotation)
+    model.model_rebuild(force=True)
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
+def bound_api_integers(operations: list[Any]) -> None:
+    """Bound every integer a ninja operation reads from its path, query, form or body
+    (`operation.models`). Called once, when the API is assembled (studio/api.py)."""
+    done: set[type] = set()
+    for operation in operations:
+        for model in operation.models:
+            bound_model_integers(model, done)

@@ -1,7 +1,11 @@
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed
+import json
+import re
+
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
 from django.shortcuts import render
 
-from apps.core.exceptions import ApplicationError, NotFound
+from apps.core.exceptions import ApplicationError, NotFound, ValidationFailed
+from apps.core.validation import nul_path
 
 
 class ApplicationErrorMiddleware:
@@ -51,3 +55,66 @@ def _method_not_allowed(request: HttpRequest, bare: HttpResponseNotAllowed) -> H
     )
     response["Allow"] = bare["Allow"]
     return response
+
+
+# A NUL escape in JSON text: "\u0000" after an even number of backslashes (so not the
+# escaped text "\\u0000").
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000", re.IGNORECASE)
+
+
+def _carries_nul(value: str) -> bool:
+    """A NUL character, or JSON text (a variables or schema field) holding one escaped."""
+    if "\x00" in value:
+        return True
+    if not _JSON_NUL.search(value.encode()):
+        return False
+    try:
+        return nul_path(json.loads(value), "") is not None
+    except (ValueError, RecursionError):
+        return False  # not JSON: the escape is plain text
+
+
+def _nul_field(request: HttpRequest) -> str | None:
+    if "\x00" in request.path:
+        return "path"
+    for name, values in request.GET.lists():
+        if "\x00" in name or any(_carries_nul(v) for v in values):
+            return name
+    content_type = request.content_type or ""
+    if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        for name, values in request.POST.lists():
+            if "\x00" in name or any(_carries_nul(v) for v in values):
+                return name
+        for name, upload in request.FILES.items():
+            if "\x00" in (upload.name or ""):
+                return name
+    elif content_type.endswith("json") and _JSON_NUL.search(request.body):
+        try:
+            where = nul_path(json.loads(request.body), "")
+        except (ValueError, RecursionError):
+            return None  # malformed JSON: the parser says where
+        return None if where is None else where or "body"
+    return None
+
+
+class RejectNulMiddleware:
+    """No text with a NUL character reaches a view: PostgreSQL's text and jsonb refuse
+    it (a 500 at save time), and no field of Studio has a use for it. Query strings,
+    form fields (and JSON text in them), upload names and JSON bodies (the `\\u0000`
+    escape) are checked here, once for every API operation and page: 422 JSON naming
+    the field under /api/, a 400 page elsewhere."""
+
+    def __init__(self, get_response):  # type: ignore[no-untyped-def]
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        field = _nul_field(request)
+        if field is None:
+            return self.get_response(request)
+        exc = ValidationFailed(
+            f"{field} contains a NUL character (\\u0000), which Studio does not accept.",
+            field=field,
+        )
+        if request.path.startswith("/api/"):
+            return JsonResponse(exc.as_dict(), status=exc.status_code)
+        return render(request, "error.html", {"message": exc.message, "status": 400}, status=400)

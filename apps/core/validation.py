@@ -1,7 +1,9 @@
 """Validation shared by every app's services, so the API, the views and the admin all
 give the same messages."""
 
+import json
 import re
+from typing import Any
 
 from apps.core.exceptions import ValidationFailed
 
@@ -34,3 +36,46 @@ def clean_slug(value: str | None, *, field: str, limit: int, underscores: bool =
             field=field,
         )
     return value
+
+
+def parse_json(raw: str, *, field: str, label: str) -> Any:
+    """JSON typed into a form field (variables, schemas), or ValidationFailed on `field`
+    saying where it broke (`extra` has line and column). Deep nesting is refused rather
+    than left to crash the parser or what reads the value later."""
+    from apps.core.uploads import MAX_DEPTH, depth
+
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValidationFailed(
+            f"{label} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}.",
+            field=field,
+            extra={"line": exc.lineno, "column": exc.colno},
+        ) from None
+    except RecursionError:
+        too_deep = True
+    else:
+        too_deep = depth(value) > MAX_DEPTH
+    if too_deep:
+        raise ValidationFailed(f"{label} is nested more than {MAX_DEPTH} levels deep.", field=field)
+    return value
+
+
+def nul_path(value: Any, path: str) -> str | None:
+    """The path of the first text (value or key) in `value` holding a NUL character."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                return where
+            found = nul_path(item, where)
+            if found:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = nul_path(item, f"{path}[{index}]")
+            if found:
+                return found
+    return None

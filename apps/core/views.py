@@ -7,6 +7,7 @@ from typing import Any
 from django.http import HttpRequest
 
 from apps.core.exceptions import ApplicationError, PermissionDenied, ValidationFailed
+from apps.core.http import MAX_INT
 
 
 def partial_template(request: HttpRequest, page: str, partial: str) -> str:
@@ -32,21 +33,30 @@ def _label(field: str) -> str:
 def parse_int(
     raw: str | None, *, field: str, label: str | None = None, minimum: int | None = None
 ) -> int | None:
-    """A whole number typed into a form; None when empty; ValidationFailed on `field`
-    naming what was typed otherwise (or when it is below `minimum`)."""
+    """A whole number typed into a form or a query string; None when empty;
+    ValidationFailed on `field` naming what was typed otherwise, when it is below
+    `minimum`, or outside ±MAX_INT (what the database and JSON hold exactly)."""
     raw = (raw or "").strip()
     if not raw:
         return None
     label = label or _label(field)
+    shown = raw if len(raw) <= 40 else raw[:40] + "…"
     try:
-        value = int(raw)
+        # int() of a 5,000-digit string is slow and raises past 4,300 digits anyway
+        value = int(raw) if len(raw) <= 40 else None
     except ValueError:
-        raise ValidationFailed(
-            f"{label} must be a whole number (got '{raw}').", field=field
-        ) from None
+        value = None
+    if value is None:
+        raise ValidationFailed(f"{label} must be a whole number (got '{shown}').", field=field)
     if minimum is not None and value < minimum:
         what = "cannot be negative" if minimum == 0 else f"must be at least {minimum}"
-        raise ValidationFailed(f"{label} {what} (got {value}).", field=field)
+        raise ValidationFailed(f"{label} {what} (got {shown}).", field=field)
+    if not -MAX_INT <= value <= MAX_INT:
+        raise ValidationFailed(
+            f"{label} must be between {-MAX_INT if minimum is None else minimum} and "
+            f"{MAX_INT} (got {shown}).",
+            field=field,
+        )
     return value
 
 

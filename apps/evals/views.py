@@ -15,6 +15,7 @@ from django_htmx.http import trigger_client_event
 
 from apps.core.exceptions import ApplicationError, ValidationFailed
 from apps.core.http import parse_id
+from apps.core.validation import parse_json
 from apps.evals import selectors, services
 from apps.evals.models import EvalRun, TestCase
 from apps.generation.selectors import model_target_list_for_user
@@ -35,15 +36,7 @@ def _template(request: HttpRequest, squad: str, slug: str) -> PromptTemplate:
 
 
 def _json_field(raw: str, field: str, label: str) -> Any:
-    try:
-        return json.loads(raw or "")
-    except json.JSONDecodeError as exc:
-        raise ValidationFailed(
-            f"{label} is not JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).",
-            field=field,
-        ) from None
-    except RecursionError:
-        raise ValidationFailed(f"{label} is nested too deeply.", field=field) from None
+    return parse_json(raw or "", field=field, label=label)
 
 
 def _tags(raw: str) -> list[str]:

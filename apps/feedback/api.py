@@ -13,7 +13,7 @@ from apps.feedback.schemas import (
     AlertOut,
     AlertRuleIn,
     AlertRuleOut,
-    DashboardOut,
+    FeedbackDashboardOut,
     FeedbackIn,
     FeedbackOut,
 )
@@ -132,7 +132,7 @@ def alert_rule_put(request: HttpRequest, squad: str, payload: AlertRuleIn) -> di
     return selectors.alert_rule_for_user(user=request.auth, squad=squad_obj).as_dict()
 
 
-@router.get("/squads/{squad}/prompts/{slug}/dashboard", response=DashboardOut)
+@router.get("/squads/{squad}/prompts/{slug}/dashboard", response=FeedbackDashboardOut)
 def dashboard(request: HttpRequest, squad: str, slug: str, range: int = 30) -> dict:
     template = prompt_template_get_for_user(user=request.auth, squad_slug=squad, slug=slug)
     board = selectors.template_dashboard(user=request.auth, template=template, days=range)

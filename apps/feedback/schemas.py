@@ -79,7 +79,7 @@ class VersionSeriesOut(Schema):
     series: dict[str, list[float | None]]
 
 
-class DashboardOut(Schema):
+class FeedbackDashboardOut(Schema):
     prompt: str
     range_days: int
     days: list[date]

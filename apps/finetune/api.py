@@ -13,9 +13,9 @@ from apps.finetune.schemas import (
     ComparisonCreateIn,
     ComparisonOut,
     DatasetCreateIn,
+    DatasetDiffOut,
     DatasetOut,
     DatasetVersionOut,
-    DiffOut,
     FineTuneJobCreateIn,
     FineTuneJobOut,
     FromBatchJobIn,
@@ -250,13 +250,13 @@ def version_download(request: HttpRequest, squad: str, slug: str, number: int) -
     return response
 
 
-class DiffQuery(Schema):
+class DatasetDiffQuery(Schema):
     from_version: int
     to_version: int
 
 
-@router.get("/squads/{squad}/datasets/{slug}/diff", response=DiffOut)
-def version_diff(request: HttpRequest, squad: str, slug: str, q: Query[DiffQuery]) -> dict:
+@router.get("/squads/{squad}/datasets/{slug}/diff", response=DatasetDiffOut)
+def version_diff(request: HttpRequest, squad: str, slug: str, q: Query[DatasetDiffQuery]) -> dict:
     """Row counts and the rows added and removed (by content, first 50 of each)."""
     dataset = _dataset(request, squad, slug)
     old = selectors.dataset_version_get(user=request.auth, dataset=dataset, number=q.from_version)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from apps.core.exceptions import ApplicationError, ValidationFailed
+from apps.core.uploads import RowError, checked, json_value
 from apps.finetune.models import DatasetFormat
 from apps.finetune.tokens import TokenCounter
 from apps.prompts.contracts import render_messages, validate_variables
@@ -127,11 +128,9 @@ def _parse_jsonl(text: str) -> tuple[list[tuple[int, Any]], list[dict[str, Any]]
         if not line.strip():
             continue  # blank lines (a trailing newline, spacing) hold no row
         try:
-            values.append((line_no, json.loads(line)))
-        except json.JSONDecodeError as exc:
-            errors.append(
-                {"line": line_no, "message": f"not valid JSON: {exc.msg} at column {exc.colno}"}
-            )
+            values.append((line_no, json_value(line)))
+        except RowError as exc:
+            errors.append({"line": line_no, "message": str(exc)})
     return values, errors
 
 
@@ -181,18 +180,13 @@ def _parse_csv(text: str, fmt: str) -> tuple[list[tuple[int, Any]], list[dict[st
             )
             continue
         row: dict[str, Any] = dict(zip(header, record, strict=True))
-        if fmt == DatasetFormat.VARIABLES:
-            try:
-                row["variables"] = json.loads(row["variables"])
-            except json.JSONDecodeError as exc:
-                errors.append(
-                    {
-                        "line": line_no,
-                        "message": f"variables column is not JSON: {exc.msg} at column {exc.colno}",
-                    }
-                )
-                continue
-        values.append((line_no, row))
+        try:
+            if fmt == DatasetFormat.VARIABLES:
+                row["variables"] = json_value(row["variables"])
+            values.append((line_no, checked(row)))
+        except RowError as exc:
+            column = "variables column: " if fmt == DatasetFormat.VARIABLES else ""
+            errors.append({"line": line_no, "message": f"{column}{exc}"})
     return values, errors
 
 

@@ -76,7 +76,7 @@ class DiffRowOut(Schema):
     row: dict[str, Any]
 
 
-class DiffOut(Schema):
+class DatasetDiffOut(Schema):
     from_version: int
     to_version: int
     from_rows: int

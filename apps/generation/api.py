@@ -1,12 +1,14 @@
 import time
 from typing import Any
 
+from django.conf import settings
 from django.http import HttpRequest, StreamingHttpResponse
 from django.urls import reverse
 from ninja import File, Form, Query, Router, Schema, Status
 from ninja.files import UploadedFile
 
 from apps.core.exceptions import NotFound
+from apps.core.waits import wait_slot
 from apps.generation import exports, selectors, services
 from apps.generation.models import BatchJob, Generation, ModelTarget
 from apps.generation.schemas import (
@@ -127,11 +129,22 @@ def target_create(request: HttpRequest, squad: str, payload: TargetCreateIn) -> 
 
 
 @router.post(
-    "/squads/{squad}/prompts/{slug}/generate", response={200: GenerationOut, 202: GenerationOut}
+    "/squads/{squad}/prompts/{slug}/generate",
+    response={200: GenerationOut, 202: GenerationOut},
+    openapi_extra={"x-studio-errors": ["429"]},
 )
 def generate(request: HttpRequest, squad: str, slug: str, payload: GenerateIn) -> Status:
     """Queue a generation on the gpu queue. Returns 202 with a poll URL, or — with
-    `wait: true` — the finished result if it arrives within `timeout` seconds."""
+    `wait: true` — the finished result if it arrives within `timeout` seconds. Waiting
+    holds a web worker, so only STUDIO_GENERATE_MAX_WAITING calls may wait at once;
+    past that, 429 with Retry-After and nothing is queued (apps/core/waits.py)."""
+    if not payload.wait:
+        return _generate(request, squad, slug, payload)
+    with wait_slot("generate", limit=settings.STUDIO_GENERATE_MAX_WAITING, seconds=payload.timeout):
+        return _generate(request, squad, slug, payload)
+
+
+def _generate(request: HttpRequest, squad: str, slug: str, payload: GenerateIn) -> Status:
     template = prompt_selectors.prompt_template_get_for_user(
         user=request.auth, squad_slug=squad, slug=slug
     )

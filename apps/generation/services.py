@@ -32,6 +32,7 @@ from django.utils import timezone
 from apps.audit.services import audit_log
 from apps.core.exceptions import Conflict, ValidationFailed
 from apps.core.files import write_atomically
+from apps.core.uploads import RowError, checked, json_value
 from apps.core.validation import clean_slug
 from apps.generation import structured
 from apps.generation.models import BatchJob, Generation, ModelTarget
@@ -517,21 +518,36 @@ def parse_rows(content: bytes, filename: str) -> tuple[list[tuple[int, Any]], li
         reader = csv.DictReader(io.StringIO(text))
         if not reader.fieldnames:
             raise ValidationFailed("The CSV file has no header row.", field="file")
-        for line_no, record in enumerate(reader, start=2):
+        line_no = 2
+        while True:
+            try:
+                record = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:  # e.g. a cell past the csv module's 131,072 characters
+                errors.append(
+                    {
+                        "row": line_no,
+                        "message": f"not readable as CSV: {exc}; the rest of the file was not read",
+                    }
+                )
+                break
             if None in record:
                 errors.append({"row": line_no, "message": "more values than header columns"})
-                continue
-            rows.append((line_no, {k: _csv_value(v) for k, v in record.items()}))
+            else:
+                try:
+                    rows.append((line_no, {k: _csv_value(k, v) for k, v in record.items()}))
+                except RowError as exc:
+                    errors.append({"row": line_no, "message": str(exc)})
+            line_no = reader.line_num + 1
     elif filename.lower().endswith((".jsonl", ".ndjson", ".json")):
         for line_no, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
-                rows.append((line_no, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                errors.append(
-                    {"row": line_no, "message": f"not JSON: {exc.msg} (column {exc.colno})"}
-                )
+                rows.append((line_no, json_value(line)))
+            except RowError as exc:
+                errors.append({"row": line_no, "message": str(exc)})
     else:
         raise ValidationFailed("Upload a .jsonl or .csv file.", field="file")
     if not rows and not errors:
@@ -541,13 +557,21 @@ def parse_rows(content: bytes, filename: str) -> tuple[list[tuple[int, Any]], li
     return rows, errors
 
 
-def _csv_value(value: str | None) -> Any:
+def _csv_value(column: str, value: str | None) -> Any:
+    """A cell: the JSON value it holds, or its text; RowError naming the column when
+    neither can be stored."""
     if value is None:
         return None
     try:
-        return json.loads(value)
-    except (json.JSONDecodeError, ValueError):
-        return value
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = value
+    except RecursionError:
+        raise RowError(f"column {column}: nested too deeply") from None
+    try:
+        return checked(parsed)
+    except RowError as exc:
+        raise RowError(f"column {column}: {exc}") from None
 
 
 def _refuse(errors: list[dict[str, Any]]) -> None:

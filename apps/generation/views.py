@@ -17,6 +17,7 @@ from django_htmx.http import trigger_client_event
 
 from apps.core.exceptions import ApplicationError, ValidationFailed
 from apps.core.http import parse_id
+from apps.core.validation import parse_json
 from apps.core.views import form_error, parse_int, partial_template
 from apps.generation import exports, selectors, services
 from apps.generation.api import resolve_version
@@ -98,13 +99,7 @@ def _run_version(user: Any, template: PromptTemplate, raw: str | None) -> Prompt
 
 
 def _run_variables(raw: str) -> dict[str, Any]:
-    try:
-        variables = json.loads(raw or "{}")
-    except json.JSONDecodeError as exc:
-        raise ValidationFailed(
-            f"Variables are not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}.",
-            field="variables",
-        ) from None
+    variables = parse_json(raw or "{}", field="variables", label="Variables")
     if not isinstance(variables, dict):
         raise ValidationFailed(
             'Variables must be a JSON object, like {"name": "Ada"}.', field="variables"

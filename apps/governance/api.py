@@ -7,8 +7,8 @@ from apps.governance import provenance, selectors, services
 from apps.governance.models import PolicyVersion
 from apps.governance.rules import DEFAULT_RULES
 from apps.governance.schemas import (
-    PolicyIn,
-    PolicyOut,
+    GovernancePolicyIn,
+    GovernancePolicyOut,
     PolicyTestIn,
     PolicyTestOut,
     ProvenanceOut,
@@ -38,14 +38,14 @@ def _policy_out(policy: PolicyVersion | None) -> dict[str, Any]:
     }
 
 
-@router.get("/squads/{squad}/governance-policy", response=PolicyOut)
+@router.get("/squads/{squad}/governance-policy", response=GovernancePolicyOut)
 def policy_detail(request: HttpRequest, squad: str) -> dict:
     squad_obj = squad_get_for_user(user=request.auth, slug=squad)
     return _policy_out(selectors.policy_get_for_user(user=request.auth, squad=squad_obj))
 
 
-@router.put("/squads/{squad}/governance-policy", response=PolicyOut)
-def policy_update(request: HttpRequest, squad: str, payload: PolicyIn) -> dict:
+@router.put("/squads/{squad}/governance-policy", response=GovernancePolicyOut)
+def policy_update(request: HttpRequest, squad: str, payload: GovernancePolicyIn) -> dict:
     """Save the rules as the next policy version (owners and compliance leads)."""
     squad_obj = squad_get_for_user(user=request.auth, slug=squad)
     policy = services.policy_update(
@@ -54,7 +54,7 @@ def policy_update(request: HttpRequest, squad: str, payload: PolicyIn) -> dict:
     return _policy_out(policy)
 
 
-@router.get("/squads/{squad}/governance-policy/versions", response=list[PolicyOut])
+@router.get("/squads/{squad}/governance-policy/versions", response=list[GovernancePolicyOut])
 def policy_versions(request: HttpRequest, squad: str) -> list:
     squad_obj = squad_get_for_user(user=request.auth, slug=squad)
     return [

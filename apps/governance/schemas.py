@@ -4,7 +4,7 @@ from typing import Any
 from ninja import Field, Schema
 
 
-class PolicyOut(Schema):
+class GovernancePolicyOut(Schema):
     version: int | None = Field(description="null: no policy saved yet, the defaults apply")
     rules: dict[str, Any]
     note: str
@@ -12,7 +12,7 @@ class PolicyOut(Schema):
     created_at: datetime | None
 
 
-class PolicyIn(Schema):
+class GovernancePolicyIn(Schema):
     rules: dict[str, Any]
     note: str = ""
 

@@ -8,9 +8,9 @@ from apps.prompts.contracts import render_messages
 from apps.prompts.diff import version_diff
 from apps.prompts.models import Label, PromptTemplate, PromptVersion
 from apps.prompts.schemas import (
-    DiffOut,
     LabelMoveIn,
     LabelOut,
+    PromptDiffOut,
     RenderIn,
     RenderOut,
     TemplateCreateIn,
@@ -32,14 +32,14 @@ class FetchQuery(Schema):
     version: int | None = None
 
 
-class ListQuery(Schema):
+class PromptListQuery(Schema):
     q: str | None = None
     tag: str | None = None
     label: str | None = None
     author: str | None = None
 
 
-class DiffQuery(Schema):
+class PromptDiffQuery(Schema):
     from_version: int
     to_version: int
 
@@ -112,7 +112,7 @@ def _content(payload: VersionContentIn) -> dict[str, Any]:
 
 
 @router.get("/squads/{squad}/prompts", response=list[TemplateOut])
-def template_list(request: HttpRequest, squad: str, filters: Query[ListQuery]) -> list:
+def template_list(request: HttpRequest, squad: str, filters: Query[PromptListQuery]) -> list:
     squad_obj = squad_get_for_user(user=request.auth, slug=squad)
     templates = selectors.prompt_template_list_for_user(
         user=request.auth, squad=squad_obj, **filters.dict()
@@ -253,8 +253,10 @@ def version_detail(request: HttpRequest, squad: str, slug: str, number: int) -> 
     )
 
 
-@router.get("/squads/{squad}/prompts/{slug}/diff", response=DiffOut)
-def version_diff_view(request: HttpRequest, squad: str, slug: str, q: Query[DiffQuery]) -> dict:
+@router.get("/squads/{squad}/prompts/{slug}/diff", response=PromptDiffOut)
+def version_diff_view(
+    request: HttpRequest, squad: str, slug: str, q: Query[PromptDiffQuery]
+) -> dict:
     """Side-by-side diff of two versions and a schema diff classifying each change."""
     template = selectors.prompt_template_get_for_user(
         user=request.auth, squad_slug=squad, slug=slug

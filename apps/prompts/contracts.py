@@ -1,11 +1,11 @@
 """Prompt contracts: JSON Schemas for inputs and outputs, and sandboxed rendering.
 
-Messages are Jinja2 templates rendered in a SandboxedEnvironment with
-StrictUndefined: a template cannot reach Python internals (`__class__`,
-`__globals__`, …) and a variable that was not passed is an error, never an
-empty string: an optional variable is guarded with `{% if x is defined %}` or
-`{{ x | default("…") }}`. Literal braces (for example a JSON example inside a prompt) go
-in a raw block:
+Messages are Jinja2 templates rendered in a budgeted SandboxedEnvironment
+(`apps/prompts/sandbox.py`) with StrictUndefined: a template cannot reach Python
+internals (`__class__`, `__globals__`, …) or run past its budget, and a variable
+that was not passed is an error, never an empty string: an optional variable is
+guarded with `{% if x is defined %}` or `{{ x | default("…") }}`. Literal braces
+(for example a JSON example inside a prompt) go in a raw block:
 
     Answer like this: {% raw %}{"label": "...", "score": 0.9}{% endraw %}
 """
@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
-from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, meta
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2 import TemplateError, TemplateSyntaxError, meta
 
 from apps.core.exceptions import ValidationFailed
+from apps.prompts import sandbox
+from apps.prompts.sandbox import TemplateTooExpensive
 
 ROLES = ("system", "user", "assistant")
 MAX_MESSAGES = 50
@@ -26,7 +27,12 @@ MAX_CONTENT = 100_000
 MAX_RENDERED = 1_000_000
 SchemaValidator = jsonschema.Draft202012Validator
 
-_env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_env = sandbox.env
+
+
+def too_expensive(index: int, exc: TemplateTooExpensive) -> str:
+    """The editor numbers messages from 1; the API names them messages[i]."""
+    return f"Message {index + 1} (messages[{index}]) is too expensive to render: {exc}"
 
 
 @dataclass
@@ -121,9 +127,17 @@ def check_templates(
     used: set[str] = set()
     for i, message in messages:
         try:
-            ast = _env.parse(message["content"])
-            # Unknown filters and tests surface only when compiling.
-            _env.compile(ast)
+            with sandbox.budget():
+                ast = _env.parse(message["content"])
+                sandbox.constant_cost(ast)
+                # Unknown filters and tests surface only when compiling.
+                _env.compile(ast)
+        except TemplateTooExpensive as exc:
+            report.error(f"messages[{i}].content", too_expensive(i, exc))
+            continue
+        except RecursionError:
+            report.error(f"messages[{i}].content", "the template is nested too deeply")
+            continue
         except TemplateSyntaxError as exc:
             lineno = exc.lineno or 1
             report.error(
@@ -176,23 +190,41 @@ def render_messages(
         )
     rendered = []
     total = 0
-    for i, message in enumerate(messages):
-        try:
-            text = _env.from_string(message["content"]).render(**variables)
-        except (TemplateError, TypeError, ValueError, ArithmeticError, LookupError) as exc:
-            # Template code can fail like any expression ({{ name + 1 }}, {{ 1/0 }}).
-            raise RenderFailed(
-                f"messages[{i}] could not be rendered: {exc}",
-                field=f"messages[{i}].content",
-                extra=[{"path": f"messages[{i}]", "message": str(exc)}],
-            ) from exc
-        total += len(text)
-        if total > MAX_RENDERED:
-            raise RenderFailed(
-                f"the rendered prompt exceeds {MAX_RENDERED} characters",
-                field=f"messages[{i}].content",
-            )
-        rendered.append({"role": message["role"], "content": text})
+    # One budget for the whole prompt (apps/prompts/sandbox.py); the output is counted
+    # as it is produced, so a loop cannot build gigabytes before the size check.
+    with sandbox.budget():
+        for i, message in enumerate(messages):
+            where = f"messages[{i}].content"
+            chunks = []
+            try:
+                for chunk in _env.from_string(message["content"]).generate(**variables):
+                    total += len(chunk)
+                    if total > MAX_RENDERED:
+                        raise RenderFailed(
+                            f"the rendered prompt exceeds {MAX_RENDERED} characters", field=where
+                        )
+                    chunks.append(chunk)
+            except TemplateTooExpensive as exc:
+                message_text = too_expensive(i, exc)
+                raise RenderFailed(
+                    message_text, field=where, extra=[{"path": where, "message": message_text}]
+                ) from exc
+            except (
+                TemplateError,
+                TypeError,
+                ValueError,
+                ArithmeticError,
+                LookupError,
+                RecursionError,
+                MemoryError,
+            ) as exc:
+                # Template code can fail like any expression ({{ name + 1 }}, {{ 1/0 }}).
+                raise RenderFailed(
+                    f"messages[{i}] could not be rendered: {exc or type(exc).__name__}",
+                    field=where,
+                    extra=[{"path": f"messages[{i}]", "message": str(exc)}],
+                ) from exc
+            rendered.append({"role": message["role"], "content": "".join(chunks)})
     return rendered
 
 

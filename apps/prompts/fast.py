@@ -6,6 +6,10 @@ objects) costs more than the fetch itself, so GET and HEAD are answered here wit
 the same authentication, service (`runtime.fetch`), errors and headers as the
 ninja operation — which still documents the endpoint in OpenAPI and serves the
 other methods on this path.
+
+The view is exempt from Django's CSRF middleware like every ninja operation: the
+methods it delegates get the API's own rule (a session needs the CSRF token, a bearer
+token does not, `studio.api.BearerOrSession`), and GET/HEAD are safe methods.
 """
 
 from collections.abc import Callable
@@ -13,8 +17,10 @@ from collections.abc import Callable
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import URLResolver
 from django.urls.resolvers import RoutePattern
+from django.views.decorators.csrf import csrf_exempt
 
 from apps.core.exceptions import ApplicationError, AuthenticationFailed, ValidationFailed
+from apps.core.views import parse_int
 from apps.prompts import runtime
 from apps.telemetry.recording import bind_prompt
 
@@ -38,6 +44,7 @@ def _delegate(request: HttpRequest) -> HttpResponse:
     return match.func(request, *match.args, **match.kwargs)
 
 
+@csrf_exempt
 def prompt_fetch(request: HttpRequest, squad: str, slug: str) -> HttpResponse:
     if request.method not in ("GET", "HEAD"):
         return _delegate(request)
@@ -50,14 +57,9 @@ def prompt_fetch(request: HttpRequest, squad: str, slug: str) -> HttpResponse:
         user = _auth(request)
         label = request.GET.get("label")
         raw_version = request.GET.get("version")
-        version = None
-        if raw_version is not None:
-            try:
-                version = int(raw_version)
-            except ValueError:
-                raise ValidationFailed(
-                    f"version must be a whole number (got '{raw_version}').", field="version"
-                ) from None
+        version = parse_int(raw_version, field="version", label="version")
+        if raw_version is not None and version is None:  # "?version=" as ninja has it
+            raise ValidationFailed("version must be a whole number (got '').", field="version")
         if label is None and version is None:
             label = DEFAULT_LABEL
         bind_prompt(slug, label=label, version=version)

@@ -125,7 +125,7 @@ class SchemaChangeOut(Schema):
     detail: str
 
 
-class DiffOut(Schema):
+class PromptDiffOut(Schema):
     from_version: int
     to_version: int
     breaking: bool

@@ -17,6 +17,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import HttpResponseClientRedirect, trigger_client_event
 
 from apps.core.exceptions import ApplicationError, ValidationFailed
+from apps.core.validation import parse_json
 from apps.core.views import parse_int, partial_template
 from apps.prompts import selectors, services
 from apps.prompts.contracts import (
@@ -132,14 +133,9 @@ def _parse(form: EditorForm) -> ParsedContent:
         if not raw:
             return default
         try:
-            return json.loads(raw)
-        except json.JSONDecodeError as exc:
-            report.error(
-                name,
-                f"{label} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",
-                line=exc.lineno,
-                column=exc.colno,
-            )
+            return parse_json(raw, field=name, label=label)
+        except ValidationFailed as exc:
+            report.error(name, exc.message, **(exc.extra or {}))
             return default
 
     def number(name: str, *, integer: bool) -> None:

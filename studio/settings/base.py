@@ -64,6 +64,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Text with NUL characters never reaches a view (query, form, JSON body): 422 / 400.
+    "apps.core.middleware.RejectNulMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
@@ -259,6 +261,19 @@ AXES_ENABLE_ADMIN = False  # the cache handler keeps no rows to browse
 AXES_VERBOSE = False  # no start-up banner in every manage.py output
 # The OpenAPI document and the docs page without signing in (production: off).
 STUDIO_API_DOCS_PUBLIC = env.bool("STUDIO_API_DOCS_PUBLIC", default=True)
+# --- Input hardening (apps/prompts/sandbox.py, apps/core/http.py) ----------------------
+# Prompt templates (check, save, render, generation, batches, evals): wall-clock budget per
+# render, loop iterations plus calls, the longest text one operation may build, and the
+# largest integer (in bits) `**` and `*` may produce.
+STUDIO_TEMPLATE_BUDGET_MS = env.int("STUDIO_TEMPLATE_BUDGET_MS", default=250)
+STUDIO_TEMPLATE_MAX_STEPS = env.int("STUDIO_TEMPLATE_MAX_STEPS", default=50_000)
+STUDIO_TEMPLATE_MAX_TEXT = env.int("STUDIO_TEMPLATE_MAX_TEXT", default=1_000_000)
+STUDIO_TEMPLATE_MAX_INT_BITS = env.int("STUDIO_TEMPLATE_MAX_INT_BITS", default=4096)
+
+# POST …/generate with "wait": true holds a web worker while it waits: at most this many
+# such calls at once (across processes sharing the cache), 429 with Retry-After past it.
+# Keep it below the number of web workers (scripts/run.sh starts 2).
+STUDIO_GENERATE_MAX_WAITING = env.int("STUDIO_GENERATE_MAX_WAITING", default=1)
 
 # --- Telemetry (apps/telemetry) ----------------------------------------------------
 # GET /metrics: a bearer token (empty: token access off), or a client address in these

@@ -40,7 +40,7 @@ def test_cases_page_add_edit_delete(writer):
     edit_url = f"/squads/acme/evals/prompts/writer/cases/{case.pk}/edit"
     assert client.get(edit_url).status_code == 200
     refused = client.post(edit_url, {**add, "assertions": "[{"})
-    assert refused.status_code == 422 and b"Assertions is not JSON" in refused.content
+    assert refused.status_code == 422 and b"Assertions is not valid JSON" in refused.content
     bad = client.post(edit_url, {**add, "assertions": '[{"type": "regex", "pattern": "("}]'})
     assert bad.status_code == 422 and b"assertions[0].pattern" in bad.content
     assert client.post(edit_url, {**add, "name": "tides 2"}).status_code == 302
@@ -102,9 +102,15 @@ def test_unparseable_form_input_is_a_422_not_a_500(writer, fake_server):
     # json.loads raises RecursionError, not JSONDecodeError, on deep nesting
     deep = {"name": "deep", "variables": '{"topic": "x"}', "assertions": "[" * 100_000}
     refused = client.post(PAGE, deep)
-    assert refused.status_code == 422 and b"Assertions is nested too deeply" in refused.content
+    assert (
+        refused.status_code == 422
+        and b"Assertions is nested more than 64 levels deep" in refused.content
+    )
     refused = client.post(PAGE, {**deep, "assertions": "[]", "variables": '{"a": ' * 50_000})
-    assert refused.status_code == 422 and b"Variables is nested too deeply" in refused.content
+    assert (
+        refused.status_code == 422
+        and b"Variables is nested more than 64 levels deep" in refused.content
+    )
     assert not TestCase.objects.filter(name="deep").exists()
 
 

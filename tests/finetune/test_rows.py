@@ -136,6 +136,38 @@ TABLE = [
 ]
 
 
+DEEP = "[" * 5000 + "]" * 5000
+TABLE += [
+    pytest.param(
+        "chat",
+        "rows.jsonl",
+        jsonl(GOOD, DEEP, GOOD),
+        [(2, "nested more than 64 levels deep")],
+        id="nested-5000-deep",
+    ),
+    pytest.param(
+        "chat",
+        "rows.jsonl",
+        jsonl(GOOD, {"messages": [{"role": "user", "content": "a\u0000b"}]}),
+        [(2, "contains a NUL character (\\u0000) in messages[0].content")],
+        id="nul-character",
+    ),
+    pytest.param(
+        "prompt_completion",
+        "rows.csv",
+        f"prompt,completion\nq,a\nq,{'x' * 131_073}\n".encode(),
+        [
+            (
+                3,
+                "CSV quoting error: field larger than field limit (131072); the rest of the file "
+                "was not read",
+            )
+        ],
+        id="csv-cell-past-the-csv-limit",
+    ),
+]
+
+
 @pytest.mark.parametrize(("fmt", "filename", "content", "expected"), TABLE)
 def test_upload_refused_with_exact_lines(squad, tmp_path, fmt, filename, content, expected):
     dataset = make_dataset(squad, format=fmt)

@@ -177,6 +177,11 @@ def _batches_dir() -> list[Path]:
         ("rows.jsonl", '{"topic": "a"}\n{"topic": 5}\nnot json\n{"n": 1}\n', [2, 3, 4]),
         ("rows.csv", "topic,n\nok,1\n,2\nfine,two\n", [3, 4]),
         ("rows.csv", "topic\na,extra\n", [2]),
+        # Issue 14, defect 7: these were 500s (csv.Error, RecursionError).
+        ("rows.csv", f"topic\nok\n{'x' * 131_073}\n", [3]),
+        ("rows.jsonl", '{"topic": "a"}\n' + "[" * 5000 + "]" * 5000 + "\n", [2]),
+        ("rows.csv", 'topic,n\nok,1\nok,"' + "[" * 5000 + "]" * 5000 + '"\n', [3]),
+        ("rows.jsonl", '{"topic": "a\\u0000"}\n', [1]),
     ],
 )
 def test_bad_rows_refuse_the_upload_and_nothing_is_stored(

@@ -189,8 +189,9 @@ def test_run_with_bad_variables_shows_every_error_inline(
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('{"customer": ', "Variables are not valid JSON: Expecting value at line 1, column 14."),
+        ('{"customer": ', "Variables is not valid JSON: Expecting value at line 1, column 14."),
         ("[1, 2]", "Variables must be a JSON object"),
+        ("[" * 5000 + "]" * 5000, "Variables is nested more than 64 levels deep."),  # was a 500
     ],
 )
 def test_run_with_unparseable_variables_is_an_inline_error(template, text, message):
@@ -283,7 +284,7 @@ def test_refused_upload_lists_row_errors_and_stores_nothing(
     assert BatchJob.objects.count() == 0 and _stored_files(data_dir) == []
     html = response.content.decode()
     assert "nothing was stored" in html.lower() and "<caption>Refused rows</caption>" in html
-    assert '<td class="nowrap">4</td>' in html and "not JSON" in html
+    assert '<td class="nowrap">4</td>' in html and "not valid JSON" in html
     assert '<option value="support" selected>' in html and 'value="4"' in html  # form kept
 
 

@@ -12,19 +12,19 @@ from apps.prompts.models import PromptVersion
 from apps.reviews.models import ApprovalPolicy, Notification, ReviewComment, ReviewRequest
 from apps.reviews.policy import Vote, derive
 from apps.reviews.schemas.approvals import (
+    ApprovalPolicyIn,
+    ApprovalPolicyOut,
     CommentIn,
     CommentOut,
     DecisionIn,
     InboxOut,
-    ListQuery,
     NotificationListOut,
     NotificationQuery,
     NotificationsReadIn,
     NotificationsReadOut,
-    PolicyIn,
-    PolicyOut,
     ResolveIn,
     ReviewRequestDetailOut,
+    ReviewRequestListQuery,
     ReviewRequestOpenIn,
     ReviewRequestOut,
 )
@@ -141,15 +141,15 @@ def _version(request: HttpRequest, squad: str, slug: str, number: int) -> Prompt
 # --- policy --------------------------------------------------------------------------------
 
 
-@router.get("/squads/{squad}/approval-policy", response=PolicyOut)
+@router.get("/squads/{squad}/approval-policy", response=ApprovalPolicyOut)
 def policy_detail(request: HttpRequest, squad: str) -> dict:
     squad_obj = squad_get_for_user(user=request.auth, slug=squad)
     policy = selectors.approval_policy_get_for_user(user=request.auth, squad=squad_obj)
     return _policy_out(policy, squad_obj)
 
 
-@router.put("/squads/{squad}/approval-policy", response=PolicyOut)
-def policy_update(request: HttpRequest, squad: str, payload: PolicyIn) -> dict:
+@router.put("/squads/{squad}/approval-policy", response=ApprovalPolicyOut)
+def policy_update(request: HttpRequest, squad: str, payload: ApprovalPolicyIn) -> dict:
     """Replace the approval policy (owners and compliance leads)."""
     squad_obj = squad_get_for_user(user=request.auth, slug=squad)
     policy = services.approval_policy_update(
@@ -191,7 +191,9 @@ def review_request_open(
 
 
 @router.get("/squads/{squad}/review-requests", response=list[ReviewRequestOut])
-def review_request_list(request: HttpRequest, squad: str, filters: Query[ListQuery]) -> list:
+def review_request_list(
+    request: HttpRequest, squad: str, filters: Query[ReviewRequestListQuery]
+) -> list:
     squad_obj = squad_get_for_user(user=request.auth, slug=squad)
     template = (
         prompt_selectors.prompt_template_get_for_user(

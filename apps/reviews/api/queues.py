@@ -15,7 +15,6 @@ from apps.reviews.schemas.queues import (
     AdjudicationIn,
     AnnotationIn,
     AnnotationOut,
-    DashboardOut,
     ExportOut,
     ItemOut,
     ItemPageOut,
@@ -24,6 +23,7 @@ from apps.reviews.schemas.queues import (
     ItemsFromBatchIn,
     ItemsQuery,
     QueueCreateIn,
+    QueueDashboardOut,
     QueueOut,
     QueueUpdateIn,
 )
@@ -168,7 +168,7 @@ def queue_update(request: HttpRequest, squad: str, queue: str, payload: QueueUpd
     return queue_out(updated)
 
 
-@router.get(Q + "/{queue}/dashboard", response=DashboardOut)
+@router.get(Q + "/{queue}/dashboard", response=QueueDashboardOut)
 def queue_dashboard(request: HttpRequest, squad: str, queue: str) -> dict:
     return selectors.review_queue_dashboard(user=request.auth, queue=_queue(request, squad, queue))
 

@@ -6,7 +6,7 @@ from ninja import Field, Schema
 Verdict = Literal["approve", "request_changes", "reject"]
 
 
-class PolicyIn(Schema):
+class ApprovalPolicyIn(Schema):
     """The whole policy (PUT replaces it). Requests already open keep the policy they were
     opened under."""
 
@@ -22,7 +22,7 @@ class PolicyIn(Schema):
     min_eval_pass_rate: float | None = Field(None, ge=0, le=1)
 
 
-class PolicyOut(Schema):
+class ApprovalPolicyOut(Schema):
     version: int
     required_approvals: dict[str, int]
     protected_labels: list[str]
@@ -83,7 +83,7 @@ class ReviewRequestDetailOut(ReviewRequestOut):
     label_diffs: list[LabelDiffOut]
 
 
-class ListQuery(Schema):
+class ReviewRequestListQuery(Schema):
     state: str | None = None
     prompt: str | None = None
 

@@ -192,7 +192,7 @@ class DisagreementItemOut(Schema):
     preview: str
 
 
-class DashboardOut(Schema):
+class QueueDashboardOut(Schema):
     queue: str
     overlap: int
     items: int
