@@ -256,6 +256,16 @@ ACTIONS = [
         view=lambda c: c.post("/squads/acme/prompts/support/v2/comments", {"body": "Typo."}),
     ),
     Action(
+        "comment.resolve",
+        frozenset({"owner", "engineer", "sme", "compliance"}),
+        api=lambda c: c.call(
+            "POST", f"/api/v1/squads/acme/comments/{_thread_on_v2()}/resolve", {"resolved": True}
+        ),
+        view=lambda c: c.post(
+            f"/squads/acme/comments/{_thread_on_v2()}/resolve", {"resolved": "1"}
+        ),
+    ),
+    Action(
         "target.list",
         frozenset(MEMBERS),
         api=lambda c: c.call("GET", "/api/v1/squads/acme/targets"),
@@ -711,6 +721,13 @@ def _decide_on_v2(c: ApiClient):
     return c.call(
         "POST", f"/api/v1/squads/acme/review-requests/{review.pk}/decisions", {"verdict": "approve"}
     )
+
+
+def _thread_on_v2() -> int:
+    """A comment thread on v2 of 'support', opened by the SME."""
+    from apps.reviews.services.approvals import comment_add
+
+    return comment_add(actor=UserFactory(username="sme"), version=_v2(), body="Typo?").pk
 
 
 def _decide_on_v2_in_page(c: Client):

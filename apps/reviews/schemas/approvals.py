@@ -19,6 +19,10 @@ class PolicyIn(Schema):
     changes_block: bool = Field(
         True, description="A 'request changes' decision blocks until a new version is reviewed"
     )
+    threads_block: bool = Field(
+        False,
+        description="Open comment threads on a version keep its request from being approved",
+    )
     min_eval_pass_rate: float | None = Field(None, ge=0, le=1)
 
 
@@ -27,6 +31,7 @@ class PolicyOut(Schema):
     required_approvals: dict[str, int]
     protected_labels: list[str]
     changes_block: bool
+    threads_block: bool
     min_eval_pass_rate: float | None
     updated_at: datetime
     updated_by: str | None

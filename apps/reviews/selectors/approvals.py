@@ -12,7 +12,7 @@ from django.db.models import Exists, FilteredRelation, OuterRef, Prefetch, Q, Qu
 
 from apps.core.exceptions import NotFound, ValidationFailed
 from apps.prompts.diff import version_diff
-from apps.prompts.models import Label, PromptTemplate, PromptVersion
+from apps.prompts.models import Label, LabelMove, PromptTemplate, PromptVersion
 from apps.reviews.models import (
     ApprovalPolicy,
     Notification,
@@ -100,6 +100,48 @@ def review_request_for_version(*, user: User, version: PromptVersion) -> ReviewR
     a new request while one holds), else the last withdrawn or superseded one."""
     require_squad_permission(user, version.template.squad, VIEW_SQUAD)
     return _requests().filter(version_id=version.pk).order_by("-created_at", "-pk").first()
+
+
+def review_request_previous_base(
+    *, user: User, review: ReviewRequest
+) -> tuple[PromptVersion, str] | None:
+    """The older version of the same prompt to diff against for "changes since your last
+    review": the latest older version the user decided on; for someone who never reviewed
+    this prompt, the latest older version on which changes were requested. The second
+    item says which ("your last review" or "changes requested")."""
+    require_squad_permission(user, review.squad, VIEW_SQUAD)
+    older = ReviewDecision.objects.filter(
+        request__template_id=review.template_id,
+        request__version__number__lt=review.version.number,
+    ).select_related("request__version")
+    mine = older.filter(reviewer_id=user.pk).order_by("-request__version__number", "-pk").first()
+    if mine is not None:
+        return mine.request.version, "your last review"
+    asked = (
+        older.filter(verdict=Verdict.REQUEST_CHANGES)
+        .order_by("-request__version__number", "-pk")
+        .first()
+    )
+    if asked is not None:
+        return asked.request.version, "changes requested"
+    return None
+
+
+def label_previous_version(
+    *, user: User, template: PromptTemplate, name: str, version: PromptVersion
+) -> PromptVersion | None:
+    """The version label `name` pointed at before it was last moved to `version` (None
+    when it never was, or pointed nowhere before)."""
+    require_squad_permission(user, template.squad, VIEW_SQUAD)
+    move = (
+        LabelMove.objects.filter(
+            label__template_id=template.pk, label__name=name, to_version=version
+        )
+        .select_related("from_version")
+        .order_by("-moved_at", "-pk")
+        .first()
+    )
+    return move.from_version if move is not None else None
 
 
 def review_request_label_diffs(*, user: User, review: ReviewRequest) -> list[dict[str, Any]]:
