@@ -389,6 +389,14 @@ ACTIONS = [
         view=lambda c: _start_finetune(lambda: c.post("/squads/acme/finetune/", {"dataset": "ft"})),
     ),
     Action(
+        "finetune.preflight",
+        frozenset({"owner", "engineer"}),
+        api=None,
+        view=lambda c: _with_finetune_dataset(
+            lambda: c.post("/squads/acme/finetune/preflight", {"dataset": "ft", "target": "local"})
+        ),
+    ),
+    Action(
         "adapter.approve",
         frozenset({"owner", "compliance"}),
         api=lambda c: c.call("POST", f"/api/v1/squads/acme/adapters/{_adapter()}/approval"),
@@ -613,6 +621,11 @@ def _finetune_dataset():
     return finetune.dataset_version_upload(
         actor=owner, dataset=dataset, content=json.dumps(row).encode(), filename="r.jsonl"
     )
+
+
+def _with_finetune_dataset(call):
+    _finetune_dataset()
+    return call()
 
 
 def _start_finetune(call):
