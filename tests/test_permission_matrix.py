@@ -389,6 +389,20 @@ ACTIONS = [
         view=lambda c: _start_finetune(lambda: c.post("/squads/acme/finetune/", {"dataset": "ft"})),
     ),
     Action(
+        "prompt.sample_file",
+        frozenset(MEMBERS),
+        api=None,
+        view=lambda c: c.get("/squads/acme/prompts/support/versions/2/sample.csv"),
+    ),
+    Action(
+        "dataset.sample_file",
+        frozenset(MEMBERS),
+        api=None,
+        view=lambda c: _with_finetune_dataset(
+            lambda: c.get("/squads/acme/datasets/ft/sample.jsonl")
+        ),
+    ),
+    Action(
         "finetune.preflight",
         frozenset({"owner", "engineer"}),
         api=None,

@@ -343,3 +343,35 @@ def _check_row(
     for error in validate_variables(version.input_schema, value["variables"]):
         problems.append(f"variables {error['path']}: {error['message']}")
     return problems
+
+
+SAMPLE_CHAT = [
+    ("Where is my parcel?", "It left our warehouse today and arrives tomorrow."),
+    ("Can I change the delivery address?", "Yes, until the parcel ships: open the order."),
+]
+
+
+def sample_rows(dataset_format: str, prompt_version: PromptVersion | None) -> list[dict]:
+    """Rows of the format that pass its checks, for "download a sample file": chat and
+    prompt/completion rows with a made-up support exchange; variables rows from the
+    prompt version's input schema (apps.prompts.variables.sample_rows)."""
+    from apps.prompts.variables import sample_rows as sample_variables
+
+    if dataset_format == DatasetFormat.CHAT:
+        return [
+            {
+                "messages": [
+                    {"role": "system", "content": "You answer customers briefly."},
+                    {"role": "user", "content": question},
+                    {"role": "assistant", "content": answer},
+                ]
+            }
+            for question, answer in SAMPLE_CHAT
+        ]
+    if dataset_format == DatasetFormat.PROMPT_COMPLETION:
+        return [{"prompt": q, "completion": a} for q, a in SAMPLE_CHAT]
+    schema = prompt_version.input_schema if prompt_version is not None else {}
+    return [
+        {"variables": variables, "output": "The answer you want for these variables."}
+        for variables in sample_variables(schema)
+    ]

@@ -271,3 +271,16 @@ def version_download(request: HttpRequest, squad: str, slug: str, number: int) -
         filename=f"{dataset.slug}-v{number}.jsonl",
         content_type="application/jsonl",
     )
+
+
+@login_required
+@require_GET
+def dataset_sample(request: HttpRequest, squad: str, slug: str) -> HttpResponse:
+    """A sample JSONL file in the dataset's format whose rows pass the upload checks."""
+    squad_obj = squad_get_for_user(user=request.user, slug=squad)
+    dataset = selectors.dataset_get_for_user(user=request.user, squad=squad_obj, slug=slug)
+    sample = rows.sample_rows(dataset.format, dataset.prompt_version)
+    body = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in sample)
+    response = HttpResponse(body, content_type="application/jsonl")
+    response["Content-Disposition"] = f'attachment; filename="{dataset.slug}-sample.jsonl"'
+    return response

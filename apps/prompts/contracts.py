@@ -194,23 +194,3 @@ def render_messages(
             )
         rendered.append({"role": message["role"], "content": text})
     return rendered
-
-
-def example_variables(node: Any) -> Any:
-    """A value shaped like the schema, to start the variables panel with."""
-    if not isinstance(node, dict):
-        return None
-    if node.get("examples"):
-        return node["examples"][0]
-    for key in ("default", "const"):
-        if key in node:
-            return node[key]
-    if node.get("enum"):
-        return node["enum"][0]
-    kind = node.get("type")
-    kind = kind[0] if isinstance(kind, list) and kind else kind
-    if kind == "object" or "properties" in node:
-        return {k: example_variables(v) for k, v in (node.get("properties") or {}).items()}
-    if kind == "array":
-        return [example_variables(node["items"])] if isinstance(node.get("items"), dict) else []
-    return {"string": "example", "integer": 1, "number": 1, "boolean": False}.get(kind)
