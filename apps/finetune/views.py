@@ -162,7 +162,15 @@ def _preview_context(
     page = selectors.dataset_rows_page(
         user=request.user, version=version, offset=offset, limit=PREVIEW_LIMIT
     )
-    return {"preview_version": version, "page": page, "preview_rows": _pretty_rows(page)}
+    rows = _pretty_rows(page)
+    return {
+        "preview_version": version,
+        "page": page,
+        "preview_rows": rows,
+        # "Rows 21–40 of 95", counted from 1 like the row numbers shown.
+        "page_first": page.offset + 1 if rows else 0,
+        "page_last": page.offset + len(rows),
+    }
 
 
 @login_required

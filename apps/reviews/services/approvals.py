@@ -689,10 +689,13 @@ def _clean_anchor(
     count = len(version.messages)
     if isinstance(message_index, bool) or not isinstance(message_index, int):
         raise ValidationFailed("The message must be given by its number.", field="message_index")
+    # Messages are numbered from 1 in what people read (the editor's "Message 2"), while
+    # message_index counts from 0 as the API's field does.
     if not 0 <= message_index < count:
         raise ValidationFailed(
-            f"Version {version.number} has {count} message(s) (0 to {count - 1}); "
-            f"there is no message {message_index}.",
+            f"Version {version.number} has {count} message{'s' if count != 1 else ''}; "
+            f"there is no message {message_index + 1} (message_index {message_index}, "
+            "counted from 0).",
             field="message_index",
         )
     if line is None:
@@ -700,8 +703,8 @@ def _clean_anchor(
     lines = len(str(version.messages[message_index].get("content", "")).split("\n"))
     if isinstance(line, bool) or not isinstance(line, int) or not 1 <= line <= lines:
         raise ValidationFailed(
-            f"Message {message_index} of version {version.number} has {lines} line(s); "
-            f"there is no line {line}.",
+            f"Message {message_index + 1} of version {version.number} has {lines} "
+            f"line{'s' if lines != 1 else ''}; there is no line {line}.",
             field="line",
         )
     return message_index, line
