@@ -31,11 +31,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.cache import cache
 
 from apps.core.exceptions import ValidationFailed
 from apps.finetune import jobs
 from apps.finetune.models import DatasetVersion, FineTuneJob
-from apps.finetune.tokens import APPROXIMATE, token_counter
+from apps.finetune.tokens import APPROXIMATE, TokenCounter, token_counter
 from apps.generation.models import ModelTarget
 from apps.generation.targets import target_resolve
 from apps.squads.access import require_squad_permission
@@ -84,10 +85,25 @@ class Plan:
         return self.counter == APPROXIMATE
 
 
+CACHE_SECONDS = 24 * 3600
+
+
 def row_tokens(version: DatasetVersion, base_model: str) -> list[RowTokens]:
     """Each row's prompt and answer tokens as the runtime will see them (variables rows
-    rendered with their prompt version, like the worker's training rows)."""
+    rendered with their prompt version, like the worker's training rows). A version is
+    immutable, so the counts are cached by its sha256, its prompt version and the
+    counter: the start form's panel reads the file once, not on every change."""
     counter = token_counter(base_model)
+    key = f"finetune:row-tokens:{version.sha256}:{version.dataset.prompt_version_id}:{counter.name}"
+    cached = cache.get(key)
+    if cached is not None:
+        return [RowTokens(*row) for row in cached]
+    rows = _count_rows(version, counter)
+    cache.set(key, [(r.row, r.split, r.prompt, r.answer) for r in rows], CACHE_SECONDS)
+    return rows
+
+
+def _count_rows(version: DatasetVersion, counter: TokenCounter) -> list[RowTokens]:
     dataset = version.dataset
     out = []
     with open(version.path, encoding="utf-8") as handle:
