@@ -215,3 +215,12 @@ def test_rereview_diffs_against_the_version_where_changes_were_requested(squad):
     assert 'Against <span class="badge label protected">production</span> (v1 → v3)' in after
     assert "production now points at v3; this is the diff against v1" in after
     assert 'id="diff-production-m2"' in after
+    # The API says the same: compared with v1, where production pointed before.
+    from apps.squads import services as squads
+    from tests.conftest import ApiClient
+
+    _, secret = squads.api_token_create(actor=u("sme"), name="t")
+    body = ApiClient(secret).call("GET", f"/api/v1/squads/acme/review-requests/{review.pk}").json()
+    entry = body["label_diffs"][0]
+    assert (entry["version"], entry["compared_with"]) == (3, 1)
+    assert entry["diff"]["same_version"] is True and entry["diff"]["messages_changed"] == [0, 1]

@@ -73,10 +73,16 @@ class DecisionOut(Schema):
 class LabelDiffOut(Schema):
     label: str
     version: int | None = Field(..., description="The version the label points at now")
+    compared_with: int | None = Field(
+        None,
+        description="The version the diff starts from: the label's version, or, once the "
+        "label points at the reviewed version, the one it pointed at before",
+    )
     diff: dict[str, Any] | None = Field(
         ...,
-        description="From that version to the reviewed one: same_version, messages_changed, "
-        "config_changed, schema_changes, breaking",
+        description="From compared_with to the reviewed version: same_version (the label "
+        "points at the reviewed version), messages_changed, config_changed, "
+        "schema_changes, breaking",
     )
 
 

@@ -146,7 +146,9 @@ def label_previous_version(
 
 def review_request_label_diffs(*, user: User, review: ReviewRequest) -> list[dict[str, Any]]:
     """For each protected label of the squad: the version behind it and a summary of the
-    diff from it to the reviewed version (None when the label points nowhere yet)."""
+    diff from it to the reviewed version (None when the label points nowhere yet). Once
+    the label points at the reviewed version, the diff is from the version it pointed at
+    before (`compared_with`), as on the request's page."""
     squad = review.squad
     require_squad_permission(user, squad, VIEW_SQUAD)
     protected = list(squad.protected_labels or [])
@@ -160,12 +162,19 @@ def review_request_label_diffs(*, user: User, review: ReviewRequest) -> list[dic
     for name in protected:
         old = behind.get(name)
         entry: dict[str, Any] = {"label": name, "version": old.number if old else None}
+        same = old is not None and old.pk == review.version_id
+        if same:
+            base = label_previous_version(
+                user=user, template=review.template, name=name, version=review.version
+            )
+            old = base or old
+        entry["compared_with"] = old.number if old else None
         if old is None:
             entry["diff"] = None
         else:
             diff = version_diff(old, review.version)
             entry["diff"] = {
-                "same_version": old.pk == review.version_id,
+                "same_version": same,
                 "messages_changed": [m["index"] for m in diff["messages"] if m["changed"]],
                 "config_changed": [c["key"] for c in diff["config"]],
                 "schema_changes": diff["schema_changes"],
