@@ -256,6 +256,16 @@ ACTIONS = [
         view=lambda c: c.post("/squads/acme/prompts/support/v2/comments", {"body": "Typo."}),
     ),
     Action(
+        "comment.resolve",
+        frozenset({"owner", "engineer", "sme", "compliance"}),
+        api=lambda c: c.call(
+            "POST", f"/api/v1/squads/acme/comments/{_thread_on_v2()}/resolve", {"resolved": True}
+        ),
+        view=lambda c: c.post(
+            f"/squads/acme/comments/{_thread_on_v2()}/resolve", {"resolved": "1"}
+        ),
+    ),
+    Action(
         "target.list",
         frozenset(MEMBERS),
         api=lambda c: c.call("GET", "/api/v1/squads/acme/targets"),
@@ -389,6 +399,28 @@ ACTIONS = [
             lambda: c.call("POST", "/api/v1/squads/acme/finetune-jobs", {"dataset": "ft"})
         ),
         view=lambda c: _start_finetune(lambda: c.post("/squads/acme/finetune/", {"dataset": "ft"})),
+    ),
+    Action(
+        "prompt.sample_file",
+        frozenset(MEMBERS),
+        api=None,
+        view=lambda c: c.get("/squads/acme/prompts/support/versions/2/sample.csv"),
+    ),
+    Action(
+        "dataset.sample_file",
+        frozenset(MEMBERS),
+        api=None,
+        view=lambda c: _with_finetune_dataset(
+            lambda: c.get("/squads/acme/datasets/ft/sample.jsonl")
+        ),
+    ),
+    Action(
+        "finetune.preflight",
+        frozenset({"owner", "engineer"}),
+        api=None,
+        view=lambda c: _with_finetune_dataset(
+            lambda: c.post("/squads/acme/finetune/preflight", {"dataset": "ft", "target": "local"})
+        ),
     ),
     Action(
         "adapter.approve",
@@ -617,6 +649,11 @@ def _finetune_dataset():
     )
 
 
+def _with_finetune_dataset(call):
+    _finetune_dataset()
+    return call()
+
+
 def _start_finetune(call):
     """Start a job with the training runtime faked (tests.finetune.fake_training): the
     matrix checks who may, not what training does."""
@@ -730,6 +767,13 @@ def _decide_on_v2(c: ApiClient):
     return c.call(
         "POST", f"/api/v1/squads/acme/review-requests/{review.pk}/decisions", {"verdict": "approve"}
     )
+
+
+def _thread_on_v2() -> int:
+    """A comment thread on v2 of 'support', opened by the SME."""
+    from apps.reviews.services.approvals import comment_add
+
+    return comment_add(actor=UserFactory(username="sme"), version=_v2(), body="Typo?").pk
 
 
 def _decide_on_v2_in_page(c: Client):

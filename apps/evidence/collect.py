@@ -297,7 +297,8 @@ def _generations_parts(version: PromptVersion) -> tuple[dict[str, Any], dict[str
         "input_tokens": totals["input_tokens"] or 0,
         "output_tokens": totals["output_tokens"] or 0,
         # SQLite sums decimals as floats: back to the column's 8 places.
-        "cost": str(Decimal(str(totals["cost"] or 0)).quantize(COST_PLACES)),
+        # Fixed-point text: str() of a zero Decimal with 8 places is "0E-8".
+        "cost": format(Decimal(str(totals["cost"] or 0)).quantize(COST_PLACES), "f"),
         "latency_ms": {
             "over": "ok and invalid generations (nearest-rank percentiles)",
             "n": len(latencies),

@@ -7,6 +7,7 @@ app_name = "finetune_jobs"
 # Mounted at squads/<slug:squad>/finetune/ (every view takes `squad`).
 urlpatterns = [
     path("", job_views.job_list, name="list"),
+    path("preflight", job_views.job_preflight, name="preflight"),
     path("jobs/<int:job_id>/", job_views.job_detail, name="detail"),
     path("jobs/<int:job_id>/cancel", job_views.job_cancel, name="cancel"),
     path("adapters/<int:adapter_id>/", job_views.adapter_detail, name="adapter"),

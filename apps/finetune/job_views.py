@@ -5,6 +5,7 @@ and a comparison's page (polled by htmx until done). Each view parses the reques
 calls the service or selector the API calls, and renders the page or one of its
 partials."""
 
+from dataclasses import fields
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
@@ -13,10 +14,11 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from apps.core.exceptions import ApplicationError, ValidationFailed
+from apps.core.http import parse_id
 from apps.core.views import form_error
+from apps.finetune import charts, jobs, preflight, selectors
 from apps.finetune import comparisons as comparisons_service
-from apps.finetune import jobs, selectors
-from apps.finetune.models import Adapter, FineTuneJob
+from apps.finetune.models import Adapter, DatasetVersion, FineTuneJob
 from apps.generation import selectors as generation_selectors
 from apps.generation.models import ModelTarget
 from apps.squads.access import has_squad_permission
@@ -26,7 +28,7 @@ from apps.squads.selectors import squad_get_for_user
 
 LORA_FIELDS = ("r", "alpha", "dropout")
 TRAIN_FIELDS = ("learning_rate", "epochs", "max_steps", "batch_size", "grad_accum")
-TRAIN_FIELDS += ("max_seq_len", "seed")
+TRAIN_FIELDS += ("max_seq_len", "seed", "eval_every")
 FORM_FIELDS = ("dataset", "version", "target", "target_modules", *LORA_FIELDS, *TRAIN_FIELDS)
 INTEGER_FIELDS = {
     "r",
@@ -36,9 +38,9 @@ INTEGER_FIELDS = {
     "grad_accum",
     "max_seq_len",
     "seed",
+    "eval_every",
     "version",
 }
-CHART_WIDTH, CHART_HEIGHT = 600, 200
 
 
 def _value(form: dict[str, str], name: str) -> int | float | None:
@@ -56,7 +58,13 @@ def _value(form: dict[str, str], name: str) -> int | float | None:
 
 
 def _list_context(
-    request: HttpRequest, squad: Squad, form: dict[str, str], error: ApplicationError | None
+    request: HttpRequest,
+    squad: Squad,
+    form: dict[str, str],
+    error: ApplicationError | None,
+    *,
+    plan: preflight.Plan | None = None,
+    plan_error: ApplicationError | None = None,
 ) -> dict[str, Any]:
     can_run = has_squad_permission(request.user, squad, RUN_FINETUNE)
     context: dict[str, Any] = {
@@ -66,6 +74,7 @@ def _list_context(
         "can_run": can_run,
         "form": form,
         "error": error,
+        **_plan_context(plan, plan_error),
     }
     if can_run:
         context["datasets"] = selectors.dataset_list_for_user(
@@ -74,7 +83,11 @@ def _list_context(
     return context
 
 
-def _create(request: HttpRequest, squad: Squad, form: dict[str, str]) -> FineTuneJob:
+def _settings(
+    request: HttpRequest, squad: Squad, form: dict[str, str]
+) -> tuple[DatasetVersion, dict[str, Any], dict[str, Any]]:
+    """The dataset version and the LoRA and training settings the form asks for (empty
+    fields left to the runtime's defaults)."""
     dataset = selectors.dataset_get_for_user(user=request.user, squad=squad, slug=form["dataset"])
     number = _value(form, "version") or (
         dataset.latest_version.number if dataset.latest_version else 0
@@ -84,68 +97,126 @@ def _create(request: HttpRequest, squad: Squad, form: dict[str, str]) -> FineTun
     lora: dict[str, Any] = {name: _value(form, name) for name in LORA_FIELDS}
     lora["target_modules"] = modules or None
     train = {name: _value(form, name) for name in TRAIN_FIELDS}
+    return (
+        version,
+        {k: v for k, v in lora.items() if v is not None},
+        {k: v for k, v in train.items() if v is not None},
+    )
+
+
+def _create(request: HttpRequest, squad: Squad, form: dict[str, str]) -> FineTuneJob:
+    version, lora, train = _settings(request, squad, form)
     return jobs.finetune_job_create(
         actor=request.user,
         dataset_version=version,
         target_name=form["target"] or None,
-        lora={k: v for k, v in lora.items() if v is not None},
-        train={k: v for k, v in train.items() if v is not None},
+        lora=lora,
+        train=train,
         request=request,
     )
+
+
+def _plan(
+    request: HttpRequest, squad: Squad, form: dict[str, str]
+) -> tuple[preflight.Plan | None, ApplicationError | None]:
+    """The pre-flight of the form's job, or why it cannot run."""
+    if not form.get("dataset"):
+        return None, None
+    try:
+        version, lora, train = _settings(request, squad, form)
+        plan = preflight.finetune_plan(
+            actor=request.user,
+            dataset_version=version,
+            target_name=form["target"] or None,
+            lora=lora,
+            train=train,
+        )
+    except ApplicationError as exc:
+        return None, form_error(exc)
+    return plan, None
+
+
+def _plan_context(
+    plan: preflight.Plan | None, plan_error: ApplicationError | None
+) -> dict[str, Any]:
+    return {
+        "plan": plan,
+        "plan_error": plan_error,
+        "plan_eta": _duration(plan.seconds) if plan else "",
+    }
+
+
+def _form_from_job(job: FineTuneJob) -> dict[str, str]:
+    """The start form filled with a job's dataset, target and settings ("clone"); a
+    setting at the runtime's default stays empty, as when the job was started."""
+    from workers.runtime.training import LoraSettings, TrainSettings
+
+    defaults = {f.name: f.default for cls in (LoraSettings, TrainSettings) for f in fields(cls)}
+    chosen = {k: v for k, v in {**job.lora, **job.train}.items() if v != defaults.get(k)}
+    form = {name: "" if chosen.get(name) is None else str(chosen[name]) for name in FORM_FIELDS}
+    modules = job.lora.get("target_modules") or []
+    return form | {
+        "dataset": job.dataset_version.dataset.slug,
+        "version": str(job.dataset_version.number),
+        "target": job.target.name,
+        "target_modules": ", ".join(modules),
+    }
+
+
+def _initial_form(request: HttpRequest, squad: Squad) -> dict[str, str]:
+    """Empty (the runtime's defaults), a dataset version picked by ?dataset=&version=, or a
+    copy of job ?clone=."""
+    form = dict.fromkeys(FORM_FIELDS, "") | {"target": jobs.DEFAULT_TARGET}
+    clone = parse_id(request.GET.get("clone"))
+    if clone is not None:
+        job = selectors.finetune_job_get_for_user(user=request.user, squad=squad, job_id=clone)
+        return _form_from_job(job)
+    form["dataset"] = request.GET.get("dataset", "").strip()
+    form["version"] = request.GET.get("version", "").strip()
+    return form
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
 def job_list(request: HttpRequest, squad: str) -> HttpResponse:
-    """The squad's fine-tune jobs and adapters and, for those who may, the start form."""
+    """The squad's fine-tune jobs and adapters and, for those who may, the start form
+    with its pre-flight (POST action=check shows it without starting the job)."""
     squad_obj = squad_get_for_user(user=request.user, slug=squad)
     if request.method == "GET":
-        form = dict.fromkeys(FORM_FIELDS, "") | {"target": jobs.DEFAULT_TARGET}
-        # "Fine-tune on this version" on a dataset page names the dataset and version.
-        form |= {k: request.GET[k].strip() for k in ("dataset", "version") if k in request.GET}
-        return render(
-            request, "finetune/job_list.html", _list_context(request, squad_obj, form, None)
-        )
+        form = _initial_form(request, squad_obj)
+        context = _list_context(request, squad_obj, form, None)
+        if context["can_run"]:
+            if not form["dataset"] and context["datasets"]:
+                form["dataset"] = context["datasets"][0].slug
+            context.update(_plan_context(*_plan(request, squad_obj, form)))
+        return render(request, "finetune/job_list.html", context)
     form = {name: request.POST.get(name, "").strip() for name in FORM_FIELDS}
+    if request.POST.get("action") == "check":
+        plan, plan_error = _plan(request, squad_obj, form)
+        context = _list_context(request, squad_obj, form, None, plan=plan, plan_error=plan_error)
+        status = plan_error.status_code if plan_error else 200
+        return render(request, "finetune/job_list.html", context, status=status)
     try:
         job = _create(request, squad_obj, form)
     except ApplicationError as exc:
-        context = _list_context(request, squad_obj, form, form_error(exc))
+        plan, plan_error = _plan(request, squad_obj, form)
+        context = _list_context(
+            request, squad_obj, form, form_error(exc), plan=plan, plan_error=plan_error
+        )
         return render(request, "finetune/job_list.html", context, status=exc.status_code)
     return redirect("finetune_jobs:detail", squad=squad, job_id=job.pk)
 
 
-def loss_chart(points: list[list[float | None]]) -> dict[str, Any]:
-    """SVG polylines (loss, smoothed, eval) scaled into the chart's box."""
-    if not points:
-        return {}
-    steps = [p[0] for p in points]
-    values = [v for p in points for v in p[1:] if v is not None]
-    if not values:
-        return {}
-    low, high = min(values), max(values)
-    first, last = steps[0], steps[-1]
-    span_x, span_y = max(last - first, 1), max(high - low, 1e-9)
-
-    def line(column: int) -> str:
-        return " ".join(
-            f"{(p[0] - first) / span_x * CHART_WIDTH:.1f},"
-            f"{CHART_HEIGHT - (p[column] - low) / span_y * CHART_HEIGHT:.1f}"
-            for p in points
-            if p[column] is not None
-        )
-
-    return {
-        "width": CHART_WIDTH,
-        "height": CHART_HEIGHT,
-        "loss": line(1),
-        "smoothed": line(2),
-        "eval": line(3),
-        "low": low,
-        "high": high,
-        "first": first,
-        "last": last,
-    }
+@login_required
+@require_POST
+def job_preflight(request: HttpRequest, squad: str) -> HttpResponse:
+    """The start form's pre-flight panel, refreshed by htmx as the form changes."""
+    squad_obj = squad_get_for_user(user=request.user, slug=squad)
+    form = {name: request.POST.get(name, "").strip() for name in FORM_FIELDS}
+    plan, plan_error = _plan(request, squad_obj, form)
+    context = {"squad": squad_obj, "form": form, **_plan_context(plan, plan_error)}
+    status = plan_error.status_code if plan_error else 200
+    return render(request, "finetune/job_list.html#preflight", context, status=status)
 
 
 def _duration(seconds: float | None) -> str:
@@ -164,7 +235,11 @@ def _progress_context(request: HttpRequest, squad: Squad, job: FineTuneJob) -> d
         "job": job,
         "percent": job.step * 100 // total if total else 0,
         "eta": _duration(job.eta_seconds) if not job.finished else "—",
-        "chart": loss_chart(job.points),
+        "chart": charts.loss_chart(
+            points=job.points,
+            total_steps=job.total_steps,
+            checkpoint_every=job.train.get("checkpoint_every"),
+        ),
         "can_run": has_squad_permission(request.user, squad, RUN_FINETUNE),
         "adapter": getattr(job, "adapter", None)
         if job.status == FineTuneJob.Status.SUCCEEDED

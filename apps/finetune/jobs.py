@@ -194,6 +194,16 @@ def finetune_job_create(
             f"Dataset '{dataset.slug}' v{dataset_version.number} has no train rows.",
             field="dataset_version",
         )
+    # The pre-flight's refusals (max_seq_len too short for the rows, eval asked of a
+    # version without eval rows): refused here, not by the worker after queuing.
+    from apps.finetune.preflight import check_runnable
+
+    check_runnable(
+        dataset_version=dataset_version,
+        base_model=target.base_model,
+        train=train_clean,
+        asked=train or {},
+    )
     problems = settings_problems(target.base_model, lora_clean, train_clean)
     if problems:
         raise ValidationFailed(

@@ -50,18 +50,21 @@ FORMAT_LABEL = {
 class RowsRefused(ValidationFailed):
     """The upload (or built rows) failed: `extra` holds the first 100 {line, message}."""
 
-    def __init__(self, errors: list[dict[str, Any]], *, what: str) -> None:
+    def __init__(self, errors: list[dict[str, Any]], *, total_lines: int) -> None:
         self.total = len(errors)
         shown = errors[:MAX_REPORTED_ERRORS]
-        summary = "; ".join(f"line {e['line']}: {e['message']}" for e in shown[:3])
+        lines = len({e["line"] for e in errors})
+        problems = f" ({self.total} problems)" if self.total != lines else ""
         more = (
-            f" (the first {MAX_REPORTED_ERRORS} are listed; {self.total - MAX_REPORTED_ERRORS} "
-            "more not shown)"
+            f"; the first {MAX_REPORTED_ERRORS} problems are listed, "
+            f"{self.total - MAX_REPORTED_ERRORS} more not shown"
             if self.total > MAX_REPORTED_ERRORS
             else ""
         )
+        # The problems, by line, are `extra`: the message counts, it does not repeat them.
         super().__init__(
-            f"{self.total} problem(s) in {what} — nothing was stored. {summary}{more}",
+            f"{lines} of {total_lines} line{'s' if total_lines != 1 else ''} refused{problems}"
+            f" — nothing was stored{more}.",
             field="file",
             extra=shown,
         )
@@ -267,6 +270,7 @@ def check_rows(
 ) -> CheckedRows:
     """Check every value as a row of `fmt`; refuse with every problem (sorted by line,
     first 100 listed) or return the rows and their token counts."""
+    unreadable = {e["line"] for e in errors}
     errors = list(errors)
     checked = CheckedRows()
     expected = FIELDS[DatasetFormat(fmt)]
@@ -290,7 +294,8 @@ def check_rows(
         checked.rows.append(value)
         checked.tokens.append(tokens)
     if errors:
-        raise RowsRefused(sorted(errors, key=lambda e: e["line"]), what="the rows")
+        total = len(unreadable | {line_no for line_no, _ in values})
+        raise RowsRefused(sorted(errors, key=lambda e: e["line"]), total_lines=total)
     return checked
 
 
@@ -337,3 +342,35 @@ def _check_row(
     for error in validate_variables(version.input_schema, value["variables"]):
         problems.append(f"variables {error['path']}: {error['message']}")
     return problems
+
+
+SAMPLE_CHAT = [
+    ("Where is my parcel?", "It left our warehouse today and arrives tomorrow."),
+    ("Can I change the delivery address?", "Yes, until the parcel ships: open the order."),
+]
+
+
+def sample_rows(dataset_format: str, prompt_version: PromptVersion | None) -> list[dict]:
+    """Rows of the format that pass its checks, for "download a sample file": chat and
+    prompt/completion rows with a made-up support exchange; variables rows from the
+    prompt version's input schema (apps.prompts.variables.sample_rows)."""
+    from apps.prompts.variables import sample_rows as sample_variables
+
+    if dataset_format == DatasetFormat.CHAT:
+        return [
+            {
+                "messages": [
+                    {"role": "system", "content": "You answer customers briefly."},
+                    {"role": "user", "content": question},
+                    {"role": "assistant", "content": answer},
+                ]
+            }
+            for question, answer in SAMPLE_CHAT
+        ]
+    if dataset_format == DatasetFormat.PROMPT_COMPLETION:
+        return [{"prompt": q, "completion": a} for q, a in SAMPLE_CHAT]
+    schema = prompt_version.input_schema if prompt_version is not None else {}
+    return [
+        {"variables": variables, "output": "The answer you want for these variables."}
+        for variables in sample_variables(schema)
+    ]

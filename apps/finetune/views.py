@@ -139,7 +139,15 @@ def _preview_context(
     page = selectors.dataset_rows_page(
         user=request.user, version=version, offset=offset, limit=PREVIEW_LIMIT
     )
-    return {"preview_version": version, "page": page, "preview_rows": _pretty_rows(page)}
+    rows = _pretty_rows(page)
+    return {
+        "preview_version": version,
+        "page": page,
+        "preview_rows": rows,
+        # "Rows 21–40 of 95", counted from 1 like the row numbers shown.
+        "page_first": page.offset + 1 if rows else 0,
+        "page_last": page.offset + len(rows),
+    }
 
 
 @login_required
@@ -250,3 +258,16 @@ def version_download(request: HttpRequest, squad: str, slug: str, number: int) -
         filename=f"{dataset.slug}-v{number}.jsonl",
         content_type="application/jsonl",
     )
+
+
+@login_required
+@require_GET
+def dataset_sample(request: HttpRequest, squad: str, slug: str) -> HttpResponse:
+    """A sample JSONL file in the dataset's format whose rows pass the upload checks."""
+    squad_obj = squad_get_for_user(user=request.user, slug=squad)
+    dataset = selectors.dataset_get_for_user(user=request.user, squad=squad_obj, slug=slug)
+    sample = rows.sample_rows(dataset.format, dataset.prompt_version)
+    body = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in sample)
+    response = HttpResponse(body, content_type="application/jsonl")
+    response["Content-Disposition"] = f'attachment; filename="{dataset.slug}-sample.jsonl"'
+    return response

@@ -574,12 +574,16 @@ def _csv_value(column: str, value: str | None) -> Any:
         raise RowError(f"column {column}: {exc}") from None
 
 
-def _refuse(errors: list[dict[str, Any]]) -> None:
+def _refuse(errors: list[dict[str, Any]], *, total_rows: int) -> None:
+    """Refuse the file: the message counts the rows refused (a row may have several
+    problems) out of the file's rows; the problems themselves, by row, are `extra` (the
+    first MAX_REPORTED_ERRORS), not repeated in the message."""
     shown = errors[:MAX_REPORTED_ERRORS]
-    summary = "; ".join(f"row {e['row']}: {e['message']}" for e in shown[:5])
-    more = f" ({len(errors)} rows in all)" if len(errors) > 5 else ""
+    refused = len({e["row"] for e in errors})
+    rows = f"{refused} of {total_rows} row{'s' if total_rows != 1 else ''} refused"
+    problems = f" ({len(errors)} problems)" if len(errors) != refused else ""
     raise ValidationFailed(
-        f"{len(errors)} row(s) refused — nothing was stored. {summary}{more}",
+        f"{rows}{problems} — nothing was stored.",
         field="file",
         extra=shown,
     )
@@ -589,12 +593,13 @@ def validate_rows(
     version: PromptVersion, rows: list[tuple[int, Any]], errors: list[dict[str, Any]]
 ) -> None:
     """Check every row against the input schema; refuse with all problems, by row."""
+    unreadable = {e["row"] for e in errors}
     errors = list(errors)
     for line_no, row in rows:
         for error in validate_variables(version.input_schema, row):
             errors.append({"row": line_no, "path": error["path"], "message": error["message"]})
     if errors:
-        _refuse(sorted(errors, key=lambda e: e["row"]))
+        _refuse(sorted(errors, key=lambda e: e["row"]), total_rows=len(rows) + len(unreadable))
 
 
 @transaction.atomic

@@ -23,8 +23,8 @@ from apps.generation import exports, selectors, services
 from apps.generation.api import resolve_version
 from apps.generation.models import BatchJob, Generation, ModelTarget
 from apps.prompts import selectors as prompt_selectors
-from apps.prompts.contracts import example_variables
 from apps.prompts.models import PromptTemplate, PromptVersion
+from apps.prompts.variables import example_variables, variable_fields
 from apps.squads.access import has_squad_permission, require_squad_permission
 from apps.squads.models import Squad
 from apps.squads.permissions import RUN_GENERATION
@@ -83,7 +83,7 @@ def _run_form(data: QueryDict, version: PromptVersion | None) -> dict[str, str]:
     """What the panel shows: the submitted text, else the version's defaults."""
     variables = data.get("variables")
     if variables is None:
-        variables = _pretty(example_variables(version.input_schema)) if version else "{}"
+        variables = _pretty(example_variables(version.input_schema).value) if version else "{}"
     return {
         "version": str(version.number) if version else "",
         "target": data.get("target", "").strip(),
@@ -135,7 +135,20 @@ def _panel_context(
         "error_rows": _error_rows(error),
         "generation": generation,
         **(_generation_display(generation) if generation else {}),
+        "variable_fields": variable_fields(version.input_schema, _json_object(form["variables"]))
+        if version
+        else [],
     }
+
+
+def _json_object(raw: str) -> dict[str, Any]:
+    """The variables as typed when they are a JSON object, else {} (the form then starts
+    empty; the JSON box keeps the text and the server names the problem on Run)."""
+    try:
+        value = json.loads(raw or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 @login_required
@@ -286,7 +299,30 @@ def _batch_form_context(
             user=request.user, squad=squad
         )
         context["targets"] = _targets(request.user, squad)
+        context["columns_version"] = _columns_version(request, squad, form)
+        if context["columns_version"] is not None:
+            schema = context["columns_version"].input_schema
+            context["columns"] = variable_fields(schema, {})
     return context
+
+
+def _columns_version(
+    request: HttpRequest, squad: Squad, form: dict[str, str]
+) -> PromptVersion | None:
+    """The version whose input schema the file's columns follow: the chosen prompt's
+    version by number or label, else its latest (None while none is chosen or found)."""
+    if not form.get("prompt"):
+        return None
+    try:
+        template = prompt_selectors.prompt_template_get_for_user(
+            user=request.user, squad_slug=squad.slug, slug=form["prompt"]
+        )
+        raw = form.get("version", "").strip()
+        number = int(raw) if raw.isdigit() else None
+        label = raw if raw and number is None and raw != "latest" else None
+        return resolve_version(request.user, template, label=label, version=number)
+    except ApplicationError:
+        return None
 
 
 def _batch_create(request: HttpRequest, squad: Squad, form: dict[str, str]) -> BatchJob:
@@ -324,7 +360,11 @@ def batch_list(request: HttpRequest, squad: str) -> HttpResponse:
     """The squad's batch jobs and, for those who may run them, the upload form."""
     squad_obj = squad_get_for_user(user=request.user, slug=squad)
     if request.method == "GET":
-        form = {"prompt": request.GET.get("prompt", ""), "version": "", "target": ""}
+        form = {
+            "prompt": request.GET.get("prompt", ""),
+            "version": request.GET.get("version", ""),
+            "target": "",
+        }
         context = _batch_form_context(request, squad_obj, {**form, "batch_size": "32"})
         return render(request, "generation/batch_list.html", context)
     form = {name: request.POST.get(name, "").strip() for name in BATCH_FIELDS}

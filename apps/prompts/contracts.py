@@ -125,6 +125,7 @@ def check_templates(
 ) -> None:
     """Parse every message; compare the variables used with those the schema declares."""
     used: set[str] = set()
+    unreadable = False
     for i, message in messages:
         try:
             with sandbox.budget():
@@ -147,6 +148,7 @@ def check_templates(
                 line=lineno,
                 column=_column(message["content"], lineno, exc.message or ""),
             )
+            unreadable = True
             continue
         used |= meta.find_undeclared_variables(ast)
     report.variables = used
@@ -158,7 +160,10 @@ def check_templates(
             "input_schema",
             f"variable '{name}' is used in the messages but not declared in the input schema",
         )
-    for name in sorted(set(input_schema.get("required") or []) - used):
+    # A message that does not parse may well use the variables it seems not to: no
+    # "never used" warnings until every message parses.
+    never_used = set() if unreadable else set(input_schema.get("required") or []) - used
+    for name in sorted(never_used):
         report.warn(
             "input_schema",
             f"required variable '{name}' is never used in the messages",
@@ -170,6 +175,20 @@ def validate_variables(schema: dict, variables: Any) -> list[dict[str, str]]:
     validator = SchemaValidator(schema, format_checker=SchemaValidator.FORMAT_CHECKER)
     errors = sorted(validator.iter_errors(variables), key=lambda e: list(e.absolute_path))
     return [{"path": e.json_path, "message": e.message} for e in errors]
+
+
+_MESSAGE_PATH = re.compile(r"^messages\[(\d+)\](?:\.(role|content))?(.*)$")
+
+
+def where_label(where: str) -> str:
+    """A person's name for an error's place: messages[1].content is "Message 2" (as the
+    editor numbers messages, from 1), messages[0].role "Message 1, role"; other places
+    (input_schema, $.customer.name, model.temperature) as they are."""
+    match = _MESSAGE_PATH.match(where or "")
+    if not match:
+        return where
+    number, part, rest = int(match.group(1)) + 1, match.group(2), match.group(3)
+    return f"Message {number}" + (", role" if part == "role" else "") + rest
 
 
 class RenderFailed(ValidationFailed):
@@ -220,29 +239,9 @@ def render_messages(
             ) as exc:
                 # Template code can fail like any expression ({{ name + 1 }}, {{ 1/0 }}).
                 raise RenderFailed(
-                    f"messages[{i}] could not be rendered: {exc or type(exc).__name__}",
+                    f"Message {i + 1} could not be rendered: {exc or type(exc).__name__}",
                     field=where,
                     extra=[{"path": f"messages[{i}]", "message": str(exc)}],
                 ) from exc
             rendered.append({"role": message["role"], "content": "".join(chunks)})
     return rendered
-
-
-def example_variables(node: Any) -> Any:
-    """A value shaped like the schema, to start the variables panel with."""
-    if not isinstance(node, dict):
-        return None
-    if node.get("examples"):
-        return node["examples"][0]
-    for key in ("default", "const"):
-        if key in node:
-            return node[key]
-    if node.get("enum"):
-        return node["enum"][0]
-    kind = node.get("type")
-    kind = kind[0] if isinstance(kind, list) and kind else kind
-    if kind == "object" or "properties" in node:
-        return {k: example_variables(v) for k, v in (node.get("properties") or {}).items()}
-    if kind == "array":
-        return [example_variables(node["items"])] if isinstance(node.get("items"), dict) else []
-    return {"string": "example", "integer": 1, "number": 1, "boolean": False}.get(kind)

@@ -13,6 +13,11 @@ urlpatterns = [
     path("<slug:slug>/", views.prompt_detail, name="detail"),
     path("<slug:slug>/edit", views.prompt_edit, name="edit"),
     path("<slug:slug>/versions/<int:number>", views.version_detail, name="version"),
+    path(
+        "<slug:slug>/versions/<int:number>/sample.<str:fmt>",
+        views.version_sample,
+        name="version_sample",
+    ),
     path("<slug:slug>/diff", views.diff, name="diff"),
     path("<slug:slug>/labels/", views.label_move, name="label_new"),
     path("<slug:slug>/labels/<slug:name>", views.label_move, name="label_move"),

@@ -16,7 +16,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect, trigger_client_event
 
-from apps.core.exceptions import ApplicationError, ValidationFailed
+from apps.core.exceptions import ApplicationError, NotFound, ValidationFailed
 from apps.core.validation import parse_json
 from apps.core.views import parse_int, partial_template
 from apps.prompts import selectors, services
@@ -24,11 +24,16 @@ from apps.prompts.contracts import (
     ROLES,
     ContractReport,
     RenderFailed,
-    example_variables,
     render_messages,
 )
 from apps.prompts.diff import version_diff
 from apps.prompts.models import PromptTemplate, PromptVersion
+from apps.prompts.variables import (
+    example_variables,
+    sample_file,
+    schema_key,
+    variable_fields,
+)
 from apps.squads.access import has_squad_permission, require_squad_permission
 from apps.squads.models import Squad
 from apps.squads.permissions import EDIT_PROMPTS, MOVE_PROTECTED_LABELS, RUN_EVALS
@@ -115,7 +120,7 @@ def _form_from_version(version: PromptVersion | None) -> EditorForm:
         **{k: "" if model[k] is None else str(model[k]) for k in MODEL_FIELDS},
         "stop": ", ".join(model["stop"] or []),
         "fallback_target": version.fallback_target,
-        "variables": _pretty(example_variables(version.input_schema)),
+        "variables": _pretty(example_variables(version.input_schema).value),
         "parent_number": str(version.number),
     }
     rows = [_row(i, m["role"], m["content"]) for i, m in enumerate(version.messages)]
@@ -220,6 +225,24 @@ def _place_errors(form: EditorForm, errors: list[dict[str, Any]]) -> dict[str, l
     return by_field
 
 
+def _json_or_none(raw: str) -> Any:
+    try:
+        return json.loads(raw or "null")
+    except json.JSONDecodeError:
+        return None
+
+
+def _variables_form_context(fields: dict[str, str]) -> dict[str, Any]:
+    """The editor's variables form, built from the input schema as typed."""
+    schema = _json_or_none(fields.get("input_schema", ""))
+    if not isinstance(schema, dict):
+        schema = DEFAULT_INPUT_SCHEMA
+    return {
+        "variable_fields": variable_fields(schema, _json_or_none(fields.get("variables", ""))),
+        "variables_key": schema_key(schema),
+    }
+
+
 def _editor_context(
     squad: Squad,
     form: EditorForm,
@@ -234,6 +257,7 @@ def _editor_context(
     else:
         action = reverse("prompts:edit", args=[squad.slug, template.slug])
     return {
+        **_variables_form_context(form.fields),
         "squad": squad,
         "template": template,
         "form": form.fields,
@@ -355,10 +379,14 @@ def prompt_edit(request: HttpRequest, squad: str, slug: str) -> HttpResponse:
 def preview(request: HttpRequest, squad: str) -> HttpResponse:
     """The editor's live preview. Writes nothing."""
     squad_obj = squad_get_for_user(user=request.user, slug=squad)
-    parsed = _parse(_form_from_post(request.POST))
-    return render(
-        request, "prompts/editor.html#preview", {"squad": squad_obj, "preview": _preview(parsed)}
-    )
+    form = _form_from_post(request.POST)
+    parsed = _parse(form)
+    context: dict[str, Any] = {"squad": squad_obj, "preview": _preview(parsed)}
+    # The input schema changed since the variables form was built: rebuild it.
+    fields = _variables_form_context(form.fields)
+    if fields["variables_key"] != request.POST.get("variables_schema_key"):
+        context.update(fields, variables_oob=True)
+    return render(request, "prompts/editor.html#preview", context)
 
 
 @login_required
@@ -443,6 +471,26 @@ def label_move(request: HttpRequest, squad: str, slug: str, name: str = "") -> H
     context = {**_detail_context(request, template), "label_error": error, "moved": moved}
     page = partial_template(request, "prompts/detail.html", "label-moved")
     return render(request, page, context, status=error.status_code if error else 200)
+
+
+@login_required
+@require_GET
+def version_sample(
+    request: HttpRequest, squad: str, slug: str, number: int, fmt: str
+) -> HttpResponse:
+    """A sample batch file for a version: rows of example variables that pass its input
+    schema, as JSONL or CSV."""
+    if fmt not in ("jsonl", "csv"):
+        raise NotFound(f"No sample as '.{fmt}': ask for .jsonl or .csv.")
+    template = selectors.prompt_template_get_for_user(
+        user=request.user, squad_slug=squad, slug=slug
+    )
+    version = selectors.prompt_version_get(user=request.user, template=template, number=number)
+    content_type = "application/x-ndjson" if fmt == "jsonl" else "text/csv"
+    response = HttpResponse(sample_file(version.input_schema, fmt), content_type=content_type)
+    filename = f"{template.slug}-v{version.number}-sample.{fmt}"
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
 
 
 @login_required

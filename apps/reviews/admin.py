@@ -31,7 +31,13 @@ class ApprovalPolicyForm(forms.ModelForm):
 
     class Meta:
         model = ApprovalPolicy
-        fields = ("squad", "required_approvals", "changes_block", "min_eval_pass_rate")
+        fields = (
+            "squad",
+            "required_approvals",
+            "changes_block",
+            "threads_block",
+            "min_eval_pass_rate",
+        )
 
     def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
@@ -61,6 +67,7 @@ class ApprovalPolicyAdmin(admin.ModelAdmin):
             required_approvals=data["required_approvals"],
             protected_labels=labels,
             changes_block=data["changes_block"],
+            threads_block=data["threads_block"],
             min_eval_pass_rate=data["min_eval_pass_rate"],
             request=request,
         )

@@ -3,7 +3,7 @@ move takes (UI, API, admin, commands) — calls `check_label_move` before it wri
 
 from apps.core.exceptions import Conflict, NotFound
 from apps.prompts.models import PromptVersion
-from apps.reviews.models import ApprovalPolicy, ReviewRequest
+from apps.reviews.models import ApprovalPolicy, ReviewComment, ReviewRequest
 from apps.reviews.policy import missing_text, required_slots
 from apps.squads.models import Squad
 
@@ -16,7 +16,9 @@ def check_label_move(*, squad: Squad, label: str, version: PromptVersion) -> Non
     requests = list(
         ReviewRequest.objects.filter(version=version).order_by("-created_at", "-pk")[:5]
     )
-    if any(r.state == ReviewRequest.State.APPROVED for r in requests):
+    approved = next((r for r in requests if r.state == ReviewRequest.State.APPROVED), None)
+    if approved is not None:
+        check_threads_resolved(label=label, version=version, review=approved)
         check_eval_gate(squad=squad, label=label, version=version)
         return
     where = f"Label '{label}' is protected: version {version.number} is not approved"
@@ -43,6 +45,25 @@ def check_label_move(*, squad: Squad, label: str, version: PromptVersion) -> Non
         field="version",
         extra={"review_request": None, "state": None, "missing": needs},
     )
+
+
+def check_threads_resolved(*, label: str, version: PromptVersion, review: ReviewRequest) -> None:
+    """Under a policy with `threads_block`, every comment thread on the version must be
+    resolved (the request's state follows its threads; this also holds for a state
+    derived before the policy was read)."""
+    if not review.policy.get("threads_block"):
+        return
+    open_threads = ReviewComment.objects.filter(
+        version_id=version.pk, parent__isnull=True, resolved_at__isnull=True
+    ).count()
+    if open_threads:
+        raise Conflict(
+            f"Label '{label}' is protected: version {version.number} has {open_threads} open "
+            f"comment thread{'s' if open_threads != 1 else ''}; the approval policy asks "
+            "for every thread to be resolved first.",
+            field="version",
+            extra={"review_request": review.pk, "open_threads": open_threads},
+        )
 
 
 def check_eval_gate(*, squad: Squad, label: str, version: PromptVersion) -> None:

@@ -37,6 +37,9 @@ class ApprovalPolicy(models.Model):
     required_approvals = models.JSONField(default=default_required_approvals)
     # A "request changes" decision blocks the request until a new version is reviewed.
     changes_block = models.BooleanField(default=True)
+    # Every comment thread on the version must be resolved before the request counts as
+    # approved (like GitHub's "require conversation resolution").
+    threads_block = models.BooleanField(default=False)
     # Filled by the evaluation gate: minimum pass rate (0..1) of the latest eval run.
     min_eval_pass_rate = models.FloatField(null=True, blank=True)
     version = models.PositiveIntegerField(default=1)
@@ -80,7 +83,8 @@ class ReviewRequest(models.Model):
     reviewers = models.ManyToManyField(User, blank=True, related_name="review_requests_named")
     state = models.CharField(max_length=17, choices=State.choices, default=State.OPEN)
     # The approval policy as it was when the request was opened:
-    # {"version": n, "required_approvals": {...}, "changes_block": bool, "min_eval_pass_rate": x}
+    # {"version": n, "required_approvals": {...}, "changes_block": bool, "threads_block": bool,
+    #  "min_eval_pass_rate": x}
     policy = models.JSONField()
     # Derived with the state, for lists: e.g. ["needs 1 compliance approval"]
     missing = models.JSONField(default=list, blank=True)

@@ -12,6 +12,8 @@ Rules (issue #5, Part A):
 - A current "request changes" blocks approval when the policy says so
   (`changes_block`); otherwise it is advisory and the request is approved once the
   required approvals are there.
+- With `threads_block`, a request with open comment threads on its version is not
+  approved however many approvals it has: the open threads are listed as missing.
 """
 
 from collections.abc import Iterable
@@ -76,8 +78,16 @@ def _match(slots: list[str], approvers: list[Vote]) -> dict[int, int]:
     return owner_of
 
 
-def derive(*, policy: dict, author_id: int | None, votes: Iterable[Vote]) -> Outcome:
-    """The state of an open (not withdrawn or superseded) request."""
+def threads_missing(count: int) -> str:
+    return f"{count} open comment thread{'s' if count != 1 else ''} to resolve"
+
+
+def derive(
+    *, policy: dict, author_id: int | None, votes: Iterable[Vote], open_threads: int = 0
+) -> Outcome:
+    """The state of an open (not withdrawn or superseded) request. `open_threads` counts
+    the unresolved comment threads on the version (read only when the policy's
+    `threads_block` is set)."""
     counted_votes = [v for v in votes if v.reviewer_id != author_id]
     rejecting = [v for v in counted_votes if v.verdict == Verdict.REJECT]
     if rejecting:
@@ -97,6 +107,8 @@ def derive(*, policy: dict, author_id: int | None, votes: Iterable[Vote]) -> Out
             short[role] = short.get(role, 0) + 1
     counted = {approvers[a].reviewer_id: slots[s] for s, a in matched.items()}
     missing = [missing_text(role, n) for role, n in short.items()]
+    if policy.get("threads_block") and open_threads > 0:
+        missing.append(threads_missing(open_threads))
     if not missing:
         return Outcome(State.APPROVED, [], counted)
     if asking:

@@ -128,7 +128,7 @@ def test_comparison_from_the_page_polls_until_done(squad, adapter):
 
     viewer = client_for("viewer")
     queued = viewer.get(url).content.decode()
-    assert "Waiting for a GPU worker" in queued and 'hx-trigger="every 2s"' in queued
+    assert "Waiting for a worker." in queued and 'hx-trigger="every 2s"' in queued
     comparisons.adapter_comparison_run(comparison_id=comparison.pk)
     partial = viewer.get(url, headers={"HX-Request": "true", "HX-Target": "comparison"})
     html = partial.content.decode()

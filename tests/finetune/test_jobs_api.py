@@ -164,12 +164,3 @@ def test_cancel_from_the_page(squad, version, script):
     )
     assert response.status_code == 200 and b"cancelled" in response.content
     assert _login("sme").post(f"/squads/acme/finetune/jobs/{job.pk}/cancel").status_code == 403
-
-
-def test_loss_chart_scales_points_into_the_box():
-    from apps.finetune.job_views import loss_chart
-
-    chart = loss_chart([[1, 2.0, 2.0, None], [3, 1.0, 1.5, 1.2]])
-    assert chart["loss"] == "0.0,0.0 600.0,200.0"
-    assert chart["eval"] == "600.0,160.0"
-    assert loss_chart([]) == {}

@@ -208,6 +208,7 @@ def test_more_than_100_errors_are_capped_with_a_count(squad):
     assert len(caught.value.extra) == MAX_REPORTED_ERRORS
     assert caught.value.extra[-1]["line"] == 100
     assert caught.value.total == 130
+    assert caught.value.message.startswith("130 of 130 lines refused — nothing was stored")
     assert "30 more not shown" in caught.value.message
     assert caught.value.as_dict()["error_count"] == 130
 

@@ -182,8 +182,11 @@ def test_preview_shows_schema_and_template_errors_in_place(squad):
     client = _client("engineer")
     broken = [{"role": "user", "content": "Hello\nSay hi to {{ name }"}]
     body = client.post("/squads/acme/prompts/preview", _form(messages=broken)).content.decode()
-    assert "<code>messages[0].content</code>" in body
+    # Numbered from 1, as the editor's message rows are.
+    assert "<code>Message 1</code>" in body and "messages[0]" not in body
     assert "line 2, column 19" in body and "template syntax error" in body
+    # The broken message may use 'name': no false "never used" warning.
+    assert "never used" not in body
 
     undeclared = [{"role": "user", "content": "Hi {{ name }}, re {{ topic }}"}]
     body = client.post("/squads/acme/prompts/preview", _form(messages=undeclared)).content

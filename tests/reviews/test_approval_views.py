@@ -58,9 +58,11 @@ def test_engineer_requests_a_review_with_a_note_and_named_reviewers(template):
     assert panel.status_code == 200 and "<html" not in body
     assert "not requested" in body and "Request review of v1" in body
     # Members who may decide, not the requester himself and not viewers.
+    # A searchable list of checkboxes, not a Ctrl-click multi-select.
+    assert "<select" not in body and "data-reviewer-picker" in body
     for name in ("owner", "sme", "compliance"):
-        assert f'<option value="{name}"' in body
-    assert '<option value="engineer"' not in body and '<option value="viewer"' not in body
+        assert f'type="checkbox" name="reviewers" value="{name}"' in body
+    assert 'value="engineer"' not in body and 'value="viewer"' not in body
 
     response = client.post(
         "/squads/acme/prompts/support/v1/review",
@@ -96,8 +98,8 @@ def test_request_review_errors_render_inline_with_their_status(template):
     assert viewer.status_code == 422 and "may not decide on reviews" in _body(viewer)
     assert 'role="alert"' in _body(viewer) and "<html" not in _body(viewer)
     assert not ReviewRequest.objects.exists()
-    # The form keeps what was typed.
-    assert '<option value="sme"' in _body(viewer)
+    # The form is still there to pick again.
+    assert 'type="checkbox" name="reviewers" value="sme"' in _body(viewer)
 
 
 def test_request_review_permissions(template):

@@ -24,6 +24,7 @@ def test_policy_get_and_put(squad, api_as):
         "required_approvals": {"sme": 1, "compliance": 1},
         "protected_labels": ["production"],
         "changes_block": True,
+        "threads_block": False,
         "min_eval_pass_rate": None,
         "updated_at": policy["updated_at"],
         "updated_by": None,
@@ -32,10 +33,12 @@ def test_policy_get_and_put(squad, api_as):
         "required_approvals": {"sme": 1, "compliance": 2},
         "protected_labels": ["production"],
         "changes_block": False,
+        "threads_block": True,
         "min_eval_pass_rate": 0.8,
     }
     put = compliance.call("PUT", f"{SQUAD}/approval-policy", body)
     assert put.status_code == 200
+    assert put.json()["threads_block"] is True
     assert put.json()["version"] == 2 and put.json()["updated_by"] == "compliance"
     assert viewer.call("PUT", f"{SQUAD}/approval-policy", body).status_code == 403
     assert api_as("outsider").call("GET", f"{SQUAD}/approval-policy").status_code == 404

@@ -234,6 +234,7 @@ def test_open_snapshots_the_policy_and_audits(template):
         "version": 1,
         "required_approvals": {"sme": 1, "compliance": 1},
         "changes_block": True,
+        "threads_block": False,
         "min_eval_pass_rate": None,
     }
     event = AuditEvent.objects.get(action="review.requested")
@@ -386,6 +387,7 @@ def test_policy_update_validates_bumps_and_audits(squad):
         ({"protected_labels": ["a" * 51]}, "protected_labels", "is not a label name"),
         ({"min_eval_pass_rate": 1.5}, "min_eval_pass_rate", "from 0 to 1"),
         ({"changes_block": "yes"}, "changes_block", "true or false"),
+        ({"threads_block": 1}, "threads_block", "true or false"),
     ],
 )
 def test_policy_update_refusals(squad, changes, field, message):

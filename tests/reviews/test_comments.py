@@ -62,9 +62,9 @@ def test_thread_query_count_is_fixed(version, django_assert_num_queries):
     [
         ({"body": "  "}, "body", "The comment must not be empty."),
         ({"body": "x" * 5001}, "body", "5001 characters long; the limit is 5000"),
-        ({"message_index": 2}, "message_index", "has 2 message(s) (0 to 1); there is no message 2"),
-        ({"message_index": 0, "line": 2}, "line", "Message 0 of version 2 has 1 line(s)"),
-        ({"message_index": 1, "line": 3}, "line", "has 2 line(s); there is no line 3"),
+        ({"message_index": 2}, "message_index", "has 2 messages; there is no message 3"),
+        ({"message_index": 0, "line": 2}, "line", "Message 1 of version 2 has 1 line;"),
+        ({"message_index": 1, "line": 3}, "line", "has 2 lines; there is no line 3"),
         ({"message_index": 1, "line": 0}, "line", "there is no line 0"),
         ({"line": 1}, "message_index", "A line needs the message it is in."),
     ],

@@ -640,9 +640,12 @@ def test_annotator_query_count_is_fixed(squad, size, django_assert_num_queries):
     client = _client("sme")
     client.get(Q + "annotate")
     third = ReviewItem.objects.filter(queue=queue).order_by("pk")[2]
-    with django_assert_num_queries(10):
+    # Two of them for the progress line ("3 of N · M left"), at any size.
+    with django_assert_num_queries(12):
         page = client.get(Q + "annotate")
     assert f"Item {third.pk}" in _html(page)
-    with django_assert_num_queries(7):
+    assert f"<strong>3 of {size}</strong> · {size - 2} left" in _html(page)
+    with django_assert_num_queries(10):
         history = client.get(f"{Q}annotate?before={third.pk}", headers=HTMX)
     assert "annotated by you" in _html(history)
+    assert f"<strong>2 of {size}</strong> · {size - 2} left" in _html(history)

@@ -47,6 +47,7 @@ def _policy_out(policy: ApprovalPolicy, squad: Squad) -> dict[str, Any]:
         "required_approvals": policy.required_approvals,
         "protected_labels": squad.protected_labels or [],
         "changes_block": policy.changes_block,
+        "threads_block": policy.threads_block,
         "min_eval_pass_rate": policy.min_eval_pass_rate,
         "updated_at": policy.updated_at,
         "updated_by": _username(policy.updated_by) if policy.updated_by_id else None,
@@ -158,6 +159,7 @@ def policy_update(request: HttpRequest, squad: str, payload: ApprovalPolicyIn) -
         required_approvals=payload.required_approvals,
         protected_labels=payload.protected_labels,
         changes_block=payload.changes_block,
+        threads_block=payload.threads_block,
         min_eval_pass_rate=payload.min_eval_pass_rate,
         request=request,
     )

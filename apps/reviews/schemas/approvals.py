@@ -19,6 +19,10 @@ class ApprovalPolicyIn(Schema):
     changes_block: bool = Field(
         True, description="A 'request changes' decision blocks until a new version is reviewed"
     )
+    threads_block: bool = Field(
+        False,
+        description="Open comment threads on a version keep its request from being approved",
+    )
     min_eval_pass_rate: float | None = Field(None, ge=0, le=1)
 
 
@@ -27,6 +31,7 @@ class ApprovalPolicyOut(Schema):
     required_approvals: dict[str, int]
     protected_labels: list[str]
     changes_block: bool
+    threads_block: bool
     min_eval_pass_rate: float | None
     updated_at: datetime
     updated_by: str | None
@@ -68,10 +73,16 @@ class DecisionOut(Schema):
 class LabelDiffOut(Schema):
     label: str
     version: int | None = Field(..., description="The version the label points at now")
+    compared_with: int | None = Field(
+        None,
+        description="The version the diff starts from: the label's version, or, once the "
+        "label points at the reviewed version, the one it pointed at before",
+    )
     diff: dict[str, Any] | None = Field(
         ...,
-        description="From that version to the reviewed one: same_version, messages_changed, "
-        "config_changed, schema_changes, breaking",
+        description="From compared_with to the reviewed version: same_version (the label "
+        "points at the reviewed version), messages_changed, config_changed, "
+        "schema_changes, breaking",
     )
 
 

@@ -12,7 +12,7 @@ from django.db.models import Exists, FilteredRelation, OuterRef, Prefetch, Q, Qu
 
 from apps.core.exceptions import NotFound, ValidationFailed
 from apps.prompts.diff import version_diff
-from apps.prompts.models import Label, PromptTemplate, PromptVersion
+from apps.prompts.models import Label, LabelMove, PromptTemplate, PromptVersion
 from apps.reviews.models import (
     ApprovalPolicy,
     Notification,
@@ -102,9 +102,53 @@ def review_request_for_version(*, user: User, version: PromptVersion) -> ReviewR
     return _requests().filter(version_id=version.pk).order_by("-created_at", "-pk").first()
 
 
+def review_request_previous_base(
+    *, user: User, review: ReviewRequest
+) -> tuple[PromptVersion, str] | None:
+    """The older version of the same prompt to diff against for "changes since your last
+    review": the latest older version the user decided on; for someone who never reviewed
+    this prompt, the latest older version on which changes were requested. The second
+    item says which ("your last review" or "changes requested")."""
+    require_squad_permission(user, review.squad, VIEW_SQUAD)
+    older = ReviewDecision.objects.filter(
+        request__template_id=review.template_id,
+        request__version__number__lt=review.version.number,
+    ).select_related("request__version")
+    mine = older.filter(reviewer_id=user.pk).order_by("-request__version__number", "-pk").first()
+    if mine is not None:
+        return mine.request.version, "your last review"
+    asked = (
+        older.filter(verdict=Verdict.REQUEST_CHANGES)
+        .order_by("-request__version__number", "-pk")
+        .first()
+    )
+    if asked is not None:
+        return asked.request.version, "changes requested"
+    return None
+
+
+def label_previous_version(
+    *, user: User, template: PromptTemplate, name: str, version: PromptVersion
+) -> PromptVersion | None:
+    """The version label `name` pointed at before it was last moved to `version` (None
+    when it never was, or pointed nowhere before)."""
+    require_squad_permission(user, template.squad, VIEW_SQUAD)
+    move = (
+        LabelMove.objects.filter(
+            label__template_id=template.pk, label__name=name, to_version=version
+        )
+        .select_related("from_version")
+        .order_by("-moved_at", "-pk")
+        .first()
+    )
+    return move.from_version if move is not None else None
+
+
 def review_request_label_diffs(*, user: User, review: ReviewRequest) -> list[dict[str, Any]]:
     """For each protected label of the squad: the version behind it and a summary of the
-    diff from it to the reviewed version (None when the label points nowhere yet)."""
+    diff from it to the reviewed version (None when the label points nowhere yet). Once
+    the label points at the reviewed version, the diff is from the version it pointed at
+    before (`compared_with`), as on the request's page."""
     squad = review.squad
     require_squad_permission(user, squad, VIEW_SQUAD)
     protected = list(squad.protected_labels or [])
@@ -118,12 +162,19 @@ def review_request_label_diffs(*, user: User, review: ReviewRequest) -> list[dic
     for name in protected:
         old = behind.get(name)
         entry: dict[str, Any] = {"label": name, "version": old.number if old else None}
+        same = old is not None and old.pk == review.version_id
+        if same:
+            base = label_previous_version(
+                user=user, template=review.template, name=name, version=review.version
+            )
+            old = base or old
+        entry["compared_with"] = old.number if old else None
         if old is None:
             entry["diff"] = None
         else:
             diff = version_diff(old, review.version)
             entry["diff"] = {
-                "same_version": old.pk == review.version_id,
+                "same_version": same,
                 "messages_changed": [m["index"] for m in diff["messages"] if m["changed"]],
                 "config_changed": [c["key"] for c in diff["config"]],
                 "schema_changes": diff["schema_changes"],

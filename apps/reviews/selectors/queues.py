@@ -7,13 +7,20 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import Prefetch, QuerySet, Subquery, Value
+from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce, Left
+from django.utils import timezone
 
 from apps.core.exceptions import NotFound, ValidationFailed
 from apps.generation.models import Generation
 from apps.reviews.agreement import Accumulator, value_key
-from apps.reviews.models import Annotation, ReviewExport, ReviewItem, ReviewQueue
+from apps.reviews.models import (
+    Annotation,
+    ReviewAssignment,
+    ReviewExport,
+    ReviewItem,
+    ReviewQueue,
+)
 from apps.reviews.services.queues import empty_stats, queue_items
 from apps.squads.access import has_squad_permission, require_squad_permission, squad_roles
 from apps.squads.models import Squad
@@ -255,6 +262,52 @@ def can_annotate(*, user: User, queue: ReviewQueue) -> bool:
     return has_squad_permission(user, queue.squad, ANNOTATE_OUTPUTS) and bool(
         set(squad_roles(user, queue.squad_id)) & set(queue.annotator_roles)
     )
+
+
+@dataclass(frozen=True)
+class AnnotatorProgress:
+    done: int  # items this reviewer annotated in the queue
+    left: int  # items still open for them, the one on screen included
+    position: int  # the item on screen, counted like "3 of 7"
+
+    @property
+    def total(self) -> int:
+        return self.done + self.left
+
+
+def annotator_progress_for_user(
+    *, user: User, queue: ReviewQueue, item: ReviewItem | None
+) -> AnnotatorProgress:
+    """Where the reviewer is in the queue: the items they annotated, and those still open
+    for them (short of the queue's overlap and never claimed by them, plus those they
+    hold a claim on, such as the one on screen). "Left" can only shrink faster than they
+    work, as other reviewers fill items. Two counts (three for an item they annotated
+    before), on the annotation_queue_reviewer and review_item_open indexes."""
+    require_squad_permission(user, queue.squad, VIEW_SQUAD)
+    # An annotation always leaves a completed assignment behind (services.queues).
+    finished = Q(completed_at__isnull=False)
+    counts = ReviewAssignment.objects.filter(queue=queue, reviewer_id=user.pk).aggregate(
+        done=Count("pk", filter=finished),
+        claims=Count("pk", filter=Q(completed_at__isnull=True, expires_at__gt=timezone.now())),
+        here=Count("pk", filter=finished & Q(item_id=item.pk if item else None)),
+    )
+    done = counts["done"]
+    held = ReviewAssignment.objects.filter(item=OuterRef("pk"), reviewer_id=user.pk)
+    unclaimed = queue_items(queue).filter(is_full=False).filter(~Exists(held)).count()
+    left = unclaimed + counts["claims"]
+    on_screen = item is not None and not counts["here"]
+    if item is None or not on_screen:
+        position = done if item is None else _annotated_position(user, queue, item, done)
+    else:
+        position = done + 1
+    return AnnotatorProgress(done=done, left=left, position=position)
+
+
+def _annotated_position(user: User, queue: ReviewQueue, item: ReviewItem, done: int) -> int:
+    """The place of an item the reviewer already annotated, in the order they did."""
+    mine = Annotation.objects.filter(queue=queue, reviewer_id=user.pk)
+    anchor = Subquery(mine.filter(item_id=item.pk).values("pk")[:1])
+    return mine.filter(pk__lte=anchor).count() or done
 
 
 def review_item_previous_for_user(

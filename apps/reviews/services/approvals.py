@@ -112,6 +112,13 @@ def _notify(
     Notification.objects.bulk_create(rows)
 
 
+def open_thread_count(*, version_id: int) -> int:
+    """Unresolved comment threads on a version (what `threads_block` waits for)."""
+    return ReviewComment.objects.filter(
+        version_id=version_id, parent__isnull=True, resolved_at__isnull=True
+    ).count()
+
+
 def _votes(review: ReviewRequest) -> list[Vote]:
     return [
         Vote(reviewer_id, verdict, tuple(roles))
@@ -209,6 +216,7 @@ def _policy_fields(policy: ApprovalPolicy, protected_labels: list[str]) -> dict[
         "required_approvals": dict(policy.required_approvals),
         "protected_labels": list(protected_labels),
         "changes_block": policy.changes_block,
+        "threads_block": policy.threads_block,
         "min_eval_pass_rate": policy.min_eval_pass_rate,
     }
 
@@ -219,6 +227,7 @@ def policy_snapshot(policy: ApprovalPolicy) -> dict[str, Any]:
         "version": policy.version,
         "required_approvals": dict(policy.required_approvals),
         "changes_block": policy.changes_block,
+        "threads_block": policy.threads_block,
         "min_eval_pass_rate": policy.min_eval_pass_rate,
     }
 
@@ -231,6 +240,7 @@ def approval_policy_update(
     required_approvals: dict[str, int] | None = None,
     protected_labels: list[str] | None = None,
     changes_block: bool | None = None,
+    threads_block: bool | None = None,
     min_eval_pass_rate: float | None = KEEP,
     request: HttpRequest | None = None,
 ) -> ApprovalPolicy:
@@ -254,6 +264,13 @@ def approval_policy_update(
                 "Whether 'request changes' blocks must be true or false.", field="changes_block"
             )
         policy.changes_block = changes_block
+    if threads_block is not None:
+        if not isinstance(threads_block, bool):
+            raise ValidationFailed(
+                "Whether open comment threads block approval must be true or false.",
+                field="threads_block",
+            )
+        policy.threads_block = threads_block
     if min_eval_pass_rate is not KEEP:
         policy.min_eval_pass_rate = _clean_pass_rate(min_eval_pass_rate)
     after = _policy_fields(policy, labels)
@@ -378,7 +395,12 @@ def review_request_open(
         )
     named = _clean_reviewers(squad=squad, version=version, reviewers=reviewers or [])
     snapshot = policy_snapshot(approval_policy_get(squad=squad))
-    outcome = derive(policy=snapshot, author_id=version.author_id, votes=[])
+    outcome = derive(
+        policy=snapshot,
+        author_id=version.author_id,
+        votes=[],
+        open_threads=open_thread_count(version_id=version.pk),
+    )
     now = timezone.now()
     review = ReviewRequest.objects.create(
         squad_id=squad.pk,
@@ -488,7 +510,12 @@ def review_decide(
         created_at=now,
     )
     before = review.state
-    outcome = derive(policy=review.policy, author_id=version.author_id, votes=_votes(review))
+    outcome = derive(
+        policy=review.policy,
+        author_id=version.author_id,
+        votes=_votes(review),
+        open_threads=open_thread_count(version_id=version.pk),
+    )
     review.state, review.missing, review.updated_at = outcome.state, outcome.missing, now
     if is_closed(state=review.state, policy=review.policy):
         review.closed_at = now
@@ -594,6 +621,64 @@ def review_withdraw(
 # --- comments --------------------------------------------------------------------------
 
 
+def _rederive_for_threads(
+    *, actor: User, version: PromptVersion, request: HttpRequest | None
+) -> ReviewRequest | None:
+    """After a thread opens, closes or reopens: re-derive the version's request when its
+    policy makes open threads block approval, so an approved request with a new open
+    thread is open again (and the protected-label gate refuses it) until it is resolved.
+    Returns the request when its state or what it misses changed. Call inside the
+    comment's transaction."""
+    holding = (
+        ReviewRequest.objects.filter(version_id=version.pk, state__in=(State.OPEN, State.APPROVED))
+        .values_list("pk", "policy")
+        .first()
+    )
+    if holding is None or not holding[1].get("threads_block"):
+        return None
+    review = _lock_request(ReviewRequest(pk=holding[0]))
+    if review.state not in (State.OPEN, State.APPROVED):
+        return None
+    outcome = derive(
+        policy=review.policy,
+        author_id=version.author_id,
+        votes=_votes(review),
+        open_threads=open_thread_count(version_id=version.pk),
+    )
+    if (outcome.state, outcome.missing) == (review.state, review.missing):
+        return None
+    before, now = review.state, timezone.now()
+    review.state, review.missing, review.updated_at = outcome.state, outcome.missing, now
+    review.closed_at = None
+    review.save(update_fields=["state", "missing", "updated_at", "closed_at"])
+    audit_log(
+        actor=actor,
+        action="review.state_changed",
+        squad=review.squad,
+        target=review,
+        data={
+            "template": review.template.slug,
+            "version": version.number,
+            "reason": "comment threads",
+            "state_before": before,
+            "state": review.state,
+            "missing": review.missing,
+        },
+        request=request,
+    )
+    if review.state != before:
+        _notify(
+            [review.opened_by, version.author],
+            squad=review.squad,
+            kind="review.state_changed",
+            text=f"Review request #{review.pk} of {_describe(review)} is now "
+            f"{review.get_state_display().lower()}.",
+            url=_version_url(version),
+            skip=[actor.pk],
+        )
+    return review
+
+
 def _clean_anchor(
     version: PromptVersion, message_index: int | None, line: int | None
 ) -> tuple[int | None, int | None]:
@@ -604,10 +689,13 @@ def _clean_anchor(
     count = len(version.messages)
     if isinstance(message_index, bool) or not isinstance(message_index, int):
         raise ValidationFailed("The message must be given by its number.", field="message_index")
+    # Messages are numbered from 1 in what people read (the editor's "Message 2"), while
+    # message_index counts from 0 as the API's field does.
     if not 0 <= message_index < count:
         raise ValidationFailed(
-            f"Version {version.number} has {count} message(s) (0 to {count - 1}); "
-            f"there is no message {message_index}.",
+            f"Version {version.number} has {count} message{'s' if count != 1 else ''}; "
+            f"there is no message {message_index + 1} (message_index {message_index}, "
+            "counted from 0).",
             field="message_index",
         )
     if line is None:
@@ -615,8 +703,8 @@ def _clean_anchor(
     lines = len(str(version.messages[message_index].get("content", "")).split("\n"))
     if isinstance(line, bool) or not isinstance(line, int) or not 1 <= line <= lines:
         raise ValidationFailed(
-            f"Message {message_index} of version {version.number} has {lines} line(s); "
-            f"there is no line {line}.",
+            f"Message {message_index + 1} of version {version.number} has {lines} "
+            f"line{'s' if lines != 1 else ''}; there is no line {line}.",
             field="line",
         )
     return message_index, line
@@ -688,6 +776,8 @@ def comment_add(
         },
         request=request,
     )
+    if root is None:
+        _rederive_for_threads(actor=actor, version=version, request=request)
     where = f"'{version.template.slug}' v{version.number}"
     _notify(
         [version.author, *(_thread_participants(root) if root else [])],
@@ -732,6 +822,7 @@ def comment_resolve(
         data={"template": version.template.slug, "version": version.number},
         request=request,
     )
+    _rederive_for_threads(actor=actor, version=version, request=request)
     state = "resolved" if resolved else "reopened"
     _notify(
         [version.author, *_thread_participants(comment)],

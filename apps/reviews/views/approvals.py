@@ -7,6 +7,7 @@ API calls) and renders a page, or one of its partials when htmx asks; an Applica
 renders inline with its status code."""
 
 import json
+from collections import defaultdict
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
@@ -147,28 +148,86 @@ def request_list(request: HttpRequest, squad: str) -> HttpResponse:
     )
 
 
-def _label_diffs(request: HttpRequest, review: ReviewRequest) -> list[dict[str, Any]]:
-    """For each protected label: the version behind it and its side-by-side diff with the
-    reviewed version (as on the prompt's diff page)."""
+def _threads_at(threads: list[ReviewComment]) -> dict[tuple[int, int], list[ReviewComment]]:
+    """Anchored threads by (message index, line), for showing them under their line."""
+    at: dict[tuple[int, int], list[ReviewComment]] = defaultdict(list)
+    for thread in threads:
+        if thread.message_index is not None and thread.line is not None:
+            at[(thread.message_index, thread.line)].append(thread)
+    return at
+
+
+def _review_diff(
+    old: PromptVersion,
+    new: PromptVersion,
+    threads_at: dict[tuple[int, int], list[ReviewComment]],
+) -> dict[str, Any]:
+    """The side-by-side diff of the prompt's diff page, each line of the reviewed (right)
+    side carrying the comment threads anchored to it."""
+    result = version_diff(old, new)
+    for row in result["config"]:
+        row["old"], row["new"] = json.dumps(row["old"]), json.dumps(row["new"])
+    result["breaking_count"] = sum(c["breaking"] for c in result["schema_changes"])
+    result["changed_messages"] = sum(m["changed"] for m in result["messages"])
+    for m in result["messages"]:
+        m["number"] = m["index"] + 1
+        for row in m["rows"]:
+            right = row["right_no"] if m["new_role"] else None
+            row["threads"] = threads_at.get((m["index"], right), []) if right else []
+    return result
+
+
+def _review_diffs(
+    request: HttpRequest,
+    review: ReviewRequest,
+    threads_at: dict[tuple[int, int], list[ReviewComment]],
+) -> list[dict[str, Any]]:
+    """What the reviewed version is compared with: the version of the user's last review
+    of this prompt (or where changes were last requested), then each protected label's
+    version. Once a label points at the reviewed version, it is compared with the version
+    the label pointed at before that move, so the diff stays on the page."""
+    user = request.user
     protected = review.squad.protected_labels or []
     behind = {
         label.name: label.version
-        for label in prompt_selectors.label_list(user=request.user, template=review.template)
+        for label in prompt_selectors.label_list(user=user, template=review.template)
         if label.name in protected
     }
-    diffs = []
+    entries: list[dict[str, Any]] = []
     for name in protected:
         old = behind.get(name)
-        entry: dict[str, Any] = {"label": name, "version": old, "diff": None}
-        if old is not None and old.pk != review.version_id:
-            result = version_diff(old, review.version)
-            for row in result["config"]:
-                row["old"], row["new"] = json.dumps(row["old"]), json.dumps(row["new"])
-            result["breaking_count"] = sum(c["breaking"] for c in result["schema_changes"])
-            result["changed_messages"] = sum(m["changed"] for m in result["messages"])
-            entry["diff"] = result
-        diffs.append(entry)
-    return diffs
+        entry: dict[str, Any] = {"kind": "label", "label": name, "version": old, "moved": False}
+        if old is not None and old.pk == review.version_id:
+            before = selectors.label_previous_version(
+                user=user, template=review.template, name=name, version=review.version
+            )
+            entry["moved"] = True
+            old = before
+        entry["base"] = old
+        entry["diff"] = (
+            _review_diff(old, review.version, threads_at)
+            if old is not None and old.pk != review.version_id
+            else None
+        )
+        entries.append(entry)
+    previous = selectors.review_request_previous_base(user=user, review=review)
+    if previous is not None:
+        base, reason = previous
+        same = next((e for e in entries if e["base"] is not None and e["base"].pk == base.pk), None)
+        if same is not None:
+            same["also"] = reason
+        else:
+            entries.insert(
+                0,
+                {
+                    "kind": "since",
+                    "reason": reason,
+                    "base": base,
+                    "name": f"v{base.number}",
+                    "diff": _review_diff(base, review.version, threads_at),
+                },
+            )
+    return entries
 
 
 def _decision_context(request: HttpRequest, review: ReviewRequest) -> dict[str, Any]:
@@ -225,13 +284,18 @@ def _review(request: HttpRequest, squad: str, pk: int) -> ReviewRequest:
 @require_GET
 def request_detail(request: HttpRequest, squad: str, pk: int) -> HttpResponse:
     review = _review(request, squad, pk)
+    comments = _comment_context(
+        request,
+        review.version,
+        review=review,
+        form=_anchor_from_query(request),
+    )
     context = {
         **_decision_context(request, review),
-        **_comment_context(request, review.version, review=review),
+        **comments,
+        "review_diffs": _review_diffs(request, review, comments["threads_at"]),
         "template": review.template,
         "version": review.version,
-        "label_diffs": _label_diffs(request, review),
-        "numbered": _numbered_messages(review.version),
         "eval_status": eval_gate_status_for_user(user=request.user, version=review.version),
     }
     return render(request, "reviews/request.html", context)
@@ -368,17 +432,33 @@ def version_review(request: HttpRequest, squad: str, slug: str, number: int) -> 
     return render(request, page, _panel_context(request, version, opened=opened))
 
 
-def _numbered_messages(version: PromptVersion) -> list[dict[str, Any]]:
-    """The version's messages split into numbered lines, the way comments anchor to them."""
+def _numbered_messages(
+    version: PromptVersion, threads_at: dict[tuple[int, int], list[ReviewComment]]
+) -> list[dict[str, Any]]:
+    """The version's messages split into numbered lines, the way comments anchor to them,
+    each line with the threads anchored to it."""
     return [
         {
             "index": i,
             "number": i + 1,
             "role": m["role"],
-            "lines": list(enumerate(m["content"].split("\n"), start=1)),
+            "lines": [
+                {"no": no, "text": text, "threads": threads_at.get((i, no), [])}
+                for no, text in enumerate(m["content"].split("\n"), start=1)
+            ],
         }
         for i, m in enumerate(version.messages)
     ]
+
+
+def _anchor_from_query(request: HttpRequest) -> dict[str, Any] | None:
+    """`?comment_on=2.5` (message 2, line 5, counted from 1 as on the page): the comment
+    form starts anchored there. This is what a line number links to without JavaScript."""
+    raw = request.GET.get("comment_on", "")
+    message, _, line = raw.partition(".")
+    if not (message.isdigit() and line.isdigit()):
+        return None
+    return {"message_index": message, "line": line}
 
 
 def _anchor_text(version: PromptVersion, comment: ReviewComment) -> str:
@@ -403,16 +483,33 @@ def _comment_context(
     threads = list(selectors.comment_thread_list_for_user(user=request.user, version=version))
     for thread in threads:
         thread.anchor_text = _anchor_text(version, thread)
+    threads_at = _threads_at(threads)
+    form = form or {}
+    anchor = None
+    message, line = str(form.get("message_index", "")), str(form.get("line", ""))
+    if message.isdigit() and line.isdigit():
+        anchor = {"message": int(message), "line": int(line)}
+        probe = ReviewComment(message_index=anchor["message"] - 1, line=anchor["line"])
+        anchor["text"] = _anchor_text(version, probe)
+    if review is not None:
+        comment_on_url = reverse("reviews:request", args=[squad.slug, review.pk])
+    else:
+        comment_on_url = reverse(
+            "reviews:comments", args=[squad.slug, version.template.slug, version.number]
+        )
     return {
+        "threads_at": threads_at,
+        "numbered": _numbered_messages(version, threads_at),
+        "comment_anchor": anchor,
+        "comment_on_url": comment_on_url,
         "squad": squad,
         "template": version.template,
         "version": version,
         "comment_review": review,
         "threads": threads,
         "open_threads": sum(1 for t in threads if t.resolved_at is None),
-        "message_choices": [(i, i + 1, m["role"]) for i, m in enumerate(version.messages)],
         "can_comment": has_squad_permission(request.user, squad, COMMENT_PROMPTS),
-        "comment_form": form or {},
+        "comment_form": form,
         "comment_error": error,
         "error_thread": error_thread,
     }
@@ -435,7 +532,9 @@ def version_comments(request: HttpRequest, squad: str, slug: str, number: int) -
         else None
     )
     if request.method == "GET":
-        context = _comment_context(request, version, review=review)
+        context = _comment_context(
+            request, version, review=review, form=_anchor_from_query(request)
+        )
         if not request.htmx:
             context.update(_panel_context(request, version))
         return render(request, page, context)
@@ -542,6 +641,7 @@ def _policy_context(
             "protected_labels", ", ".join(squad.protected_labels or [])
         ),
         "changes_block": (form or {}).get("changes_block", policy.changes_block),
+        "threads_block": (form or {}).get("threads_block", policy.threads_block),
         "min_eval_pass_rate": (form or {}).get(
             "min_eval_pass_rate",
             "" if policy.min_eval_pass_rate is None else f"{policy.min_eval_pass_rate:g}",
@@ -563,6 +663,7 @@ def approval_policy(request: HttpRequest, squad: str) -> HttpResponse:
     form = {f"required_{r.value}": data.get(f"required_{r.value}", "") for r in POLICY_ROLES}
     form["protected_labels"] = data.get("protected_labels", "")
     form["changes_block"] = data.get("changes_block") == "on"
+    form["threads_block"] = data.get("threads_block") == "on"
     # Absent from the form (older pages, scripts): left as it is; empty: no eval gate.
     pass_rate = services.KEEP
     if "min_eval_pass_rate" in data:
@@ -587,6 +688,7 @@ def approval_policy(request: HttpRequest, squad: str) -> HttpResponse:
             required_approvals=required,
             protected_labels=[s.strip() for s in form["protected_labels"].split(",") if s.strip()],
             changes_block=form["changes_block"],
+            threads_block=form["threads_block"],
             min_eval_pass_rate=pass_rate,
             request=request,
         )

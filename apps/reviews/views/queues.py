@@ -23,6 +23,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from apps.core.exceptions import ApplicationError, NotFound, ValidationFailed
 from apps.core.views import form_error, number_or_text, parse_int, partial_template
 from apps.generation import selectors as generation_selectors
+from apps.reviews.edits import input_fields, word_diff
 from apps.reviews.models import Annotation, ReviewItem, ReviewQueue
 from apps.reviews.selectors import queues as selectors
 from apps.reviews.services import queues as services
@@ -550,10 +551,14 @@ def _item_context(
         "queue": queue,
         "item": item,
         "inputs_pretty": _pretty(item.inputs),
+        "input_fields": input_fields(item.inputs),
         "annotations": [
             {
                 "annotation": a,
                 "scores": [(s["label"], _shown(a.scores.get(s["name"]))) for s in queue.rubric],
+                "diff": word_diff(item.output, a.edited_output)
+                if a.edit_distance is not None
+                else [],
             }
             for a in annotations
         ],
@@ -708,6 +713,13 @@ def _panel_context(
         "form": form,
         "fields": _score_fields(queue.rubric, form["scores"], errors) if item else [],
         "inputs_pretty": _pretty(item.inputs) if item else "",
+        "input_fields": input_fields(item.inputs) if item else [],
+        "output_diff": word_diff(item.output, form["edited_output"])
+        if item is not None and form["edited_output"] != item.output
+        else [],
+        "progress": selectors.annotator_progress_for_user(
+            user=request.user, queue=queue, item=item
+        ),
         "error": error,
         "field_errors": errors,
         "saved": saved,
