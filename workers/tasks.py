@@ -17,20 +17,6 @@ from django.conf import settings
 logger = logging.getLogger(__name__)
 
 
-@shared_task(name="workers.generation.run", acks_late=True, max_retries=0, time_limit=900)
-def run_generation(generation_id: int) -> None:
-    from apps.generation.services import generation_run
-
-    generation_run(generation_id=generation_id)
-
-
-@shared_task(name="workers.batch.run", acks_late=True, max_retries=0)
-def run_batch_job(job_id: int) -> None:
-    from apps.generation.services import batch_job_run
-
-    batch_job_run(job_id=job_id)
-
-
 @shared_task(name="workers.evals.run", acks_late=True, max_retries=0)
 def run_eval(run_id: int) -> None:
     from apps.evals.services import eval_run_execute
@@ -64,14 +50,7 @@ def run_adapter_comparison(comparison_id: int) -> None:
 
 def _sweep_once() -> None:
     from apps.finetune.jobs import finetune_jobs_recover
-    from apps.generation.services import batch_jobs_recover
 
-    try:
-        requeued = batch_jobs_recover()
-        if requeued:
-            logger.warning("requeued stale batch jobs: %s", requeued)
-    except Exception:
-        logger.exception("batch job sweeper failed")
     try:
         from apps.evals.services import eval_runs_recover
 
@@ -96,14 +75,6 @@ def _sweep_once() -> None:
             logger.warning("stale adapter comparisons: requeued %s, failed %s", requeued, failed)
     except Exception:
         logger.exception("adapter comparison sweeper failed")
-    try:
-        from apps.webhooks.delivery import deliveries_retry_due
-
-        queued = deliveries_retry_due()
-        if queued:
-            logger.warning("queued overdue webhook deliveries: %s", queued)
-    except Exception:
-        logger.exception("webhook delivery sweeper failed")
 
 
 def _sweep_forever(interval: float, stop: threading.Event) -> None:
