@@ -12,7 +12,6 @@ import threading
 
 from celery import shared_task
 from celery.signals import worker_ready
-from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
@@ -24,33 +23,7 @@ def run_eval(run_id: int) -> None:
     eval_run_execute(run_id=run_id)
 
 
-@shared_task(
-    name="workers.finetune.run",
-    acks_late=True,
-    max_retries=0,
-    time_limit=settings.GPU_TASK_TIME_LIMIT,
-)
-def run_finetune_job(job_id: int) -> None:
-    from apps.finetune.jobs import finetune_job_run
-
-    finetune_job_run(job_id=job_id)
-
-
-@shared_task(
-    name="workers.finetune.compare",
-    acks_late=True,
-    max_retries=0,
-    time_limit=settings.GPU_TASK_TIME_LIMIT,
-)
-def run_adapter_comparison(comparison_id: int) -> None:
-    from apps.finetune.comparisons import adapter_comparison_run
-
-    adapter_comparison_run(comparison_id=comparison_id)
-
-
 def _sweep_once() -> None:
-    from apps.finetune.jobs import finetune_jobs_recover
-
     try:
         from apps.evals.services import eval_runs_recover
 
@@ -59,22 +32,6 @@ def _sweep_once() -> None:
             logger.warning("requeued stale eval runs: %s", requeued)
     except Exception:
         logger.exception("eval run sweeper failed")
-    try:
-        requeued, failed = finetune_jobs_recover()
-        if requeued:
-            logger.warning("requeued stale fine-tune jobs: %s", requeued)
-        if failed:
-            logger.warning("failed fine-tune jobs that lost too many workers: %s", failed)
-    except Exception:
-        logger.exception("fine-tune job sweeper failed")
-    try:
-        from apps.finetune.comparisons import adapter_comparisons_recover
-
-        requeued, failed = adapter_comparisons_recover()
-        if requeued or failed:
-            logger.warning("stale adapter comparisons: requeued %s, failed %s", requeued, failed)
-    except Exception:
-        logger.exception("adapter comparison sweeper failed")
 
 
 def _sweep_forever(interval: float, stop: threading.Event) -> None:

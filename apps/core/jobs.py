@@ -64,6 +64,7 @@ class JobKind:
     webhook; `url(job)` the job's page."""
 
     name: str
+    label: str  # how a person names one: "Batch", "Fine-tune job"
     model: type[Job]
     task: str
     queue: queues.Queue
@@ -143,7 +144,7 @@ def cancel(*, actor: Any, job: Job, request: HttpRequest | None = None) -> Job:
 
 
 def _title(kind: JobKind, job: Job) -> str:
-    return f"{kind.model._meta.verbose_name.capitalize()} {job.pk}"
+    return f"{kind.label} {job.pk}"
 
 
 # --- worker side ---------------------------------------------------------------------------
@@ -325,6 +326,26 @@ def run_next(queue: str) -> Job | None:
                 break
 
 
+def wake_task(name: str, queue: queues.Queue) -> Any:
+    """A job kind's Celery task, for its app's tasks.py: its message wakes a worker of
+    `queue`, which runs the next job there in fair-share order (the job id it carries is
+    for the logs). GPU tasks stop after STUDIO_GPU_TASK_TIME_LIMIT."""
+    from celery import shared_task
+
+    def wake(job_id: int) -> None:
+        run_next(queue)
+
+    wake.__name__ = wake.__qualname__ = name.replace(".", "_")
+    limit = (
+        settings.GPU_TASK_TIME_LIMIT
+        if queue == queues.Queue.GPU
+        else settings.DEFAULT_TASK_TIME_LIMIT
+    )
+    return shared_task(
+        name=name, studio_queue=queue.value, acks_late=True, max_retries=0, time_limit=limit
+    )(wake)
+
+
 def _run(lease: Lease) -> Job | None:
     kind = lease.kind
     # The job this worker runs, whatever job id its message carried.
@@ -340,6 +361,8 @@ def _run(lease: Lease) -> Job | None:
         raise
     if not lease.closed and lease.should_stop() and not lease.lost:
         lease.finish(JobStatus.CANCELLED)
+    elif not lease.closed and not lease.lost:
+        lease.finish(JobStatus.FAILED, f"{kind.label} ended without an outcome.")
     if lease.lost:
         return None
     return lease.job

@@ -485,6 +485,7 @@ def _batch_summary(job: BatchJob) -> dict[str, Any]:
 BATCH = jobs.register(
     jobs.JobKind(
         name="batch",
+        label="Batch",
         model=BatchJob,
         task=RUN_BATCH_TASK,
         queue=queues.Queue.GPU,
