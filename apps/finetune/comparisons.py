@@ -3,7 +3,7 @@
 Web side: `adapter_comparison_create` checks the inputs (typed prompts, or rows of the
 eval split of the adapter's dataset version, resolved to conversations now, so the job
 runs exactly what was asked) and the generation parameters, stores the comparison,
-audits it and enqueues `workers.finetune.compare` at commit.
+audits it and enqueues it (apps.core.jobs) at commit.
 
 Worker side: `_run_comparison`, under a lease of apps.core.jobs (the lifecycle every
 long job shares), scores the base model and the adapter on the eval split with

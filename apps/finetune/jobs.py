@@ -4,7 +4,7 @@ Web side: `finetune_job_create` validates the settings (ranges here; target modu
 name through `workers.runtime.training.check_settings`, which reads the converted
 model's config.json without torch — when the web node has no converted model yet, the
 worker checks again and fails the job with the same readable message), stores the job,
-audits it and enqueues `workers.finetune.run` at commit.
+audits it and enqueues it (apps.core.jobs) at commit.
 
 Worker side (`_run_finetune`, under a lease of apps.core.jobs): writes the training rows
 into the job's work dir and calls `workers.runtime.training.train`, which resumes from
