@@ -84,11 +84,11 @@ def load_local_model(model_id: str = DEFAULT_MODEL_ID) -> LocalModel:
                 if model_id != DEFAULT_MODEL_ID:
                     raise BackendError(f"no local model {model_id!r}: {directory} does not exist")
                 _convert_gguf(gguf_path(), directory)
-            model = _models[directory] = _load_directory(directory)
+            model = _models[directory] = load_directory(directory)
         return model
 
 
-def _load_directory(directory: Path) -> LocalModel:
+def load_directory(directory: Path) -> LocalModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -262,7 +262,7 @@ class LocalModel:
             with torch.inference_mode():
                 output = self.model.generate(**batch, **options)
         except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
-            if not _is_out_of_memory(exc):
+            if not is_out_of_memory(exc):
                 raise
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -333,7 +333,7 @@ def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
     return min(found, default=None)
 
 
-def _is_out_of_memory(exc: RuntimeError) -> bool:
+def is_out_of_memory(exc: RuntimeError) -> bool:
     import torch
 
     message = str(exc).lower()
