@@ -101,3 +101,17 @@ def test_a_running_or_finished_job_has_no_queue_position(two_squads):
     assert queue_position(job).reason == "Next in line: it starts when a GPU worker is free."
     claimed = claim()
     assert queue_position(claimed) is None
+
+
+def test_a_queued_job_s_page_shows_its_position_and_why_it_waits(two_squads, client):
+    (acme,) = queue(two_squads, "acme")
+    beta = queue(two_squads, "beta", 2)
+    client.force_login(UserFactory(username="engineer"))
+    url = f"/squads/beta/batches/{beta[1].pk}/"
+    page = client.get(url).content.decode()
+    assert "Queued: position 3 of 3" in page
+    assert "1 earlier job(s) of your squad (first come, first served)" in page
+    claim()  # acme's job starts
+    page = client.get(url, headers={"HX-Request": "true", "HX-Target": "progress"})
+    assert "Queued: position 2 of 2" in page.content.decode()
+    assert "Queued: position" not in client.get(f"/squads/acme/batches/{acme.pk}/").content.decode()
