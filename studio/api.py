@@ -16,6 +16,7 @@ from ninja.types import DictStrAny
 from ninja.utils import check_csrf
 
 from apps.audit.api import router as audit_router
+from apps.core.api import router as jobs_router
 from apps.core.exceptions import ApplicationError, AuthenticationFailed, PermissionDenied
 from apps.evals.api import router as evals_router
 from apps.evidence.api import router as evidence_router
@@ -143,3 +144,4 @@ api.add_router("/", evals_router)
 api.add_router("/", evidence_router)
 api.add_router("/", webhooks_router)
 api.add_router("/", feedback_router)
+api.add_router("/", jobs_router)

@@ -18,7 +18,7 @@ class GpuShareAdmin(ServiceErrorMixin, admin.ModelAdmin):
     def save_model(self, request, obj, form, change):  # type: ignore[no-untyped-def]
         saved = services.gpu_share_set(
             actor=request.user,
-            squad=obj.squad,
+            squad_slug=obj.squad.slug,
             share=obj.share,
             max_running=obj.max_running,
             request=request,

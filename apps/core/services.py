@@ -6,7 +6,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from apps.audit.services import audit_log
-from apps.core.exceptions import PermissionDenied, ValidationFailed
+from apps.core.exceptions import NotFound, PermissionDenied, ValidationFailed
 from apps.core.models import GpuShare
 from apps.squads.models import Squad
 
@@ -17,7 +17,7 @@ MAX_SHARE = 1000
 def gpu_share_set(
     *,
     actor: AbstractBaseUser,
-    squad: Squad,
+    squad_slug: str,
     share: int,
     max_running: int | None,
     request: HttpRequest | None = None,
@@ -26,6 +26,9 @@ def gpu_share_set(
     its limit on GPU jobs running at once (None: the installation's default)."""
     if not actor.is_staff:
         raise PermissionDenied("Only staff set a squad's share of GPU workers.", field="share")
+    squad = Squad.objects.filter(slug=squad_slug).first()
+    if squad is None:
+        raise NotFound(f"Squad '{squad_slug}' not found.", field="squad")
     if isinstance(share, bool) or not isinstance(share, int) or not 1 <= share <= MAX_SHARE:
         raise ValidationFailed(f"share must be a whole number 1 to {MAX_SHARE}.", field="share")
     if max_running is not None and (

@@ -56,7 +56,7 @@ def test_gpu_time_is_weighted_by_the_share_staff_set(two_squads):
     (acme,), (beta,) = queue(two_squads, "acme"), queue(two_squads, "beta")
     assert claim() == beta  # 100 s < 300 s
     BatchJob.objects.filter(pk=beta.pk).update(status="queued", started_at=None)
-    gpu_share_set(actor=staff, squad=acme_done[0].squad, share=4, max_running=None)
+    gpu_share_set(actor=staff, squad_slug="acme", share=4, max_running=None)
     assert claim() == acme  # 300 s / 4 < 100 s / 1
     event = AuditEvent.objects.get(action="core.gpu_share_set")
     assert event.data == {
@@ -70,7 +70,7 @@ def test_a_squad_at_its_limit_waits_and_the_others_go_ahead(two_squads, settings
     staff = UserFactory(username="platform", is_staff=True)
     acme = queue(two_squads, "acme", 2)
     (beta,) = queue(two_squads, "beta")
-    gpu_share_set(actor=staff, squad=acme[0].squad, share=1, max_running=1)
+    gpu_share_set(actor=staff, squad_slug="acme", share=1, max_running=1)
     assert claim() == acme[0]
     assert claim() == beta  # acme is at its limit of one running job
     waiting = queue_position(acme[1])
@@ -87,11 +87,13 @@ def test_a_squad_at_its_limit_waits_and_the_others_go_ahead(two_squads, settings
 
 def test_only_staff_set_a_share_and_bad_values_name_the_field(two_squads, squad):
     with pytest.raises(PermissionDenied):
-        gpu_share_set(actor=UserFactory(username="owner"), squad=squad, share=2, max_running=1)
+        gpu_share_set(
+            actor=UserFactory(username="owner"), squad_slug="acme", share=2, max_running=1
+        )
     staff = UserFactory(username="platform", is_staff=True)
     for share, max_running, field in ((0, None, "share"), (2, 0, "max_running")):
         with pytest.raises(ValidationFailed) as caught:
-            gpu_share_set(actor=staff, squad=squad, share=share, max_running=max_running)
+            gpu_share_set(actor=staff, squad_slug="acme", share=share, max_running=max_running)
         assert caught.value.field == field
     assert not GpuShare.objects.exists()
 
@@ -115,3 +117,14 @@ def test_a_queued_job_s_page_shows_its_position_and_why_it_waits(two_squads, cli
     page = client.get(url, headers={"HX-Request": "true", "HX-Target": "progress"})
     assert "Queued: position 2 of 2" in page.content.decode()
     assert "Queued: position" not in client.get(f"/squads/acme/batches/{acme.pk}/").content.decode()
+
+
+def test_the_api_sets_a_share_and_names_what_is_wrong(two_squads, api_as):
+    UserFactory(username="platform", is_staff=True)
+    api = api_as("platform")
+    ok = api.call("PUT", "/api/v1/gpu-shares/beta", {"share": 3, "max_running": 2})
+    assert ok.status_code == 200 and ok.json() == {"squad": "beta", "share": 3, "max_running": 2}
+    bad = api.call("PUT", "/api/v1/gpu-shares/beta", {"share": 0})
+    assert bad.status_code == 422 and bad.json()["field"] == "share"
+    missing = api.call("PUT", "/api/v1/gpu-shares/nope", {"share": 1})
+    assert missing.status_code == 404 and missing.json()["field"] == "squad"

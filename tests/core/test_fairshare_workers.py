@@ -45,7 +45,7 @@ def test_the_per_squad_limit_holds_with_two_workers(two_squads):
     staff = UserFactory(username="platform", is_staff=True)
     acme = queue(two_squads, "acme", 4, rows=6)
     beta = queue(two_squads, "beta", 2, rows=6)
-    gpu_share_set(actor=staff, squad=acme[0].squad, share=1, max_running=1)
+    gpu_share_set(actor=staff, squad_slug="acme", share=1, max_running=1)
     workers = [WorkerProcess("limit-1"), WorkerProcess("limit-2")]
     try:
         done = all_finished([*acme, *beta], workers)
