@@ -216,14 +216,16 @@ class Lease:
                 if write is not None:
                     write(row)
                 _close(self.kind, row, status, error, list(fields))
+                # Before commit: a heartbeat that waited on the row lock then finds the
+                # job finished, and must not take that for a lost lease.
+                self.closed = True
         except LeaseLost:
             return False
-        self.closed = True
         self.job = row
         return True
 
     def _lose(self) -> None:
-        if not self.lost:
+        if not self.lost and not self.closed:
             self.lost = True
             logger.warning(
                 "%s %s: lost its lease (claimed again); this worker writes nothing more",
@@ -359,13 +361,11 @@ def _run(lease: Lease) -> Job | None:
         if not lease.closed:
             lease.finish(JobStatus.FAILED, f"{type(exc).__name__}: {exc}")
         raise
-    if not lease.closed and lease.should_stop() and not lease.lost:
-        lease.finish(JobStatus.CANCELLED)
-    elif not lease.closed and not lease.lost:
+    if not lease.closed and not lease.should_stop():
         lease.finish(JobStatus.FAILED, f"{kind.label} ended without an outcome.")
-    if lease.lost:
-        return None
-    return lease.job
+    elif not lease.closed and not lease.lost:
+        lease.finish(JobStatus.CANCELLED)
+    return lease.job if lease.closed else None
 
 
 # --- ending ---------------------------------------------------------------------------------
