@@ -17,6 +17,7 @@ from ninja.types import DictStrAny
 from ninja.utils import check_csrf
 
 from apps.audit.api import router as audit_router
+from apps.core.api import router as jobs_router
 from apps.core.exceptions import ApplicationError, AuthenticationFailed, PermissionDenied
 from apps.core.http import bound_api_integers
 from apps.core.openapi import document_errors
@@ -157,6 +158,7 @@ ROUTERS = [
     ("/", evidence_router),
     ("/", webhooks_router),
     ("/", feedback_router),
+    ("/", jobs_router),
 ]
 for prefix, router in ROUTERS:
     api.add_router(prefix, router)

@@ -1,4 +1,7 @@
-"""The Celery app. Queues are an enum; routing sends `workers.*` tasks to `gpu`.
+"""The Celery app. Queues are an enum (apps.core.queues); each task declares its queue
+(`default` unless it says `gpu`) and each app owns its tasks (apps/<app>/tasks.py).
+A task that states no time limit gets STUDIO_DEFAULT_TASK_TIME_LIMIT
+(CELERY_TASK_TIME_LIMIT in settings); GPU tasks state STUDIO_GPU_TASK_TIME_LIMIT.
 
 Reliability for long GPU jobs: late acknowledgement and reject-on-worker-lost
 so a killed worker's job is redelivered, prefetch 1 so a worker never holds a
@@ -7,25 +10,28 @@ longest task (see settings). Job state lives in our own models.
 """
 
 import os
-from enum import StrEnum
 
 from celery import Celery
 
 import apps.telemetry.worker  # noqa: F401  (logging through settings.LOGGING, task ids bound)
+from apps.core.queues import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "studio.settings.base")
 
 
-class Queue(StrEnum):
-    DEFAULT = "default"
-    GPU = "gpu"
+def route(name, args, kwargs, options, task=None, **kw):  # type: ignore[no-untyped-def]
+    """Each task names its queue as `studio_queue` (Celery 6 drops the `queue` task
+    attribute); `default` when it names none. A send that gives a queue keeps it."""
+    if task is None:
+        return None
+    return {"queue": getattr(task, "studio_queue", Queue.DEFAULT.value)}
 
 
 app = Celery("studio")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.update(
     task_default_queue=Queue.DEFAULT.value,
-    task_routes={"workers.*": {"queue": Queue.GPU.value}},
+    task_routes=(route,),
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
@@ -37,4 +43,13 @@ app.conf.update(
     worker_hijack_root_logger=False,
     worker_send_task_events=False,
 )
-app.autodiscover_tasks(["apps.audit", "apps.squads", "apps.webhooks", "workers"])
+app.autodiscover_tasks(
+    [
+        "apps.audit",
+        "apps.core",
+        "apps.evals",
+        "apps.finetune",
+        "apps.generation",
+        "apps.webhooks",
+    ]
+)

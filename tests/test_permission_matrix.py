@@ -148,6 +148,13 @@ ACTIONS = [
         hidden_from=frozenset(),
     ),
     Action(
+        "jobs.gpu_share_set",
+        frozenset({"staff"}),
+        api=lambda c: c.call("PUT", "/api/v1/gpu-shares/acme", {"share": 2, "max_running": 1}),
+        view=None,
+        hidden_from=frozenset(),
+    ),
+    Action(
         "audit.verify_chain",
         frozenset({"staff"}),
         api=lambda c: c.call("POST", "/api/v1/audit/verifications"),

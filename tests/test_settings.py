@@ -101,13 +101,34 @@ def test_celery_reliability_settings():
     assert conf.task_reject_on_worker_lost is True
     assert conf.worker_prefetch_multiplier == 1
     assert conf.task_default_queue == "default"
+    celery_app.loader.import_default_modules()  # what a worker registers at start
     router = celery_app.amqp.router
-    assert router.route({}, "workers.finetune.train")["queue"].name == "gpu"
-    assert router.route({}, "audit.chain_verify")["queue"].name == "default"
+
+    def queue_of(name: str) -> str:
+        return router.route({}, name, task_type=celery_app.tasks[name])["queue"].name
+
+    assert queue_of("generation.batch_job") == "gpu"
+    assert queue_of("generation.run") == "gpu"
+    assert queue_of("audit.chain_verify") == "default"
+    # A send by name from a process that did not import the task keeps its queue.
+    assert router.route({"queue": "gpu"}, "generation.batch_job")["queue"].name == "gpu"
     from django.conf import settings
 
     visibility = conf.broker_transport_options["visibility_timeout"]
     assert visibility > settings.GPU_TASK_TIME_LIMIT
+
+
+def test_every_task_has_a_time_limit_default_queue_ones_the_configured_one():
+    from django.conf import settings
+
+    celery_app.loader.import_default_modules()
+    assert celery_app.conf.task_time_limit == settings.DEFAULT_TASK_TIME_LIMIT
+    ours = {n: t for n, t in celery_app.tasks.items() if not n.startswith("celery.")}
+    assert "generation.batch_job" in ours
+    for name, task in ours.items():
+        assert task.time_limit, f"{name} has no time limit"
+        if getattr(task, "studio_queue", "default") == "gpu":
+            assert task.time_limit <= settings.GPU_TASK_TIME_LIMIT, name
 
 
 def test_web_settings_never_import_torch():

@@ -35,14 +35,17 @@ def purge_queues() -> None:
 
 
 class WorkerProcess:
-    def __init__(self, name: str = "worker", **env: str) -> None:
+    """`fake_runtime`: the torch runtime replaced by tests/fakeworker.py's stand-ins."""
+
+    def __init__(self, name: str = "worker", *, fake_runtime: bool = False, **env: str) -> None:
+        self.name = name
         self.log_path = Path(settings.DATA_DIR) / f"test-{name}.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
-                "celery",
+                "tests.fakeworker" if fake_runtime else "celery",
                 "-A",
                 "studio",
                 "worker",
@@ -82,6 +85,13 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def pause(self) -> None:
+        """SIGSTOP the whole worker: alive, but silent (no heartbeats) until resume()."""
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.process.pid, signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL the whole worker (main process and pool children), as a crash would."""
         with contextlib.suppress(ProcessLookupError):
@@ -91,6 +101,8 @@ class WorkerProcess:
 
     def stop(self) -> None:
         if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGCONT)  # a paused worker cannot stop
             self.process.terminate()
             try:
                 self.process.wait(timeout=20)

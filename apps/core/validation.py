@@ -79,3 +79,15 @@ def nul_path(value: Any, path: str) -> str | None:
             if found:
                 return found
     return None
+
+
+def clean_number(value: Any, *, field: str, kind: type, low: float, high: float) -> Any:
+    """`value` as `kind` (int or float) within low..high, or ValidationFailed on `field`
+    saying what is wrong with it (booleans are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationFailed(f"{field} must be a number (got {value!r}).", field=field)
+    if kind is int and value != int(value):
+        raise ValidationFailed(f"{field} must be a whole number (got {value}).", field=field)
+    if not low <= value <= high:
+        raise ValidationFailed(f"{field} must be {low} to {high} (got {value}).", field=field)
+    return kind(value)

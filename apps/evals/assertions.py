@@ -8,9 +8,14 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import regex
+
 from apps.core.exceptions import ValidationFailed
 from apps.generation import structured
 
+# A test case's pattern runs on the worker: past this, its verdict is a failure that says
+# so, and the worker goes on (nested repeats such as (a+)+$ backtrack exponentially).
+REGEX_TIMEOUT_SECONDS = 0.5
 MAX_ASSERTIONS = 50
 MAX_TEXT = 10_000
 MAX_RUBRIC = 20_000
@@ -94,9 +99,9 @@ def clean_assertion(index: int, raw: Any) -> dict[str, Any]:
         clean[name] = _clean_option(index, name, option_kind, raw[name])
     if kind == "regex":
         try:
-            re.compile(clean["pattern"])
+            regex.compile(clean["pattern"])
         # A huge repeat count raises OverflowError, deep nesting RecursionError.
-        except (re.error, OverflowError, RecursionError) as exc:
+        except (regex.error, OverflowError, RecursionError) as exc:
             raise _fail(index, "pattern", f"is not a valid regular expression ({exc}).") from exc
     return clean
 
@@ -195,8 +200,16 @@ def check(index: int, assertion: dict[str, Any], seen: Observed) -> dict[str, An
         passed = found if kind == "contains" else not found
         return _verdict(kind, passed, f"{assertion['value']!r} {'found' if found else 'not found'}")
     if kind == "regex":
-        flags = 0 if assertion.get("case_sensitive", True) else re.IGNORECASE
-        match = re.search(assertion["pattern"], text, flags)
+        flags = 0 if assertion.get("case_sensitive", True) else regex.IGNORECASE
+        try:
+            match = regex.search(assertion["pattern"], text, flags, timeout=REGEX_TIMEOUT_SECONDS)
+        except TimeoutError:
+            return _verdict(
+                kind,
+                False,
+                f"the pattern took longer than {REGEX_TIMEOUT_SECONDS} s on this output and was "
+                "stopped; simplify it (nested repeats such as (a+)+ backtrack exponentially)",
+            )
         detail = f"matched {match.group(0)[:200]!r}" if match else "no match"
         return _verdict(kind, match is not None, detail)
     if kind == "equals_json":

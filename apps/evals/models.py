@@ -6,6 +6,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from apps.core.models import Job
+
 NAME_MAX = 200
 
 
@@ -39,19 +41,12 @@ class TestCase(models.Model):
         return f"{self.template.slug}: {self.name}"
 
 
-class EvalRun(models.Model):
+class EvalRun(Job):
     """One prompt version × one model target × the template's cases (or those with one of
-    `tags`). The cases are copied into `cases` when the run is created, so a resumed run
-    evaluates exactly what was asked for even if the cases are edited meanwhile."""
+    `tags`), run on the gpu queue under apps.core.jobs' lifecycle. The cases are copied
+    into `cases` when the run is created, so a resumed run evaluates exactly what was
+    asked for even if the cases are edited meanwhile."""
 
-    class Status(models.TextChoices):
-        QUEUED = "queued"
-        RUNNING = "running"
-        SUCCEEDED = "succeeded"
-        FAILED = "failed"
-        CANCELLED = "cancelled"
-
-    squad = models.ForeignKey("squads.Squad", on_delete=models.CASCADE, related_name="eval_runs")
     version = models.ForeignKey(
         "prompts.PromptVersion", on_delete=models.PROTECT, related_name="eval_runs"
     )
@@ -61,24 +56,12 @@ class EvalRun(models.Model):
     tags = models.JSONField(default=list, blank=True)
     # [{"id", "name", "variables", "assertions"}] in run order
     cases = models.JSONField(default=list)
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     total = models.PositiveIntegerField(default=0)
     done = models.PositiveIntegerField(default=0)
     passed = models.PositiveIntegerField(default=0)
     failed_count = models.PositiveIntegerField(default=0)
     pass_rate = models.FloatField(null=True, blank=True)
     batch_size = models.PositiveIntegerField(default=8)
-    cancel_requested = models.BooleanField(default=False)
-    error = models.TextField(blank=True)
-    worker = models.CharField(max_length=200, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    attempts = models.PositiveIntegerField(default=0)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    created_at = models.DateTimeField(default=timezone.now)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-pk"]
@@ -89,10 +72,6 @@ class EvalRun(models.Model):
 
     def __str__(self) -> str:
         return f"Eval run {self.pk} ({self.status})"
-
-    @property
-    def finished(self) -> bool:
-        return self.status in (self.Status.SUCCEEDED, self.Status.FAILED, self.Status.CANCELLED)
 
     @property
     def percent(self) -> int:

@@ -15,11 +15,12 @@ from django.urls import reverse
 from django.utils import timezone
 
 from apps.audit.services import audit_log
+from apps.core import jobs, queues
 from apps.core.exceptions import Conflict, NotFound, ValidationFailed
 from apps.evals import assertions as checks
 from apps.evals.models import NAME_MAX, EvalResult, EvalRun, TestCase
 from apps.evals.selectors import cases_with_tags
-from apps.generation import services as generation
+from apps.generation import pipeline
 from apps.generation.models import Generation, ModelTarget
 from apps.generation.targets import target_resolve
 from apps.governance.models import PolicyVersion
@@ -28,9 +29,7 @@ from apps.prompts.contracts import validate_variables
 from apps.prompts.models import PromptTemplate, PromptVersion
 from apps.squads.access import require_squad_permission
 from apps.squads.permissions import RUN_EVALS, WRITE_TEST_CASES
-from apps.telemetry.metrics import job_finished
 from apps.telemetry.recording import bind_generation, generations_finished
-from apps.webhooks import emitters as webhooks
 
 User = AbstractBaseUser
 MAX_TAGS = 20
@@ -439,9 +438,7 @@ def eval_run_create(
         },
         request=request,
     )
-    from workers.tasks import run_eval
-
-    transaction.on_commit(lambda: run_eval.delay(run.pk))
+    jobs.enqueue(run)
     return run
 
 
@@ -449,31 +446,7 @@ def eval_run_create(
 def eval_run_cancel(*, actor: User, run: EvalRun, request: HttpRequest | None = None) -> EvalRun:
     """A queued run stops at once; a running one after its current chunk of cases."""
     require_squad_permission(actor, run.squad, RUN_EVALS)
-    run = EvalRun.objects.select_for_update().get(pk=run.pk)
-    if run.finished:
-        raise Conflict(f"Eval run {run.pk} already {run.status}.", field="status")
-    run.cancel_requested = True
-    if run.status == EvalRun.Status.QUEUED:
-        run.status = EvalRun.Status.CANCELLED
-        run.finished_at = timezone.now()
-        transaction.on_commit(lambda: job_finished("eval", EvalRun.Status.CANCELLED, 0.0))
-    run.save(update_fields=["cancel_requested", "status", "finished_at"])
-    if run.status == EvalRun.Status.CANCELLED:
-        _announce(run)
-    audit_log(
-        actor=actor,
-        action="eval.run_cancel_requested",
-        squad=run.squad,
-        target=run,
-        data={"done": run.done, "total": run.total},
-        request=request,
-    )
-    return run
-
-
-def _claim(run_id: int) -> EvalRun | None:
-    runs = EvalRun.objects.select_related("version__template", "target", "squad")
-    return generation.claim_job(runs, run_id)
+    return jobs.cancel(actor=actor, job=run, request=request)
 
 
 def _counts(run: EvalRun) -> dict[str, Any]:
@@ -487,76 +460,30 @@ def _counts(run: EvalRun) -> dict[str, Any]:
     }
 
 
-def _announce(run: EvalRun) -> None:
-    """The `job.finished` webhook (kind "eval"), in the caller's transaction."""
-    version = run.version
-    webhooks.job_finished(
-        squad=run.squad,
-        kind="eval",
-        job_id=run.pk,
-        status=run.status,
-        url=reverse("evals:run", kwargs={"squad": run.squad.slug, "run_id": run.pk}),
-        template=version.template.slug,
-        version=version.number,
-        target=run.target.name,
-        total=run.total,
-        passed=run.passed,
-        pass_rate=run.pass_rate,
-        actor=run.created_by.get_username() if run.created_by else None,
-    )
-
-
-def _finish(run: EvalRun, status: str, error: str = "") -> None:
-    with transaction.atomic():
-        now = timezone.now()
-        EvalRun.objects.filter(pk=run.pk).update(
-            status=status, error=error[:5000], finished_at=now, heartbeat_at=now, **_counts(run)
-        )
-        run.refresh_from_db()
-        audit_log(
-            actor=None,
-            action="eval.run_finished",
-            squad=run.squad,
-            target=run,
-            data={
-                "status": status,
-                "done": run.done,
-                "total": run.total,
-                "passed": run.passed,
-                "pass_rate": run.pass_rate,
-                "error": error[:500],
-            },
-        )
-        _announce(run)
-    started = run.started_at or run.finished_at
-    job_finished("eval", status, (run.finished_at - started).total_seconds())
-
-
 def eval_run_execute(*, run_id: int) -> EvalRun | None:
+    """Run one given eval run in this process (tests, management); workers run the next
+    GPU job in fair-share order (apps.evals.tasks)."""
+    return jobs.run(EVAL.name, run_id)
+
+
+def _run_eval(lease: jobs.Lease) -> None:
     """Worker side. Resumable and idempotent: cases that already have a result are
-    skipped, and the unique (run, position) constraint makes a second writer harmless."""
-    run = _claim(run_id)
-    if run is None:
-        return None
+    skipped, and the unique (run, position) constraint makes a second writer harmless;
+    every write is fenced by the lease."""
+    run: EvalRun = lease.job
     bind_generation(run.version, run.target, eval_run_id=run.pk)
     done = set(run.results.values_list("position", flat=True))
     pending = [(i, case) for i, case in enumerate(run.cases) if i not in done]
     policy = policy_version_current(squad_id=run.squad_id)
     chunk_size = run.batch_size * 4
-    try:
-        for start in range(0, len(pending), chunk_size):
-            if EvalRun.objects.filter(pk=run.pk, cancel_requested=True).exists():
-                _finish(run, EvalRun.Status.CANCELLED)
-                return run
-            _store(run, _evaluate(run, pending[start : start + chunk_size], policy))
-    except Exception as exc:
-        _finish(run, EvalRun.Status.FAILED, f"{type(exc).__name__}: {exc}")
-        raise
-    _finish(run, EvalRun.Status.SUCCEEDED)
-    return run
+    for start in range(0, len(pending), chunk_size):
+        if lease.should_stop():
+            return
+        _store(lease, _evaluate(run, pending[start : start + chunk_size], policy))
+    lease.finish(EvalRun.Status.SUCCEEDED, **_counts(run))
 
 
-def _generation(run: EvalRun, prepared: generation.Prepared) -> Generation:
+def _generation(run: EvalRun, prepared: pipeline.Prepared) -> Generation:
     return Generation(
         squad_id=run.squad_id,
         prompt_version_id=run.version_id,
@@ -595,7 +522,7 @@ def _evaluate(
     judge and assert one chunk of cases; nothing is stored here."""
     version, target = run.version, run.target
     results: list[EvalResult] = []
-    ready: list[tuple[int, dict[str, Any], generation.Prepared]] = []
+    ready: list[tuple[int, dict[str, Any], pipeline.Prepared]] = []
     for position, case in chunk:
         errors = validate_variables(version.input_schema, case["variables"])
         if errors:
@@ -610,10 +537,10 @@ def _evaluate(
             ]
             results.append(result)
             continue
-        prepared = generation._prepare(version, case["variables"], policy)
+        prepared = pipeline.prepare(version, case["variables"], policy)
         if prepared.blocked:
             row = _generation(run, prepared)
-            generation._block(row, prepared, version, target)
+            pipeline.block(row, prepared, version, target)
             result = _result(run, position, case, row)
             result.assertion_results = [
                 {"type": "governance", "passed": False, "detail": row.errors[0]["message"]}
@@ -623,20 +550,17 @@ def _evaluate(
             ready.append((position, case, prepared))
     if not ready:
         return results
-    outcomes = generation.execute_rows(
+    outcomes = pipeline.execute_rows(
         version,
         target,
         [prepared.messages for _, _, prepared in ready],
         batch_size=run.batch_size,
-        # Beat per model batch, not only per chunk: a long chunk on a slow model must not
-        # look like a lost worker to the sweeper.
-        on_progress=lambda _done: _beat(run),
         max_new_tokens_cap=rules_of(policy)["max_output_tokens"],
     )
     rows: list[tuple[int, dict[str, Any], Generation]] = []
     for (position, case, prepared), outcome in zip(ready, outcomes, strict=True):
         row = _generation(run, prepared)
-        generation._apply(row, outcome, version, policy)
+        pipeline.apply_outcome(row, outcome, version, policy)
         rows.append((position, case, row))
     answers = _judge(run, rows)
     for (position, case, row), judged in zip(rows, answers, strict=True):
@@ -658,10 +582,6 @@ def _evaluate(
         result.passed = all(v["passed"] for v in verdicts)
         results.append(result)
     return results
-
-
-def _beat(run: EvalRun) -> None:
-    EvalRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now())
 
 
 def _judge(run: EvalRun, rows: list[tuple[int, dict[str, Any], Generation]]) -> list[dict]:
@@ -690,7 +610,7 @@ def _judge(run: EvalRun, rows: list[tuple[int, dict[str, Any], Generation]]) -> 
                 answers[k][index] = f"error: {exc.message}"
             continue
         outcomes = run_conversations(
-            generation._spec(judge),
+            pipeline.target_spec(judge),
             [conversation for _, _, conversation in calls],
             params,
             batch_size=run.batch_size,
@@ -703,45 +623,56 @@ def _judge(run: EvalRun, rows: list[tuple[int, dict[str, Any], Generation]]) -> 
     return answers
 
 
-def _store(run: EvalRun, results: list[EvalResult]) -> None:
-    """One chunk's generations and results in one transaction, then the counters."""
+def _store(lease: jobs.Lease, results: list[EvalResult]) -> None:
+    """One chunk's generations, results and the counters in one transaction, while the
+    lease holds (jobs.LeaseLost, nothing written, else)."""
+    run: EvalRun = lease.job
     ids = {r.case_id for r in results if r.case_id}
     alive = set(TestCase.objects.filter(pk__in=ids).values_list("pk", flat=True))
     for r in results:
         if r.case_id not in alive:
             r.case_id = None  # deleted since the run started: the copy on the result stays
-    rows: list[Generation] = []
-    try:
-        with transaction.atomic():
-            taken = set(
-                run.results.filter(position__in=[r.position for r in results]).values_list(
-                    "position", flat=True
-                )
+    with lease.fenced():
+        taken = set(
+            run.results.filter(position__in=[r.position for r in results]).values_list(
+                "position", flat=True
             )
-            results = [r for r in results if r.position not in taken]
-            rows = [r.generation for r in results if r.generation is not None]
-            Generation.objects.bulk_create(rows)
-            for r in results:
-                r.generation_id = r.generation.pk if r.generation else None
-            EvalResult.objects.bulk_create(results)
-    except IntegrityError:
-        rows = []  # another runner wrote these cases meanwhile: its results stand
+        )
+        results = [r for r in results if r.position not in taken]
+        rows = [r.generation for r in results if r.generation is not None]
+        Generation.objects.bulk_create(rows)
+        for r in results:
+            r.generation_id = r.generation.pk if r.generation else None
+        EvalResult.objects.bulk_create(results)
+        EvalRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now(), **_counts(run))
     if rows:
         generations_finished(rows, prompt=run.version.template.slug, target=run.target.name)
-    with transaction.atomic():
-        EvalRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now(), **_counts(run))
 
 
-def eval_runs_recover() -> list[int]:
-    """Requeue running eval runs whose worker stopped beating (killed, machine lost)."""
-    from workers.tasks import run_eval
+def _eval_summary(run: EvalRun) -> dict[str, Any]:
+    version = run.version
+    return {
+        "template": version.template.slug,
+        "version": version.number,
+        "target": run.target.name,
+        "done": run.done,
+        "total": run.total,
+        "passed": run.passed,
+        "pass_rate": run.pass_rate,
+    }
 
-    cutoff = timezone.now() - generation.STALE_AFTER
-    stale = list(
-        EvalRun.objects.filter(status=EvalRun.Status.RUNNING, heartbeat_at__lt=cutoff).values_list(
-            "pk", flat=True
-        )
+
+EVAL = jobs.register(
+    jobs.JobKind(
+        name="eval",
+        label="Eval run",
+        model=EvalRun,
+        task="evals.run",
+        queue=queues.Queue.GPU,
+        audit_prefix="eval.run",
+        run=_run_eval,
+        summary=_eval_summary,
+        url=lambda run: reverse("evals:run", kwargs={"squad": run.squad.slug, "run_id": run.pk}),
+        related=("version__template", "target", "squad", "created_by"),
     )
-    for run_id in stale:
-        run_eval.delay(run_id)
-    return stale
+)

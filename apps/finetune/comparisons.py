@@ -3,15 +3,15 @@
 Web side: `adapter_comparison_create` checks the inputs (typed prompts, or rows of the
 eval split of the adapter's dataset version, resolved to conversations now, so the job
 runs exactly what was asked) and the generation parameters, stores the comparison,
-audits it and enqueues `workers.finetune.compare` at commit.
+audits it and enqueues it (apps.core.jobs) at commit.
 
-Worker side: `adapter_comparison_run` claims the comparison (the same lease as the
-fine-tune and batch jobs), scores the base model and the adapter on the eval split with
+Worker side: `_run_comparison`, under a lease of apps.core.jobs (the lifecycle every
+long job shares), scores the base model and the adapter on the eval split with
 `workers.runtime.training.evaluate` (answer tokens only, the adapter's own max_seq_len,
 so both are scored on the same tokens), then generates every input with both models in
 one batch each, with the same parameters and seed. A killed worker leaves a stale
-heartbeat: `adapter_comparisons_recover` (the workers' sweeper) requeues the comparison
-or fails it after MAX_ATTEMPTS; a rerun starts over (it writes nothing until the end).
+heartbeat: the lifecycle's recovery requeues the comparison or fails it after its max
+attempts; a rerun starts over (it writes nothing until its fenced finish).
 """
 
 import dataclasses
@@ -24,20 +24,20 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.utils import timezone
+from django.urls import reverse
 
 from apps.audit.services import audit_log
+from apps.core import jobs, queues
 from apps.core.exceptions import ValidationFailed
-from apps.finetune.jobs import MAX_ATTEMPTS, _Heartbeat, _number, training_row, write_rows
+from apps.core.validation import clean_number
+from apps.finetune.jobs import training_row, write_rows
 from apps.finetune.models import Adapter, AdapterComparison
-from apps.generation.services import STALE_AFTER, claim_job
 from apps.squads.access import require_squad_permission
 from apps.squads.permissions import RUN_FINETUNE
-from apps.telemetry.metrics import job_finished
 
 User = AbstractBaseUser
+RUN_TASK = "finetune.comparison"
 MAX_INPUTS = 8
 MAX_PROMPT_CHARS = 4000
 DEFAULT_EVAL_INPUTS = 3
@@ -69,7 +69,9 @@ def clean_params(params: dict[str, Any]) -> dict[str, Any]:
         )
     values = {**DEFAULT_PARAMS, **{k: v for k, v in params.items() if v is not None}}
     for name, (kind, low, high) in PARAM_LIMITS.items():
-        values[name] = _number("params", name, values[name], kind, low, high)
+        values[name] = clean_number(
+            values[name], field=f"params.{name}", kind=kind, low=low, high=high
+        )
     return values
 
 
@@ -200,9 +202,7 @@ def adapter_comparison_create(
         },
         request=request,
     )
-    from workers.tasks import run_adapter_comparison
-
-    transaction.on_commit(lambda: run_adapter_comparison.delay(comparison.pk))
+    jobs.enqueue(comparison)
     return comparison
 
 
@@ -219,38 +219,6 @@ def _work_dir(comparison: AdapterComparison) -> Path:
     )
 
 
-def _holding(comparison: AdapterComparison) -> QuerySet[AdapterComparison]:
-    return AdapterComparison.objects.filter(
-        pk=comparison.pk, worker=comparison.worker, status=AdapterComparison.Status.RUNNING
-    )
-
-
-def _finish(comparison: AdapterComparison, status: str, error: str = "", **results: Any) -> None:
-    with transaction.atomic():
-        now = timezone.now()
-        AdapterComparison.objects.filter(pk=comparison.pk).update(
-            status=status, error=error[:5000], finished_at=now, heartbeat_at=now, **results
-        )
-        comparison.refresh_from_db()
-        seconds = (now - (comparison.started_at or now)).total_seconds()
-        transaction.on_commit(lambda: job_finished("comparison", status, seconds))
-        audit_log(
-            actor=None,
-            action="finetune.comparison_finished",
-            squad=comparison.squad,
-            target=comparison,
-            data={
-                "adapter": comparison.adapter_id,
-                "status": status,
-                "base_loss": comparison.base_loss,
-                "adapter_loss": comparison.adapter_loss,
-                "eval_rows": comparison.eval_rows,
-                "attempts": comparison.attempts,
-                "error": error[:500],
-            },
-        )
-
-
 def _text(outcome: Any) -> tuple[str, str]:
     """(output, error) of one runtime outcome."""
     from workers.runtime import BackendError
@@ -261,69 +229,53 @@ def _text(outcome: Any) -> tuple[str, str]:
 
 
 def adapter_comparison_run(*, comparison_id: int) -> AdapterComparison | None:
-    """Worker side; see the module docstring. None when another live worker holds the
-    comparison, or it is already finished."""
-    jobs = AdapterComparison.objects.select_related(
-        "squad", "adapter__job", "adapter__dataset_version__dataset__prompt_version"
-    )
-    comparison = claim_job(jobs, comparison_id)
-    if comparison is None:
-        return None
+    """Run one given comparison in this process (tests, management); workers run the next
+    GPU job in fair-share order (apps.finetune.tasks). None when another live worker
+    holds it, or it is already finished."""
+    return jobs.run(COMPARISON.name, comparison_id)
+
+
+def _run_comparison(lease: jobs.Lease) -> None:
+    """See the module docstring."""
     from workers.runtime import GenerationParams, backends, training
 
+    comparison: AdapterComparison = lease.job
     adapter = comparison.adapter
     max_seq_len = int(adapter.job.train.get("max_seq_len") or 512)
     batch_size = int(adapter.job.train.get("batch_size") or 4)
-    lost = False
-
-    def should_stop() -> bool:
-        nonlocal lost
-        lost = lost or not _holding(comparison).exists()
-        return lost
-
     work_dir = _work_dir(comparison)
     try:
         rows_path = write_rows(adapter.dataset_version, work_dir / "rows.jsonl")
-        with _Heartbeat(comparison, holding=lambda: _holding(comparison)):
-            scores = {}
-            for name, adapter_dir in (("base", None), ("adapter", Path(adapter.path))):
-                scores[name] = training.evaluate(
-                    base_model=adapter.base_model,
-                    rows_path=rows_path,
-                    adapter_dir=adapter_dir,
-                    max_seq_len=max_seq_len,
-                    batch_size=batch_size,
-                    should_cancel=should_stop,
-                )
-            params = GenerationParams(**comparison.params)
-            conversations = [i["messages"] for i in comparison.inputs]
-            base_spec = backends.TargetSpec(
-                name="base", kind="local", base_model=adapter.base_model
+        scores = {}
+        for name, adapter_dir in (("base", None), ("adapter", Path(adapter.path))):
+            scores[name] = training.evaluate(
+                base_model=adapter.base_model,
+                rows_path=rows_path,
+                adapter_dir=adapter_dir,
+                max_seq_len=max_seq_len,
+                batch_size=batch_size,
+                should_cancel=lease.should_stop,
             )
-            adapter_spec = dataclasses.replace(
-                base_spec, name=f"adapter-{adapter.pk}", adapter_dir=adapter.path
-            )
-            size = len(conversations)
-            base_out = backends.run_conversations(base_spec, conversations, params, batch_size=size)
-            if should_stop():
-                return None
-            tuned_out = backends.run_conversations(
-                adapter_spec, conversations, params, batch_size=size
-            )
+        params = GenerationParams(**comparison.params)
+        conversations = [i["messages"] for i in comparison.inputs]
+        base_spec = backends.TargetSpec(name="base", kind="local", base_model=adapter.base_model)
+        adapter_spec = dataclasses.replace(
+            base_spec, name=f"adapter-{adapter.pk}", adapter_dir=adapter.path
+        )
+        size = len(conversations)
+        base_out = backends.run_conversations(base_spec, conversations, params, batch_size=size)
+        if lease.should_stop():
+            return
+        tuned_out = backends.run_conversations(adapter_spec, conversations, params, batch_size=size)
     except training.TrainingError as exc:
-        if lost:
-            return None  # another worker holds the comparison now
-        _finish(comparison, AdapterComparison.Status.FAILED, f"{exc.kind}: {exc}")
-        return comparison
-    except Exception as exc:
-        if not lost:
-            _finish(comparison, AdapterComparison.Status.FAILED, f"{type(exc).__name__}: {exc}")
-        raise
+        if not lease.should_stop():
+            lease.finish(AdapterComparison.Status.FAILED, f"{exc.kind}: {exc}")
+        return
     finally:
-        if not lost:  # the rows copy was only needed for scoring
+        if not lease.lost:  # the rows copy was only needed for scoring
             shutil.rmtree(work_dir, ignore_errors=True)
-    if should_stop():
-        return None
+    if lease.should_stop():
+        return
     outputs = []
     for given, base, tuned in zip(comparison.inputs, base_out, tuned_out, strict=True):
         base_text, base_error = _text(base)
@@ -340,8 +292,7 @@ def adapter_comparison_run(*, comparison_id: int) -> AdapterComparison | None:
             }
         )
     base, tuned = scores["base"], scores["adapter"]
-    _finish(
-        comparison,
+    lease.finish(
         AdapterComparison.Status.SUCCEEDED,
         base_loss=base.loss,
         adapter_loss=tuned.loss,
@@ -351,42 +302,40 @@ def adapter_comparison_run(*, comparison_id: int) -> AdapterComparison | None:
         eval_tokens=tuned.tokens,
         outputs=outputs,
     )
-    return comparison
 
 
-def adapter_comparisons_recover() -> tuple[list[int], list[int]]:
-    """Running comparisons whose worker stopped beating: requeued, or failed once
-    MAX_ATTEMPTS workers were lost on them. Returns (requeued, failed) ids."""
-    from workers.tasks import run_adapter_comparison
+def _comparison_summary(comparison: AdapterComparison) -> dict[str, Any]:
+    return {
+        "adapter": comparison.adapter_id,
+        "base_loss": comparison.base_loss,
+        "adapter_loss": comparison.adapter_loss,
+        "eval_rows": comparison.eval_rows,
+    }
 
-    cutoff = timezone.now() - STALE_AFTER
-    requeued: list[int] = []
-    failed: list[int] = []
-    stale = AdapterComparison.objects.filter(
-        status=AdapterComparison.Status.RUNNING, heartbeat_at__lt=cutoff
+
+COMPARISON = jobs.register(
+    jobs.JobKind(
+        name="comparison",
+        label="Comparison",
+        model=AdapterComparison,
+        task=RUN_TASK,
+        queue=queues.Queue.GPU,
+        audit_prefix="finetune.comparison",
+        run=_run_comparison,
+        summary=_comparison_summary,
+        url=lambda comparison: reverse(
+            "finetune_jobs:comparison",
+            kwargs={
+                "squad": comparison.squad.slug,
+                "adapter_id": comparison.adapter_id,
+                "comparison_id": comparison.pk,
+            },
+        ),
+        related=(
+            "squad",
+            "created_by",
+            "adapter__job",
+            "adapter__dataset_version__dataset__prompt_version",
+        ),
     )
-    for comparison_id in stale.values_list("pk", flat=True):
-        with transaction.atomic():
-            comparison = (
-                AdapterComparison.objects.select_for_update()
-                .filter(
-                    pk=comparison_id,
-                    status=AdapterComparison.Status.RUNNING,
-                    heartbeat_at__lt=cutoff,
-                )
-                .first()
-            )
-            if comparison is None:
-                continue
-            if comparison.attempts >= MAX_ATTEMPTS:
-                _finish(
-                    comparison,
-                    AdapterComparison.Status.FAILED,
-                    f"worker_lost: the worker running this comparison stopped "
-                    f"{comparison.attempts} times (last: {comparison.worker}).",
-                )
-                failed.append(comparison_id)
-            else:
-                transaction.on_commit(lambda cid=comparison_id: run_adapter_comparison.delay(cid))
-                requeued.append(comparison_id)
-    return requeued, failed
+)

@@ -4,47 +4,44 @@ Web side: `finetune_job_create` validates the settings (ranges here; target modu
 name through `workers.runtime.training.check_settings`, which reads the converted
 model's config.json without torch — when the web node has no converted model yet, the
 worker checks again and fails the job with the same readable message), stores the job,
-audits it and enqueues `workers.finetune.run` at commit.
+audits it and enqueues it (apps.core.jobs) at commit.
 
-Worker side: `finetune_job_run` claims the job (a live heartbeat keeps a second runner
-out), writes the training rows into the job's work dir, and calls
-`workers.runtime.training.train`, which resumes from the work dir's last checkpoint.
-Each step's progress is stored with a heartbeat; a heartbeat thread also beats while a
-step or the model load takes long. Cancellation is checked at every step. A killed
-worker leaves a stale heartbeat: `finetune_jobs_recover` (the workers' sweeper) requeues
-the job, or fails it after MAX_ATTEMPTS lost workers.
+Worker side (`_run_finetune`, under a lease of apps.core.jobs): writes the training rows
+into the job's work dir and calls `workers.runtime.training.train`, which resumes from
+the work dir's last checkpoint. Each step's progress is stored through the lease (a
+worker that lost it stops at its next step and writes nothing); the lease's own thread
+beats while a step or the model load takes long. A killed worker leaves a stale
+heartbeat: the lifecycle's recovery requeues the job, or fails it as `worker_lost`
+after its max attempts.
 """
 
 import dataclasses
 import json
 import os
-import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import close_old_connections, transaction
-from django.db.models import QuerySet
+from django.db import transaction
 from django.http import HttpRequest
+from django.urls import reverse
 from django.utils import timezone
 
 from apps.audit.services import audit_log
+from apps.core import jobs, queues
 from apps.core.exceptions import Conflict, NotFound, ValidationFailed
+from apps.core.validation import clean_number
 from apps.finetune.models import Adapter, Dataset, DatasetFormat, DatasetVersion, FineTuneJob
 from apps.generation.models import ModelTarget
-from apps.generation.services import STALE_AFTER, claim_job
 from apps.generation.targets import target_resolve
 from apps.prompts.contracts import render_messages
 from apps.squads.access import require_squad_permission
 from apps.squads.permissions import APPROVE_ADAPTERS, MANAGE_TARGETS, RUN_FINETUNE
-from apps.telemetry.metrics import job_finished
-from apps.webhooks import emitters as webhooks
 
 User = AbstractBaseUser
 DEFAULT_TARGET = "local"
-MAX_ATTEMPTS = int(os.environ.get("STUDIO_FINETUNE_MAX_ATTEMPTS", "3"))
+RUN_TASK = "finetune.job"
 MAX_POINTS = 400
 LOG_TAIL_BYTES = 64 * 1024
 
@@ -65,17 +62,6 @@ TRAIN_LIMITS = {
 
 
 # --- validation -------------------------------------------------------------------------
-
-
-def _number(section: str, name: str, value: Any, kind: type, low: float, high: float) -> Any:
-    where = f"{section}.{name}"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValidationFailed(f"{where} must be a number (got {value!r}).", field=where)
-    if kind is int and value != int(value):
-        raise ValidationFailed(f"{where} must be a whole number (got {value}).", field=where)
-    if not low <= value <= high:
-        raise ValidationFailed(f"{where} must be {low} to {high} (got {value}).", field=where)
-    return kind(value)
 
 
 def clean_settings(
@@ -101,7 +87,9 @@ def clean_settings(
         values = {**known, **{k: v for k, v in given.items() if v is not None}}
         for name, (kind, low, high) in limits.items():
             if values.get(name) is not None:
-                values[name] = _number(section, name, values[name], kind, low, high)
+                values[name] = clean_number(
+                    values[name], field=f"{section}.{name}", kind=kind, low=low, high=high
+                )
         out[section] = values
     modules = out["lora"]["target_modules"]
     if modules is not None:
@@ -238,9 +226,7 @@ def finetune_job_create(
         },
         request=request,
     )
-    from workers.tasks import run_finetune_job
-
-    transaction.on_commit(lambda: run_finetune_job.delay(job.pk))
+    jobs.enqueue(job)
     return job
 
 
@@ -250,43 +236,10 @@ def finetune_job_cancel(
 ) -> FineTuneJob:
     """A queued job is cancelled at once; a running one stops at its next step."""
     require_squad_permission(actor, job.squad, RUN_FINETUNE)
-    job = FineTuneJob.objects.select_for_update().select_related("squad").get(pk=job.pk)
-    if job.finished:
-        raise Conflict(f"Fine-tune job {job.pk} is already {job.status}.", field="status")
-    if job.cancel_requested:
-        raise Conflict(f"Fine-tune job {job.pk} is already being cancelled.", field="status")
-    job.cancel_requested = True
-    if job.status == FineTuneJob.Status.QUEUED:
-        job.status = FineTuneJob.Status.CANCELLED
-        job.finished_at = timezone.now()
-        transaction.on_commit(lambda: job_finished("finetune", FineTuneJob.Status.CANCELLED, 0.0))
-    job.save(update_fields=["cancel_requested", "status", "finished_at"])
-    audit_log(
-        actor=actor,
-        action="finetune.job_cancel_requested",
-        squad=job.squad,
-        target=job,
-        data={"status": job.status, "step": job.step, "total_steps": job.total_steps},
-        request=request,
-    )
-    if job.status == FineTuneJob.Status.CANCELLED:
-        webhooks.finetune_job_finished(job=job)
-    return job
+    return jobs.cancel(actor=actor, job=job, request=request)
 
 
 # --- jobs: worker side --------------------------------------------------------------------
-
-
-def _claim(job_id: int) -> FineTuneJob | None:
-    jobs = FineTuneJob.objects.select_related("squad", "dataset_version__dataset__prompt_version")
-    return claim_job(jobs, job_id)
-
-
-def _holding(job: FineTuneJob):
-    """The job's row while this process still holds its lease."""
-    return FineTuneJob.objects.filter(
-        pk=job.pk, worker=job.worker, status=FineTuneJob.Status.RUNNING
-    )
 
 
 def training_row(dataset: Dataset, row: dict[str, Any]) -> dict[str, Any]:
@@ -323,14 +276,13 @@ def write_training_rows(job: FineTuneJob) -> Path:
 
 
 class _Run:
-    """One worker's run of a job: stores progress, answers should_cancel, appends the log,
-    and notices when the lease was lost (the sweeper gave the job to another worker)."""
+    """One worker's run of a job: stores progress through the lease and appends the log."""
 
-    def __init__(self, job: FineTuneJob) -> None:
-        self.job = job
-        self.lost = False
+    def __init__(self, lease: jobs.Lease) -> None:
+        self.lease = lease
+        self.job: FineTuneJob = lease.job
         self.first = True
-        self.log_path = Path(job.work_dir) / "train.log"
+        self.log_path = Path(self.job.work_dir) / "train.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
 
     def log(self, line: str) -> None:
@@ -362,206 +314,125 @@ class _Run:
             "learning_rate": p.learning_rate,
             "points": points,
             "resumed_at_steps": job.resumed_at_steps,
-            "heartbeat_at": timezone.now(),
         }
         if p.eval_loss is not None:
             fields["eval_loss"] = p.eval_loss
-        if not _holding(job).update(**fields):
-            self.lost = True
-
-    def should_cancel(self) -> bool:
-        if self.lost:
-            return True
-        state = _holding(self.job).values_list("cancel_requested", flat=True).first()
-        if state is None:
-            self.lost = True
-            return True
-        return state
+        self.lease.update(**fields)  # a lost lease makes should_stop() true
 
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(float(value), 5)
 
 
-class _Heartbeat:
-    """Beats every STALE_AFTER/4 while a long step or the model load runs, so a slow but
-    live worker is never taken for a dead one."""
-
-    def __init__(self, job: Any, holding: Callable[[], QuerySet] | None = None) -> None:
-        self.holding = holding or (lambda: _holding(job))
-        self.stop = threading.Event()
-        name = f"{type(job).__name__.lower()}-{job.pk}"
-        self.thread = threading.Thread(target=self._beat, name=name, daemon=True)
-
-    def _beat(self) -> None:
-        interval = max(STALE_AFTER.total_seconds() / 4, 0.5)
-        beat = False
-        while not self.stop.wait(interval):
-            beat = True
-            self.holding().update(heartbeat_at=timezone.now())
-        if beat:
-            close_old_connections()
-
-    def __enter__(self) -> "_Heartbeat":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join()
-
-
-def _finish(job: FineTuneJob, status: str, error: str = "", kind: str = "") -> None:
-    with transaction.atomic():
-        FineTuneJob.objects.filter(pk=job.pk).update(
-            status=status,
-            error=error[:5000],
-            failure_kind=kind,
-            finished_at=timezone.now(),
-            heartbeat_at=timezone.now(),
-        )
-        job.refresh_from_db()
-        seconds = (job.finished_at - (job.started_at or job.finished_at)).total_seconds()
-        transaction.on_commit(lambda: job_finished("finetune", status, seconds))
-        audit_log(
-            actor=None,
-            action="finetune.job_finished",
-            squad=job.squad,
-            target=job,
-            data={
-                "status": status,
-                "step": job.step,
-                "total_steps": job.total_steps,
-                "attempts": job.attempts,
-                "failure_kind": kind,
-                "error": error[:500],
-            },
-        )
-        webhooks.finetune_job_finished(job=job)
-
-
-def _succeed(job: FineTuneJob, result: Any) -> Adapter:
-    with transaction.atomic():
-        adapter = Adapter.objects.create(
-            squad_id=job.squad_id,
-            job=job,
-            dataset_version_id=job.dataset_version_id,
-            path=str(result.adapter_dir),
-            sha256=result.sha256,
-            size_bytes=result.size_bytes,
-            base_model=result.base_model,
-            base_model_sha256=result.base_model_sha256,
-            lora_config=result.lora_config,
-            metrics=result.metrics,
-        )
-        audit_log(
-            actor=None,
-            action="finetune.adapter_created",
-            squad=job.squad,
-            target=adapter,
-            data={
-                "job": job.pk,
-                "dataset_version": job.dataset_version_id,
-                "sha256": adapter.sha256,
-                "size_bytes": adapter.size_bytes,
-                "base_model": adapter.base_model,
-                "base_model_sha256": adapter.base_model_sha256,
-                "metrics": adapter.metrics,
-            },
-        )
-        _finish(job, FineTuneJob.Status.SUCCEEDED)
-    return adapter
+def _adapter_create(job: FineTuneJob, result: Any) -> None:
+    adapter = Adapter.objects.create(
+        squad_id=job.squad_id,
+        job=job,
+        dataset_version_id=job.dataset_version_id,
+        path=str(result.adapter_dir),
+        sha256=result.sha256,
+        size_bytes=result.size_bytes,
+        base_model=result.base_model,
+        base_model_sha256=result.base_model_sha256,
+        lora_config=result.lora_config,
+        metrics=result.metrics,
+    )
+    audit_log(
+        actor=None,
+        action="finetune.adapter_created",
+        squad=job.squad,
+        target=adapter,
+        data={
+            "job": job.pk,
+            "dataset_version": job.dataset_version_id,
+            "sha256": adapter.sha256,
+            "size_bytes": adapter.size_bytes,
+            "base_model": adapter.base_model,
+            "base_model_sha256": adapter.base_model_sha256,
+            "metrics": adapter.metrics,
+        },
+    )
 
 
 def finetune_job_run(*, job_id: int) -> FineTuneJob | None:
-    """Worker side. Resumable: train() continues from the work dir's last checkpoint, so a
-    job whose worker was killed goes on from there on the next run."""
-    job = _claim(job_id)
-    if job is None:
-        return None
+    """Run one given job in this process (tests, management); workers run the next GPU
+    job in fair-share order (apps.finetune.tasks)."""
+    return jobs.run(FINETUNE.name, job_id)
+
+
+def _run_finetune(lease: jobs.Lease) -> None:
+    """Resumable: train() continues from the work dir's last checkpoint, so a job whose
+    worker was killed goes on from there on the next run."""
     from workers.runtime import training
 
-    run = _Run(job)
+    job: FineTuneJob = lease.job
+    run = _Run(lease)
     run.log(f"run {job.attempts} on {job.worker}")
+    if job.cancel_requested:
+        return
     try:
-        if job.cancel_requested:
-            _finish(job, FineTuneJob.Status.CANCELLED)
-            return job
         rows_path = write_training_rows(job)
         problems = settings_problems(job.base_model, job.lora, job.train)
         if problems:
             message = f"Model '{job.base_model}' refuses these settings: {'; '.join(problems)}"
             run.log(message)
-            _finish(job, FineTuneJob.Status.FAILED, message, "invalid_settings")
-            return job
+            lease.finish(FineTuneJob.Status.FAILED, message, failure_kind="invalid_settings")
+            return
         lora, train = _runtime_settings(job.lora, job.train)
-        with _Heartbeat(job):
-            result = training.train(
-                base_model=job.base_model,
-                rows_path=rows_path,
-                lora=lora,
-                train=train,
-                work_dir=Path(job.work_dir),
-                on_progress=run.on_progress,
-                should_cancel=run.should_cancel,
-                log=run.log,
-            )
+        result = training.train(
+            base_model=job.base_model,
+            rows_path=rows_path,
+            lora=lora,
+            train=train,
+            work_dir=Path(job.work_dir),
+            on_progress=run.on_progress,
+            should_cancel=lease.should_stop,
+            log=run.log,
+        )
     except training.TrainingError as exc:
         run.log(f"stopped: {exc.kind}: {exc}")
-        if run.lost:
-            return None  # another worker holds the job now; it decides how it ends
-        if exc.kind == "cancelled":
-            _finish(job, FineTuneJob.Status.CANCELLED)
-        else:
-            _finish(job, FineTuneJob.Status.FAILED, str(exc), exc.kind)
-        return job
+        if exc.kind != "cancelled":
+            lease.finish(FineTuneJob.Status.FAILED, str(exc), failure_kind=exc.kind)
+        return  # cancelled, or the lease lost: the lifecycle records which
     except Exception as exc:
         run.log(f"failed: {type(exc).__name__}: {exc}")
-        if not run.lost:
-            _finish(job, FineTuneJob.Status.FAILED, f"{type(exc).__name__}: {exc}", "internal")
+        lease.finish(
+            FineTuneJob.Status.FAILED, f"{type(exc).__name__}: {exc}", failure_kind="internal"
+        )
         raise
-    if run.lost:
-        return None
     run.log(f"adapter {result.adapter_dir} sha256 {result.sha256}")
-    _succeed(job, result)
-    return job
+    lease.finish(FineTuneJob.Status.SUCCEEDED, write=lambda row: _adapter_create(row, result))
 
 
-def finetune_jobs_recover() -> tuple[list[int], list[int]]:
-    """Running jobs whose worker stopped beating: requeued (the next run resumes from the
-    last checkpoint), or failed once MAX_ATTEMPTS workers were lost on them.
-    Returns (requeued, failed) job ids."""
-    from workers.tasks import run_finetune_job
+def _finetune_summary(job: FineTuneJob) -> dict[str, Any]:
+    return {
+        "dataset": job.dataset_version.dataset.slug,
+        "dataset_version": job.dataset_version.number,
+        "base_model": job.base_model,
+        "failure_kind": job.failure_kind,
+        "step": job.step,
+        "total_steps": job.total_steps,
+        "adapter": Adapter.objects.filter(job_id=job.pk).values_list("pk", flat=True).first(),
+    }
 
-    cutoff = timezone.now() - STALE_AFTER
-    requeued: list[int] = []
-    failed: list[int] = []
-    stale = FineTuneJob.objects.filter(status=FineTuneJob.Status.RUNNING, heartbeat_at__lt=cutoff)
-    for job_id in stale.values_list("pk", flat=True):
-        with transaction.atomic():
-            job = (
-                FineTuneJob.objects.select_for_update()
-                .select_related("squad")
-                .filter(pk=job_id, status=FineTuneJob.Status.RUNNING, heartbeat_at__lt=cutoff)
-                .first()
-            )
-            if job is None:
-                continue
-            if job.attempts >= MAX_ATTEMPTS:
-                _finish(
-                    job,
-                    FineTuneJob.Status.FAILED,
-                    f"The worker running this job stopped {job.attempts} times (last: "
-                    f"{job.worker}, last heartbeat {job.heartbeat_at:%Y-%m-%d %H:%M:%S}); "
-                    "given up at step "
-                    f"{job.step}.",
-                    "worker_lost",
-                )
-                failed.append(job_id)
-            else:
-                transaction.on_commit(lambda job_id=job_id: run_finetune_job.delay(job_id))
-                requeued.append(job_id)
-    return requeued, failed
+
+FINETUNE = jobs.register(
+    jobs.JobKind(
+        name="finetune",
+        label="Fine-tune job",
+        model=FineTuneJob,
+        task=RUN_TASK,
+        queue=queues.Queue.GPU,
+        audit_prefix="finetune.job",
+        run=_run_finetune,
+        summary=_finetune_summary,
+        url=lambda job: reverse(
+            "finetune_jobs:detail", kwargs={"squad": job.squad.slug, "job_id": job.pk}
+        ),
+        related=("squad", "created_by", "dataset_version__dataset__prompt_version"),
+        lost_fields={"failure_kind": "worker_lost"},
+    )
+)
 
 
 # --- adapters -----------------------------------------------------------------------------

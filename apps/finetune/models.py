@@ -2,6 +2,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from apps.core.models import Job
+
 
 class DatasetFormat(models.TextChoices):
     CHAT = "chat", "Chat (messages with roles)"
@@ -94,21 +96,12 @@ class DatasetVersion(models.Model):
         return f"{self.dataset.slug} v{self.number}"
 
 
-class FineTuneJob(models.Model):
+class FineTuneJob(Job):
     """A LoRA fine-tune of a local target's base model on a dataset version, run on the gpu
-    queue. Progress is written by the worker at every step; the loss chart is drawn from
-    `points`. A killed worker's job is resumed from its last checkpoint in `work_dir`."""
+    queue under apps.core.jobs' lifecycle. Progress is written by the worker at every step;
+    the loss chart is drawn from `points`. A killed worker's job is resumed from its last
+    checkpoint in `work_dir`."""
 
-    class Status(models.TextChoices):
-        QUEUED = "queued"
-        RUNNING = "running"
-        SUCCEEDED = "succeeded"
-        FAILED = "failed"
-        CANCELLED = "cancelled"
-
-    squad = models.ForeignKey(
-        "squads.Squad", on_delete=models.CASCADE, related_name="finetune_jobs"
-    )
     dataset_version = models.ForeignKey(
         DatasetVersion, on_delete=models.PROTECT, related_name="finetune_jobs"
     )
@@ -119,10 +112,6 @@ class FineTuneJob(models.Model):
     # workers.runtime.training.LoraSettings / TrainSettings as dicts (target_modules a list)
     lora = models.JSONField(default=dict)
     train = models.JSONField(default=dict)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     # live progress (the worker's last workers.runtime.training.Progress)
     step = models.PositiveIntegerField(default=0)
     total_steps = models.PositiveIntegerField(null=True, blank=True)
@@ -137,17 +126,9 @@ class FineTuneJob(models.Model):
     points = models.JSONField(default=list, blank=True)
     # The step each run started from: [0, 12] = started fresh, resumed at step 12.
     resumed_at_steps = models.JSONField(default=list, blank=True)
-    cancel_requested = models.BooleanField(default=False)
-    error = models.TextField(blank=True)
     # workers.runtime.training.TrainingError.kind, "worker_lost" or "internal" on failure
     failure_kind = models.CharField(max_length=20, blank=True)
     work_dir = models.CharField(max_length=500, blank=True)
-    worker = models.CharField(max_length=200, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    attempts = models.PositiveIntegerField(default=0)
-    created_at = models.DateTimeField(default=timezone.now)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -157,10 +138,6 @@ class FineTuneJob(models.Model):
 
     def __str__(self) -> str:
         return f"Fine-tune {self.pk} ({self.status})"
-
-    @property
-    def finished(self) -> bool:
-        return self.status in (self.Status.SUCCEEDED, self.Status.FAILED, self.Status.CANCELLED)
 
 
 class Adapter(models.Model):
@@ -197,27 +174,18 @@ class Adapter(models.Model):
         return self.approved_at is not None
 
 
-class AdapterComparison(models.Model):
-    """An adapter against its base model, run on the gpu queue: loss and perplexity of
-    both on the adapter's dataset version's eval split (answer tokens only, as in
-    training), and both models' generations on the chosen inputs with the same seed and
-    parameters. `inputs` and `params` are fixed when it is requested."""
+class AdapterComparison(Job):
+    """An adapter against its base model, run on the gpu queue under apps.core.jobs'
+    lifecycle: loss and perplexity of both on the adapter's dataset version's eval split
+    (answer tokens only, as in training), and both models' generations on the chosen
+    inputs with the same seed and parameters. `inputs` and `params` are fixed when it is
+    requested."""
 
-    class Status(models.TextChoices):
-        QUEUED = "queued"
-        RUNNING = "running"
-        SUCCEEDED = "succeeded"
-        FAILED = "failed"
-
-    squad = models.ForeignKey(
-        "squads.Squad", on_delete=models.CASCADE, related_name="adapter_comparisons"
-    )
     adapter = models.ForeignKey(Adapter, on_delete=models.CASCADE, related_name="comparisons")
     # [{"source": "prompt" | "eval row <n>", "messages": [...], "reference": str}, ...]
     inputs = models.JSONField(default=list)
     # {"max_new_tokens", "temperature", "top_p", "seed"}: the same for both models
     params = models.JSONField(default=dict)
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     base_loss = models.FloatField(null=True, blank=True)
     adapter_loss = models.FloatField(null=True, blank=True)
     base_ppl = models.FloatField(null=True, blank=True)
@@ -226,17 +194,6 @@ class AdapterComparison(models.Model):
     eval_tokens = models.PositiveIntegerField(default=0)
     # [{"input", "source", "reference", "base", "adapter", "base_error", "adapter_error"}]
     outputs = models.JSONField(default=list, blank=True)
-    error = models.TextField(blank=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    created_at = models.DateTimeField(default=timezone.now)
-    # the lease (apps.generation.services.claim_job) and its heartbeat
-    worker = models.CharField(max_length=200, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    attempts = models.PositiveIntegerField(default=0)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -246,10 +203,6 @@ class AdapterComparison(models.Model):
 
     def __str__(self) -> str:
         return f"Comparison {self.pk} of adapter {self.adapter_id} ({self.status})"
-
-    @property
-    def finished(self) -> bool:
-        return self.status in (self.Status.SUCCEEDED, self.Status.FAILED)
 
     @property
     def loss_delta(self) -> float | None:

@@ -4,6 +4,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from apps.core.models import Job
+
 NAME_MAX = 100
 
 
@@ -62,25 +64,14 @@ class ModelTarget(models.Model):
         return self.name if self.squad_id is None else f"{self.name} ({self.squad})"
 
 
-class BatchJob(models.Model):
-    """A prompt version run over a table of variables on the gpu queue, one Generation per row."""
+class BatchJob(Job):
+    """A prompt version run over a table of variables on the gpu queue, one Generation per
+    row; its lifecycle (claim, lease, cancel, finish, recovery) is apps.core.jobs'."""
 
-    class Status(models.TextChoices):
-        QUEUED = "queued"
-        RUNNING = "running"
-        SUCCEEDED = "succeeded"
-        FAILED = "failed"
-        CANCELLED = "cancelled"
-
-    squad = models.ForeignKey("squads.Squad", on_delete=models.CASCADE, related_name="batch_jobs")
     prompt_version = models.ForeignKey(
         "prompts.PromptVersion", on_delete=models.PROTECT, related_name="batch_jobs"
     )
     target = models.ForeignKey(ModelTarget, on_delete=models.PROTECT, related_name="batch_jobs")
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     source_name = models.CharField(max_length=255, blank=True)
     rows_path = models.CharField(max_length=500)
     rows_sha256 = models.CharField(max_length=64)
@@ -91,14 +82,6 @@ class BatchJob(models.Model):
     batch_size = models.PositiveIntegerField(default=32)
     output_tokens = models.PositiveBigIntegerField(default=0)
     generation_seconds = models.FloatField(default=0.0)
-    cancel_requested = models.BooleanField(default=False)
-    error = models.TextField(blank=True)
-    worker = models.CharField(max_length=200, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    attempts = models.PositiveIntegerField(default=0)
-    created_at = models.DateTimeField(default=timezone.now)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -106,10 +89,6 @@ class BatchJob(models.Model):
 
     def __str__(self) -> str:
         return f"Batch {self.pk} ({self.status})"
-
-    @property
-    def finished(self) -> bool:
-        return self.status in (self.Status.SUCCEEDED, self.Status.FAILED, self.Status.CANCELLED)
 
     @property
     def tokens_per_second(self) -> float:

@@ -11,51 +11,45 @@ import csv
 import hashlib
 import io
 import json
-import os
-import socket
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import timedelta
-from decimal import Decimal
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, models, transaction
-from django.db.models import QuerySet
+from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.http import HttpRequest
+from django.urls import reverse
 from django.utils import timezone
 
 from apps.audit.services import audit_log
+from apps.core import jobs, queues
 from apps.core.exceptions import Conflict, ValidationFailed
 from apps.core.files import write_atomically
 from apps.core.uploads import RowError, checked, json_value
 from apps.core.validation import clean_slug
-from apps.generation import structured
+from apps.generation import pipeline
 from apps.generation.models import BatchJob, Generation, ModelTarget
 from apps.generation.targets import clean_target_fields, target_resolve
 from apps.governance import checks as governance
-from apps.governance import provenance
 from apps.governance.models import PolicyVersion
 from apps.governance.selectors import policy_version_current, rules_of
-from apps.prompts.contracts import RenderFailed, render_messages, validate_variables
+from apps.prompts.contracts import validate_variables
 from apps.prompts.models import PromptVersion
 from apps.squads.access import require_squad_permission
 from apps.squads.models import Squad
 from apps.squads.permissions import MANAGE_TARGETS, RUN_GENERATION
 from apps.telemetry.context import request_context
-from apps.telemetry.metrics import job_finished
 from apps.telemetry.recording import bind_generation, generations_finished
-from apps.webhooks import emitters as webhooks
 
 User = AbstractBaseUser
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 MAX_ROWS = 100_000
 MAX_REPORTED_ERRORS = 100
-STALE_AFTER = timedelta(seconds=int(os.environ.get("STUDIO_JOB_STALE_SECONDS", "120")))
+RUN_GENERATION_TASK = "generation.run"
+RUN_BATCH_TASK = "generation.batch_job"
 
 
 # --- targets ---------------------------------------------------------------------------
@@ -92,317 +86,6 @@ def model_target_create(
     return target
 
 
-# --- shared execution ----------------------------------------------------------------
-
-
-def _spec(target: ModelTarget):  # -> TargetSpec (imported lazily: workers.runtime)
-    from workers.runtime.backends import TargetSpec
-
-    return TargetSpec(
-        name=target.name,
-        kind=target.kind,
-        base_model=target.base_model,
-        base_url=target.base_url,
-        remote_model=target.remote_model,
-        token_env=target.token_env,
-        adapter_id=target.adapter_id,
-        adapter_dir=target.lora_adapter.path if target.lora_adapter_id else "",
-    )
-
-
-def _param_values(
-    version: PromptVersion, target: ModelTarget, cap: int | None = None
-) -> dict[str, Any]:
-    """The generation parameters; `cap` is the policy's maximum output tokens."""
-    merged = {**(target.default_params or {}), **version.model_settings}
-    max_new_tokens = int(merged["max_new_tokens"])
-    return {
-        "max_new_tokens": min(max_new_tokens, cap) if cap else max_new_tokens,
-        "temperature": float(merged["temperature"]),
-        "top_p": float(merged["top_p"]),
-        "stop": list(merged.get("stop") or ()),
-        "seed": merged.get("seed"),
-    }
-
-
-def _params(version: PromptVersion, target: ModelTarget, cap: int | None = None):
-    from workers.runtime import GenerationParams
-
-    values = _param_values(version, target, cap)
-    return GenerationParams(**{**values, "stop": tuple(values["stop"])})
-
-
-def _cost(target: ModelTarget, input_tokens: int, output_tokens: int) -> Decimal:
-    return (
-        Decimal(input_tokens) / 1000 * target.price_input_per_1k
-        + Decimal(output_tokens) / 1000 * target.price_output_per_1k
-    )
-
-
-@dataclass
-class RowOutcome:
-    status: str
-    target: ModelTarget
-    output_text: str = ""
-    output_json: Any = None
-    errors: list[dict[str, Any]] = field(default_factory=list)
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost: Decimal = Decimal(0)
-    latency_ms: int = 0
-
-
-def execute_rows(
-    version: PromptVersion,
-    target: ModelTarget,
-    conversations: list[list[dict[str, str]]],
-    *,
-    batch_size: int = 8,
-    on_progress: Callable[[int], None] | None = None,
-    max_new_tokens_cap: int | None = None,
-) -> list[RowOutcome]:
-    """Run rendered conversations; enforce the output contract; fall back when configured.
-
-    Pass 1 runs every row on the target in batches. JSON prompts whose answer does not
-    parse or validate get one repair request (the errors fed back), batched. Rows still
-    invalid, or failed, run once on the fallback target when the version names one.
-    """
-    from workers.runtime import BackendError
-    from workers.runtime.backends import run_conversations
-
-    wants_json = version.output_format == PromptVersion.OutputFormat.JSON
-    schema = version.output_schema
-    outcomes = [RowOutcome(status=Generation.Status.FAILED, target=target) for _ in conversations]
-
-    def run(t: ModelTarget, convs: list[list[dict[str, str]]], progress=None) -> list[Any]:
-        started = time.monotonic()
-        results = run_conversations(
-            _spec(t),
-            convs,
-            _params(version, t, max_new_tokens_cap),
-            batch_size=batch_size,
-            on_progress=progress,
-        )
-        per_row_ms = int((time.monotonic() - started) * 1000 / max(len(convs), 1))
-        return [(r, per_row_ms) for r in results]
-
-    def record(i: int, t: ModelTarget, kind: str, result: Any, ms: int) -> bool:
-        """Store one attempt on row i; True when the row is done (ok)."""
-        o = outcomes[i]
-        o.latency_ms += ms
-        if isinstance(result, BackendError):
-            o.attempts.append({"target": t.name, "kind": kind, "error": str(result)})
-            o.status, o.target = Generation.Status.FAILED, t
-            o.errors = [{"path": "", "message": str(result)}]
-            return False
-        o.input_tokens += result.input_tokens
-        o.output_tokens += result.output_tokens
-        o.cost += _cost(t, result.input_tokens, result.output_tokens)
-        o.output_text, o.target = result.text, t
-        attempt = {"target": t.name, "kind": kind, "finish_reason": result.finish_reason}
-        if not wants_json:
-            o.status, o.errors = Generation.Status.OK, []
-            o.attempts.append(attempt)
-            return True
-        value, errors = structured.check_output(result.text, schema)
-        attempt["errors"] = errors
-        o.attempts.append(attempt)
-        if errors:
-            o.status, o.errors, o.output_json = Generation.Status.INVALID, errors, None
-            return False
-        o.status, o.errors, o.output_json = Generation.Status.OK, [], value
-        return True
-
-    first = run(target, conversations, on_progress)
-    pending = [i for i, (r, ms) in enumerate(first) if not record(i, target, "first", r, ms)]
-    repairable = [i for i in pending if outcomes[i].status == Generation.Status.INVALID]
-    if repairable:
-        repairs = [
-            structured.repair_conversation(
-                conversations[i], outcomes[i].output_text, outcomes[i].errors, schema
-            )
-            for i in repairable
-        ]
-        for i, (r, ms) in zip(repairable, run(target, repairs), strict=True):
-            record(i, target, "repair", r, ms)
-    still = [i for i in pending if outcomes[i].status != Generation.Status.OK]
-    if still and version.fallback_target:
-        try:
-            fallback = target_resolve(
-                squad_id=version.template.squad_id, name=version.fallback_target
-            )
-        except Exception as exc:
-            for i in still:
-                outcomes[i].attempts.append(
-                    {"target": version.fallback_target, "kind": "fallback", "error": str(exc)}
-                )
-        else:
-            rows = [conversations[i] for i in still]
-            for i, (r, ms) in zip(still, run(fallback, rows), strict=True):
-                record(i, fallback, "fallback", r, ms)
-    return outcomes
-
-
-def _render(version: PromptVersion, variables: dict[str, Any]) -> tuple[list[dict], str]:
-    messages = render_messages(version.messages, version.input_schema, variables)
-    digest = hashlib.sha256(
-        json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()
-    ).hexdigest()
-    return messages, digest
-
-
-# --- governance: one check before the call, one after, for every path ------------------
-
-
-@dataclass
-class Prepared:
-    """Variables and messages as the policy lets them through (redacted), and why."""
-
-    policy: PolicyVersion | None
-    variables: Any
-    messages: list[dict[str, str]]
-    digest: str
-    findings: list[dict[str, Any]]
-
-    @property
-    def blocked(self) -> bool:
-        return any(f["action"] == "block" for f in self.findings)
-
-
-def _prepare(version: PromptVersion, variables: Any, policy: PolicyVersion | None) -> Prepared:
-    """Before generation: the policy on the variables and the rendered messages. Call
-    after the variables passed the input schema; redacted values are rendered as they
-    are (a redaction that breaks the schema, e.g. format: email, blocks the call)."""
-    try:
-        checked = governance.check_input(
-            rules_of(policy),
-            variables,
-            render=lambda v: render_messages(version.messages, version.input_schema, v),
-            wants_json=version.output_format == PromptVersion.OutputFormat.JSON,
-            has_output_schema=bool(version.output_schema),
-        )
-    except RenderFailed as exc:
-        finding = {
-            "stage": "input",
-            "rule": "redaction",
-            "type": "breaks_input_schema",
-            "where": "variables",
-            "start": 0,
-            "end": 0,
-            "action": "block",
-            "detail": exc.message,
-        }
-        return Prepared(policy, variables, [], "", [finding])
-    digest = hashlib.sha256(
-        json.dumps(checked.messages, sort_keys=True, ensure_ascii=False).encode()
-    ).hexdigest()
-    return Prepared(policy, checked.variables, checked.messages, digest, checked.findings)
-
-
-def _blocked_message(policy: PolicyVersion | None, findings: list[dict[str, Any]]) -> str:
-    where = f"policy v{policy.number}" if policy else "the default policy"
-    stopped = [f for f in findings if f["action"] == "block"]
-    return f"Blocked by the squad's governance {where}: {governance.summary(stopped)}."
-
-
-def _block(
-    generation: Generation, prepared: Prepared, version: PromptVersion, target: ModelTarget
-) -> None:
-    """A call the policy stopped before generation: nothing was sent to a model."""
-    generation.status = Generation.Status.BLOCKED
-    generation.errors = [
-        {"path": "", "message": _blocked_message(prepared.policy, prepared.findings)}
-    ]
-    generation.finished_at = timezone.now()
-    _seal(generation, version, target, prepared.policy)
-
-
-def _check_output(generation: Generation, policy: PolicyVersion | None) -> None:
-    """After generation: PII and blocked terms in the output (redact, flag or block)."""
-    rules = rules_of(policy)
-    checked = governance.check_output(rules, generation.output_text)
-    if not checked.findings:
-        return
-    generation.findings = [*generation.findings, *checked.findings]
-    if checked.blocked:
-        generation.status = Generation.Status.BLOCKED
-        generation.output_text, generation.output_json = "", None
-        generation.errors = [{"path": "", "message": _blocked_message(policy, checked.findings)}]
-    elif checked.text != generation.output_text:
-        generation.output_text = checked.text
-        if generation.output_json is not None:
-            generation.output_json = governance.redact_value(generation.output_json, rules)
-
-
-def adapter_identity(target: ModelTarget) -> str:
-    """The adapter a target generates with, as Generation.adapter and the provenance
-    manifest name it: a local target's trained adapter as `adapter-<id>@sha256:<hash of
-    its files>` (the name its export unpacks to, and its Adapter.sha256), a remote
-    target's TGI `adapter_id`, else ""."""
-    if target.lora_adapter_id:
-        return f"adapter-{target.lora_adapter_id}@sha256:{target.lora_adapter.sha256}"
-    return target.adapter_id
-
-
-def _seal(
-    generation: Generation,
-    version: PromptVersion,
-    target: ModelTarget,
-    policy: PolicyVersion | None,
-) -> None:
-    """Sign the generation's provenance manifest (HMAC, apps.governance.provenance)."""
-    generation.adapter = adapter_identity(target)
-    signed = provenance.sign(
-        provenance.manifest_build(
-            squad_id=generation.squad_id,
-            prompt={
-                "template": version.template.slug,
-                "version": version.number,
-                "content_hash": version.content_hash,
-            },
-            target={
-                "name": target.name,
-                "kind": target.kind,
-                "model": target.base_model or target.remote_model,
-            },
-            adapter=generation.adapter or None,
-            parameters=_param_values(version, target, rules_of(policy)["max_output_tokens"]),
-            variables=generation.variables,
-            input_sha256=generation.rendered_hash,
-            output_text=generation.output_text,
-            status=generation.status,
-            policy_version=policy.number if policy else None,
-            created_at=(generation.finished_at or generation.created_at).isoformat(),
-        )
-    )
-    generation.provenance = signed.manifest
-    generation.provenance_signature = signed.signature
-    generation.provenance_key_id = signed.key_id
-
-
-def _apply(
-    generation: Generation,
-    outcome: RowOutcome,
-    version: PromptVersion,
-    policy: PolicyVersion | None,
-) -> None:
-    generation.status = outcome.status
-    generation.target_used = outcome.target.name
-    generation.output_text = outcome.output_text
-    generation.output_json = outcome.output_json
-    generation.errors = outcome.errors
-    generation.attempts = outcome.attempts
-    generation.input_tokens = outcome.input_tokens
-    generation.output_tokens = outcome.output_tokens
-    generation.cost = outcome.cost
-    generation.latency_ms = outcome.latency_ms
-    generation.finished_at = timezone.now()
-    if outcome.output_text:
-        _check_output(generation, policy)
-    _seal(generation, version, outcome.target, policy)
-
-
 # --- single generations -----------------------------------------------------------------
 
 
@@ -424,9 +107,9 @@ def generation_request(
         raise ValidationFailed("source must be playground or api.", field="source")
     target = target_resolve(squad_id=squad.pk, name=target_name or version.model_settings["target"])
     bind_generation(version, target)
-    _render(version, variables)  # RenderFailed (422) lists every variable error
+    pipeline.render(version, variables)  # RenderFailed (422) lists every variable error
     # Only what the policy lets through is stored: redacted variables, never the originals.
-    prepared = _prepare(version, variables, policy_version_current(squad_id=squad.pk))
+    prepared = pipeline.prepare(version, variables, policy_version_current(squad_id=squad.pk))
     generation = Generation(
         squad=squad,
         prompt_version=version,
@@ -440,14 +123,14 @@ def generation_request(
         context=request_context(request),
     )
     if prepared.blocked:
-        _block(generation, prepared, version, target)
+        pipeline.block(generation, prepared, version, target)
         generation.save()
         generations_finished([generation], prompt=version.template.slug, target=target.name)
         return generation
     generation.save()
-    from workers.tasks import run_generation
-
-    transaction.on_commit(lambda: run_generation.delay(generation.pk))
+    transaction.on_commit(
+        lambda: queues.send(RUN_GENERATION_TASK, generation.pk, queue=queues.Queue.GPU)
+    )
     return generation
 
 
@@ -475,8 +158,8 @@ def generation_run(*, generation_id: int) -> Generation:
     try:
         # The stored variables are already redacted; this renders them and redacts what
         # the template adds, under the policy version the request was checked with.
-        messages = _prepare(version, generation.variables, policy).messages
-        outcome = execute_rows(
+        messages = pipeline.prepare(version, generation.variables, policy).messages
+        outcome = pipeline.execute_rows(
             version,
             generation.target,
             [messages],
@@ -491,7 +174,7 @@ def generation_run(*, generation_id: int) -> Generation:
         generation.save(update_fields=["status", "errors", "finished_at"])
         finished()
         raise
-    _apply(generation, outcome, version, policy)
+    pipeline.apply_outcome(generation, outcome, version, policy)
     generation.save()
     finished()
     return generation
@@ -647,9 +330,7 @@ def batch_job_create(
     except BaseException:
         path.unlink(missing_ok=True)  # the rollback takes the row; take the file too
         raise
-    from workers.tasks import run_batch_job
-
-    transaction.on_commit(lambda: run_batch_job.delay(job.pk))
+    jobs.enqueue(job)
     return job
 
 
@@ -714,107 +395,29 @@ def _audit_batch_start(
 
 @transaction.atomic
 def batch_job_cancel(*, actor: User, job: BatchJob, request: HttpRequest | None = None) -> BatchJob:
+    """A queued job is cancelled at once; a running one stops before its next chunk."""
     require_squad_permission(actor, job.squad, RUN_GENERATION)
-    job = BatchJob.objects.select_for_update().get(pk=job.pk)
-    if job.finished:
-        raise Conflict(f"Batch {job.pk} already {job.status}.", field="status")
-    job.cancel_requested = True
-    if job.status == BatchJob.Status.QUEUED:
-        job.status = BatchJob.Status.CANCELLED
-        job.finished_at = timezone.now()
-        transaction.on_commit(lambda: job_finished("batch", BatchJob.Status.CANCELLED, 0.0))
-    job.save(update_fields=["cancel_requested", "status", "finished_at"])
-    audit_log(
-        actor=actor,
-        action="generation.batch_cancel_requested",
-        squad=job.squad,
-        target=job,
-        data={"rows_done": job.rows_done, "rows_total": job.rows_total},
-        request=request,
-    )
-    if job.status == BatchJob.Status.CANCELLED:
-        webhooks.batch_job_finished(job=job)
-    return job
-
-
-def _worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-JobT = TypeVar("JobT", bound=models.Model)
-
-
-def claim_job(jobs: QuerySet[JobT], job_id: int) -> JobT | None:
-    """Take a job row (a BatchJob or a FineTuneJob: status, worker, heartbeat_at, attempts,
-    started_at) for this worker process if nobody live holds it (no heartbeat within
-    STALE_AFTER). Only the job's own row is locked, whatever `jobs` joins."""
-    with transaction.atomic():
-        job = jobs.select_for_update(of=("self",)).get(pk=job_id)
-        if job.finished:
-            return None
-        now = timezone.now()
-        running = type(job).Status.RUNNING
-        held = (
-            job.status == running
-            and job.worker != _worker_name()
-            and job.heartbeat_at is not None
-            and now - job.heartbeat_at < STALE_AFTER
-        )
-        if held:
-            return None
-        job.status = running
-        job.worker = _worker_name()
-        job.heartbeat_at = now
-        job.attempts += 1
-        job.started_at = job.started_at or now
-        job.save(update_fields=["status", "worker", "heartbeat_at", "attempts", "started_at"])
-        return job
-
-
-def _claim(job_id: int) -> BatchJob | None:
-    jobs = BatchJob.objects.select_related("prompt_version__template", "target", "squad")
-    return claim_job(jobs, job_id)
-
-
-def _finish(job: BatchJob, status: str, error: str = "") -> None:
-    with transaction.atomic():
-        BatchJob.objects.filter(pk=job.pk).update(
-            status=status,
-            error=error[:5000],
-            finished_at=timezone.now(),
-            heartbeat_at=timezone.now(),
-        )
-        job.refresh_from_db()
-        audit_log(
-            actor=None,
-            action="generation.batch_finished",
-            squad=job.squad,
-            target=job,
-            data={
-                "status": status,
-                "rows_done": job.rows_done,
-                "rows_total": job.rows_total,
-                "error": error[:500],
-            },
-        )
-        webhooks.batch_job_finished(job=job)
-    started = job.started_at or job.finished_at
-    job_finished("batch", status, (job.finished_at - started).total_seconds())
+    return jobs.cancel(actor=actor, job=job, request=request)
 
 
 def batch_job_run(*, job_id: int) -> BatchJob | None:
+    """Run one given batch job in this process (tests, management); workers run the next
+    job in fair-share order (apps.generation.tasks)."""
+    return jobs.run(BATCH.name, job_id)
+
+
+def _run_batch(lease: jobs.Lease) -> None:
     """Worker side. Resumable and idempotent: rows that already have a Generation are
-    skipped, and the unique (job, row) constraint makes a second writer harmless."""
-    job = _claim(job_id)
-    if job is None:
-        return None
+    skipped, and the unique (job, row) constraint makes a second writer harmless; every
+    write is fenced by the lease, so a worker that lost it writes nothing."""
+    job: BatchJob = lease.job
     version, target = job.prompt_version, job.target
     bind_generation(version, target)
     try:
         rows = _read_rows(job.rows_path)
     except OSError as exc:
-        _finish(job, BatchJob.Status.FAILED, f"rows file unreadable: {exc}")
-        return job
+        lease.finish(BatchJob.Status.FAILED, f"rows file unreadable: {exc}")
+        return
     done = set(job.generations.values_list("row_index", flat=True))
     policy = policy_version_current(squad_id=job.squad_id)
     cap = rules_of(policy)["max_output_tokens"]
@@ -822,46 +425,40 @@ def batch_job_run(*, job_id: int) -> BatchJob | None:
     for index, (variables, redactions) in enumerate(rows):
         if index in done:
             continue
-        prepared = _prepare(version, variables, policy)
+        prepared = pipeline.prepare(version, variables, policy)
         prepared.findings = [*redactions, *prepared.findings]
         (blocked if prepared.blocked else todo).append((index, prepared))
     # Length-sorted: rows of similar length share a batch, so little padding is wasted.
     todo.sort(key=lambda item: sum(len(m["content"]) for m in item[1].messages))
     chunk_size = job.batch_size * 4
-    try:
-        if blocked:
-            stopped = [_row_generation(job, index, prepared) for index, prepared in blocked]
-            for generation, (_, prepared) in zip(stopped, blocked, strict=True):
-                _block(generation, prepared, version, target)
-            _store_chunk(job, stopped, 0.0)
-        for start in range(0, len(todo), chunk_size):
-            if BatchJob.objects.filter(pk=job.pk, cancel_requested=True).exists():
-                _finish(job, BatchJob.Status.CANCELLED)
-                return job
-            chunk = todo[start : start + chunk_size]
-            began = time.monotonic()
-            outcomes = execute_rows(
-                version,
-                target,
-                [prepared.messages for _, prepared in chunk],
-                batch_size=job.batch_size,
-                max_new_tokens_cap=cap,
-            )
-            elapsed = time.monotonic() - began
-            generations = []
-            for (index, prepared), outcome in zip(chunk, outcomes, strict=True):
-                generation = _row_generation(job, index, prepared)
-                _apply(generation, outcome, version, policy)
-                generations.append(generation)
-            _store_chunk(job, generations, elapsed)
-    except Exception as exc:
-        _finish(job, BatchJob.Status.FAILED, f"{type(exc).__name__}: {exc}")
-        raise
-    _finish(job, BatchJob.Status.SUCCEEDED)
-    return job
+    if blocked:
+        stopped = [_row_generation(job, index, prepared) for index, prepared in blocked]
+        for generation, (_, prepared) in zip(stopped, blocked, strict=True):
+            pipeline.block(generation, prepared, version, target)
+        _store_chunk(lease, stopped, 0.0)
+    for start in range(0, len(todo), chunk_size):
+        if lease.should_stop():
+            return
+        chunk = todo[start : start + chunk_size]
+        began = time.monotonic()
+        outcomes = pipeline.execute_rows(
+            version,
+            target,
+            [prepared.messages for _, prepared in chunk],
+            batch_size=job.batch_size,
+            max_new_tokens_cap=cap,
+        )
+        elapsed = time.monotonic() - began
+        generations = []
+        for (index, prepared), outcome in zip(chunk, outcomes, strict=True):
+            generation = _row_generation(job, index, prepared)
+            pipeline.apply_outcome(generation, outcome, version, policy)
+            generations.append(generation)
+        _store_chunk(lease, generations, elapsed)
+    lease.finish(BatchJob.Status.SUCCEEDED)
 
 
-def _row_generation(job: BatchJob, index: int, prepared: Prepared) -> Generation:
+def _row_generation(job: BatchJob, index: int, prepared: pipeline.Prepared) -> Generation:
     return Generation(
         squad_id=job.squad_id,
         prompt_version_id=job.prompt_version_id,
@@ -877,9 +474,10 @@ def _row_generation(job: BatchJob, index: int, prepared: Prepared) -> Generation
     )
 
 
-def _store_chunk(job: BatchJob, generations: list[Generation], elapsed: float) -> None:
-    tokens = sum(g.output_tokens for g in generations)
-    with transaction.atomic():
+def _store_chunk(lease: jobs.Lease, generations: list[Generation], elapsed: float) -> None:
+    """One chunk's rows and the counters, while the lease holds (jobs.LeaseLost else)."""
+    job = lease.job
+    with lease.fenced():
         created = generations
         try:
             with transaction.atomic():
@@ -893,28 +491,39 @@ def _store_chunk(job: BatchJob, generations: list[Generation], elapsed: float) -
             )
             created = [g for g in generations if g.row_index not in existing]
             Generation.objects.bulk_create(created)
-        rows_done = Generation.objects.filter(batch_job=job).count()
         BatchJob.objects.filter(pk=job.pk).update(
-            rows_done=rows_done,
-            output_tokens=job.output_tokens + tokens,
-            generation_seconds=job.generation_seconds + elapsed,
+            rows_done=Generation.objects.filter(batch_job=job).count(),
+            output_tokens=F("output_tokens") + sum(g.output_tokens for g in created),
+            generation_seconds=F("generation_seconds") + elapsed,
             heartbeat_at=timezone.now(),
         )
     generations_finished(created, prompt=job.prompt_version.template.slug, target=job.target.name)
-    job.output_tokens += tokens
-    job.generation_seconds += elapsed
 
 
-def batch_jobs_recover() -> list[int]:
-    """Requeue running jobs whose worker stopped beating (killed, machine lost)."""
-    from workers.tasks import run_batch_job
+def _batch_summary(job: BatchJob) -> dict[str, Any]:
+    version = job.prompt_version
+    return {
+        "template": version.template.slug,
+        "version": version.number,
+        "target": job.target.name,
+        "rows_done": job.rows_done,
+        "rows_total": job.rows_total,
+    }
 
-    cutoff = timezone.now() - STALE_AFTER
-    stale = list(
-        BatchJob.objects.filter(
-            status=BatchJob.Status.RUNNING, heartbeat_at__lt=cutoff
-        ).values_list("pk", flat=True)
+
+BATCH = jobs.register(
+    jobs.JobKind(
+        name="batch",
+        label="Batch",
+        model=BatchJob,
+        task=RUN_BATCH_TASK,
+        queue=queues.Queue.GPU,
+        audit_prefix="generation.batch",
+        run=_run_batch,
+        summary=_batch_summary,
+        url=lambda job: reverse(
+            "generation:batch_detail", kwargs={"squad": job.squad.slug, "job_id": job.pk}
+        ),
+        related=("prompt_version__template", "target", "squad", "created_by"),
     )
-    for job_id in stale:
-        run_batch_job.delay(job_id)
-    return stale
+)

@@ -171,6 +171,8 @@ BROKER_DIR = Path(env.str("STUDIO_BROKER_DIR", default=str(DATA_DIR / "broker"))
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="filesystem://")
 GPU_TASK_TIME_LIMIT = env.int("STUDIO_GPU_TASK_TIME_LIMIT", default=6 * 3600)
 DEFAULT_TASK_TIME_LIMIT = env.int("STUDIO_DEFAULT_TASK_TIME_LIMIT", default=15 * 60)
+# Every task that states no limit of its own (default-queue tasks); GPU tasks state theirs.
+CELERY_TASK_TIME_LIMIT = DEFAULT_TASK_TIME_LIMIT
 CELERY_BROKER_TRANSPORT_OPTIONS: dict = {
     # Must exceed the longest task: an unacknowledged message is redelivered
     # after this long, and a late-acked GPU job holds its message until done.
@@ -190,6 +192,18 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         }
     )
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
+
+# --- Long jobs (apps/core/jobs.py, apps/core/fairshare.py) ---------------------------
+# A claim whose heartbeat is older than this is taken for a lost worker and requeued
+# (heartbeats come every quarter of it, from their own thread); after max attempts
+# lost workers the job fails with the reason.
+STUDIO_JOB_STALE_SECONDS = env.float("STUDIO_JOB_STALE_SECONDS", default=120.0)
+STUDIO_JOB_MAX_ATTEMPTS = env.int("STUDIO_JOB_MAX_ATTEMPTS", default=3)
+# Fair share of GPU workers: GPU time is counted over this window; a squad without its
+# own limit (apps.core.models.GpuShare, set by staff) runs at most this many GPU jobs at
+# once (0: no limit).
+STUDIO_FAIR_SHARE_WINDOW_HOURS = env.float("STUDIO_FAIR_SHARE_WINDOW_HOURS", default=24.0)
+STUDIO_GPU_MAX_RUNNING_PER_SQUAD = env.int("STUDIO_GPU_MAX_RUNNING_PER_SQUAD", default=0)
 
 # --- Studio -----------------------------------------------------------------
 # Who may create squads: "any" signed-in user (who becomes its owner) or "staff".

@@ -176,10 +176,10 @@ def test_export_publishes_a_checkpoint_of_the_head(
 
 
 def test_the_sweeper_publishes_one_checkpoint_per_interval(events, sink, settings):
-    from workers.tasks import _sweep_once
+    from apps.core.tasks import sweep_once
 
     settings.STUDIO_AUDIT_CHECKPOINT_SECONDS = 3600
-    _sweep_once()
+    sweep_once()
     assert checkpoint_emit_if_due() is None  # not due again within the interval
     (line,) = _lines(sink)
     assert (line["reason"], line["sequence"]) == ("schedule", 7)

@@ -178,3 +178,29 @@ def test_a_deeply_nested_output_fails_the_case_not_the_run(assertion):
     [clean] = clean_assertions([assertion])
     [result] = evaluate([clean], seen("[" * 5000 + "]" * 5000))
     assert result["passed"] is False and "nested too deeply" in result["detail"]
+
+
+def _evaluate_into(queue, assertion, text) -> None:
+    queue.put(evaluate([assertion], seen(text)))
+
+
+@pytest.mark.parametrize("pattern", [r"(a+)+$", r"(x+x+)+y", r"(a|aa)+$"])
+def test_a_catastrophic_pattern_cannot_hold_the_worker(pattern):
+    """ReDoS: nested repeats backtrack exponentially on a near-miss; the verdict comes
+    within the timeout (plus the scheduler's slack), failed, saying why. In a child
+    process: a search that never ends is stopped there, and the test fails."""
+    import multiprocessing
+
+    (assertion,) = clean_assertions([{"type": "regex", "pattern": pattern}])
+    text = ("a" if "a" in pattern else "x") * 5000 + "!"
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_evaluate_into, args=(queue, assertion, text))
+    child.start()
+    child.join(15)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        pytest.fail(f"{pattern} held the evaluation for 15 s")
+    (verdict,) = queue.get(timeout=5)
+    assert verdict["passed"] is False and "took longer than" in verdict["detail"]

@@ -6,6 +6,7 @@ import pytest
 from django.utils import timezone
 
 from apps.audit.models import AuditEvent
+from apps.core import jobs
 from apps.core.exceptions import Conflict, PermissionDenied, ValidationFailed
 from apps.evals import selectors, services
 from apps.evals.models import EvalRun
@@ -43,7 +44,7 @@ def test_run_executes_every_case_and_records_results(
     _cases(writer.template)
     with django_capture_on_commit_callbacks() as callbacks:
         run = _start(writer)
-    assert len(callbacks) == 1  # workers.evals.run, enqueued at commit
+    assert len(callbacks) == 1  # evals.run, enqueued at commit
     assert run.status == "queued" and run.total == 3 and run.target.name == "fake"
     services.eval_run_execute(run_id=run.pk)
     run.refresh_from_db()
@@ -126,16 +127,17 @@ def test_cancel(writer, fake_server):
     assert fake_server.requests == []
 
 
-def test_sweeper_requeues_stale_runs(writer, monkeypatch):
+def test_sweeper_requeues_stale_runs(writer, monkeypatch, django_capture_on_commit_callbacks):
     _cases(writer.template)
     stale, fresh = _start(writer), _start(writer)
     old = timezone.now() - timezone.timedelta(hours=1)
     EvalRun.objects.filter(pk=stale.pk).update(status="running", heartbeat_at=old)
     EvalRun.objects.filter(pk=fresh.pk).update(status="running", heartbeat_at=timezone.now())
     queued = []
-    monkeypatch.setattr("workers.tasks.run_eval.delay", queued.append)
-    assert services.eval_runs_recover() == [stale.pk]
-    assert queued == [stale.pk]
+    monkeypatch.setattr("apps.core.queues.send", lambda name, *args, queue: queued.append(args))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert jobs.recover() == {"eval": ([stale.pk], [])}
+    assert queued == [(stale.pk,)]
 
 
 def test_schema_valid_and_equals_json_on_a_json_prompt(squad):
@@ -294,7 +296,9 @@ def test_compare_lists_regressions_fixes_and_unchanged(squad, writer):
     assert comparison.pass_rate_delta == pytest.approx(0.25)
 
 
-def test_eval_generations_and_runs_are_counted_in_the_metrics(writer):
+def test_eval_generations_and_runs_are_counted_in_the_metrics(
+    writer, django_capture_on_commit_callbacks
+):
     from prometheus_client import REGISTRY
 
     def value(name: str, **labels: str) -> float:
@@ -306,7 +310,8 @@ def test_eval_generations_and_runs_are_counted_in_the_metrics(writer):
     )
     _cases(writer.template)
     run = _start(writer)
-    services.eval_run_execute(run_id=run.pk)
+    with django_capture_on_commit_callbacks(execute=True):  # the job metric counts at commit
+        services.eval_run_execute(run_id=run.pk)
     assert value("studio_generations_total", status="ok", source="eval") == before[0] + 3
     assert value("studio_jobs_total", type="eval", outcome="succeeded") == before[1] + 1
 
@@ -336,6 +341,7 @@ def test_a_finished_run_emits_the_job_finished_webhook(writer, squad):
         "template": "writer",
         "version": 1,
         "target": "fake",
+        "done": 3,
         "total": 3,
         "passed": 1,
         "pass_rate": pytest.approx(1 / 3),

@@ -56,4 +56,4 @@ def test_worker_runs_queued_and_stale_runs(squad):
             worker.stop()
     assert first.status == "succeeded" and first.pass_rate == 1.0, first.error
     assert second.status == "succeeded" and second.attempts == 2 and second.done == 1
-    assert "requeued stale eval runs" in worker.log
+    assert "requeued stale eval jobs" in worker.log

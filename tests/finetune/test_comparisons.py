@@ -12,6 +12,7 @@ import pytest
 from django.utils import timezone
 
 from apps.audit.models import AuditEvent
+from apps.core import jobs as core_jobs
 from apps.core.exceptions import NotFound, PermissionDenied, ValidationFailed
 from apps.finetune import comparisons, jobs
 from apps.finetune.models import Adapter, AdapterComparison
@@ -279,13 +280,15 @@ def test_a_live_lease_keeps_a_second_worker_out_and_a_stale_one_is_recovered(
         status="running", worker="elsewhere:1", heartbeat_at=timezone.now(), attempts=1
     )
     assert comparisons.adapter_comparison_run(comparison_id=comparison.pk) is None
-    assert comparisons.adapter_comparisons_recover() == ([], [])
+    assert core_jobs.recover() == {}
     stale = timezone.now() - timedelta(hours=1)
     AdapterComparison.objects.filter(pk=comparison.pk).update(heartbeat_at=stale)
     with django_capture_on_commit_callbacks() as callbacks:
-        assert comparisons.adapter_comparisons_recover() == ([comparison.pk], [])
+        assert core_jobs.recover() == {"comparison": ([comparison.pk], [])}
     assert len(callbacks) == 1
-    AdapterComparison.objects.filter(pk=comparison.pk).update(attempts=jobs.MAX_ATTEMPTS)
-    assert comparisons.adapter_comparisons_recover() == ([], [comparison.pk])
+    AdapterComparison.objects.filter(pk=comparison.pk).update(
+        status="running", heartbeat_at=stale, attempts=comparison.max_attempts
+    )
+    assert core_jobs.recover() == {"comparison": ([], [comparison.pk])}
     comparison.refresh_from_db()
     assert comparison.status == "failed" and comparison.error.startswith("worker_lost")

@@ -8,6 +8,7 @@ import pytest
 from django.utils import timezone
 
 from apps.audit.models import AuditEvent
+from apps.core import jobs as core_jobs
 from apps.core.exceptions import Conflict, NotFound, PermissionDenied, ValidationFailed
 from apps.finetune import jobs
 from apps.finetune.models import Adapter, FineTuneJob
@@ -182,7 +183,7 @@ def test_out_of_memory_and_bad_data_fail_with_the_reason(squad, version, script,
 
 def _go_stale(job: FineTuneJob) -> None:
     FineTuneJob.objects.filter(pk=job.pk).update(
-        heartbeat_at=timezone.now() - jobs.STALE_AFTER - timedelta(seconds=1)
+        heartbeat_at=timezone.now() - core_jobs.stale_after() - timedelta(seconds=1)
     )
 
 
@@ -195,15 +196,17 @@ def test_a_dead_worker_s_job_is_requeued_and_resumes_from_its_checkpoint(
         jobs.finetune_job_run(job_id=job.pk)
     job.refresh_from_db()
     assert job.status == "running" and job.step == 3
-    assert jobs.finetune_jobs_recover() == ([], [])  # its heartbeat is still fresh
+    assert core_jobs.recover() == {}  # its heartbeat is still fresh
     _go_stale(job)
     enqueued = []
-    monkeypatch.setattr("workers.tasks.run_finetune_job.delay", enqueued.append)
+    monkeypatch.setattr(
+        "apps.core.queues.send", lambda name, *args, queue: enqueued.append((name, *args))
+    )
     with django_capture_on_commit_callbacks(execute=True):
-        assert jobs.finetune_jobs_recover() == ([job.pk], [])
-    assert enqueued == [job.pk]
+        assert core_jobs.recover() == {"finetune": ([job.pk], [])}
+    assert enqueued == [("finetune.job", job.pk)]
     script.die_at = None
-    monkeypatch.setattr("apps.generation.services._worker_name", lambda: "rescuer:1")
+    monkeypatch.setattr("apps.core.jobs.worker_name", lambda: "rescuer:1")
     jobs.finetune_job_run(job_id=job.pk)
     job.refresh_from_db()
     assert job.status == "succeeded" and job.attempts == 2 and job.worker == "rescuer:1"
@@ -215,13 +218,13 @@ def test_a_dead_worker_s_job_is_requeued_and_resumes_from_its_checkpoint(
 def test_the_sweeper_fails_a_job_that_lost_too_many_workers(squad, version, script):
     job = create(version)
     FineTuneJob.objects.filter(pk=job.pk).update(
-        status="running", attempts=jobs.MAX_ATTEMPTS, worker="gone:1", step=7
+        status="running", attempts=job.max_attempts, worker="gone:1", step=7
     )
     _go_stale(job)
-    assert jobs.finetune_jobs_recover() == ([], [job.pk])
+    assert core_jobs.recover() == {"finetune": ([], [job.pk])}
     job.refresh_from_db()
     assert job.status == "failed" and job.failure_kind == "worker_lost"
-    assert f"stopped {jobs.MAX_ATTEMPTS} times" in job.error and "step 7" in job.error
+    assert f"stopped {job.max_attempts} times" in job.error and "gone:1" in job.error
 
 
 def test_a_live_lease_keeps_a_second_runner_out_and_a_lost_lease_stops_the_first(
@@ -236,7 +239,8 @@ def test_a_live_lease_keeps_a_second_runner_out_and_a_lost_lease_stops_the_first
 
     def taken(step: int) -> None:
         if step == 2:  # the sweeper gave the job to another worker meanwhile
-            FineTuneJob.objects.filter(pk=job.pk).update(worker="other:2")
+            # (a new claim: a new lease token)
+            FineTuneJob.objects.filter(pk=job.pk).update(worker="other:2", lease_token="b" * 32)
 
     script.on_step = taken
     assert jobs.finetune_job_run(job_id=job.pk) is None
@@ -292,7 +296,7 @@ def test_only_an_approved_adapter_goes_on_the_squad_s_own_local_target(squad, ve
 
 def test_a_target_s_adapter_reaches_the_runtime(squad, version, script, monkeypatch):
 
-    from apps.generation.services import _spec
+    from apps.generation.pipeline import target_spec as _spec
     from workers.runtime import backends
 
     adapter = jobs.adapter_approve(actor=user("compliance"), adapter=_trained(squad, version))

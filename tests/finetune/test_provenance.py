@@ -1,5 +1,5 @@
 """A local target's trained adapter is named, with its hash, on every Generation it makes
-and in the Generation's signed provenance manifest (apps.generation.services._seal)."""
+and in the Generation's signed provenance manifest (apps.generation.pipeline.seal)."""
 
 import pytest
 

@@ -72,6 +72,6 @@ def test_killed_worker_resumes_from_the_checkpoint_and_the_job_succeeds(squad):
     assert resumed >= CHECKPOINT_EVERY and resumed % CHECKPOINT_EVERY == 0, job.resumed_at_steps
     steps = [p[0] for p in job.points]
     assert steps == sorted(set(steps)) and steps[-1] == STEPS
-    assert "requeued stale fine-tune jobs" in second.log
+    assert "requeued stale finetune jobs" in second.log
     adapter = Adapter.objects.get(job=job)
     assert adapter.size_bytes > 0 and len(adapter.sha256) == 64

@@ -88,3 +88,20 @@ def test_cancel_stops_a_running_job(squad):
     job.refresh_from_db()
     assert job.status == "cancelled"
     assert 0 < job.generations.count() < 40
+
+
+def test_chunks_slower_than_the_stale_threshold_do_not_look_like_a_lost_worker(squad):
+    """The lease beats on its own thread: a chunk that takes longer than the stale
+    threshold (8 rows at 0.6 s a request, threshold 1 s) keeps its worker's claim."""
+    purge_queues()
+    with FakeOpenAI(delay=0.6) as server:
+        worker = WorkerProcess("slow-chunks", STUDIO_JOB_STALE_SECONDS="1")
+        try:
+            job = _create_job(squad, server, rows=16)
+            _wait(lambda: BatchJob.objects.get(pk=job.pk).finished, 120, worker, "the job")
+        finally:
+            worker.stop()
+    job.refresh_from_db()
+    assert job.status == "succeeded", job.error
+    assert job.attempts == 1
+    assert "requeued stale" not in worker.log

@@ -1,6 +1,6 @@
 """Block, redact and flag through each generation path: the API's generate, the
 playground and batch jobs (the eval path does not exist yet; it will call the same
-services.execute_rows and _prepare and get the same checks)."""
+pipeline.execute_rows and pipeline.prepare and get the same checks)."""
 
 import hashlib
 import json

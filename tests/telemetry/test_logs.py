@@ -10,10 +10,10 @@ from django.test import Client
 
 from apps.generation import services
 from apps.generation.models import Generation
+from apps.generation.tasks import run_batch_job, run_generation
 from apps.telemetry.worker import task_ids
 from tests.factories import UserFactory
 from tests.generation.conftest import remote_target, text_prompt
-from workers.tasks import run_batch_job, run_generation
 
 pytestmark = pytest.mark.django_db
 CONTEXT = "use_case=contract_review; customer_tier=enterprise"
@@ -113,7 +113,7 @@ def test_worker_side_generation_logs_its_outcome_with_the_bindings(
     with django_capture_on_commit_callbacks(execute=True):
         services.generation_run(generation_id=generation.pk)
     (line,) = [line for line in log_lines() if line["event"] == "generation finished"]
-    assert line["task_id"] == "task-1" and line["task"] == "workers.generation.run"
+    assert line["task_id"] == "task-1" and line["task"] == "generation.run"
     assert line["generation_id"] == generation.pk
     assert (line["prompt"], line["version"], line["target"]) == ("writer", 1, "fake")
     assert line["status"] == "ok" and line["output_tokens"] == 4
@@ -177,7 +177,7 @@ def test_celery_tasks_bind_their_id_and_the_ids_they_were_given():
     task_prerun.send(sender=run_batch_job, task_id="t-9", task=run_batch_job, args=(7,), kwargs={})
     assert structlog.contextvars.get_contextvars() == {
         "task_id": "t-9",
-        "task": "workers.batch.run",
+        "task": "generation.batch_job",
         "job_id": 7,
     }
     structlog.contextvars.clear_contextvars()

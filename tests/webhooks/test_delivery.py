@@ -260,7 +260,7 @@ def test_broker_outage_at_commit_leaves_the_delivery_for_the_sweeper(
 def test_workers_sweeper_queues_overdue_deliveries(
     make_webhook, scheduled, django_capture_on_commit_callbacks
 ) -> None:
-    from workers.tasks import _sweep_once
+    from apps.core.tasks import sweep_once
 
     make_webhook()
     delivery = _emit(django_capture_on_commit_callbacks)
@@ -268,7 +268,7 @@ def test_workers_sweeper_queues_overdue_deliveries(
         next_attempt_at=timezone.now() - timedelta(minutes=10)
     )
     scheduled.clear()
-    _sweep_once()
+    sweep_once()
     assert scheduled == [(delivery.pk, 0)]
 
 

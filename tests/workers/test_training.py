@@ -499,14 +499,14 @@ def test_out_of_memory_is_a_readable_error(tiny, rows_path, tmp_path, monkeypatc
 def test_adapter_model_generates_like_the_trained_weights(tiny, rows_path, tmp_path, tiny_model):
     from peft import PeftModel
 
-    from workers.runtime.local import LocalModel, _load_directory
+    from workers.runtime.local import LocalModel, load_directory
 
     result = run(tiny, rows_path, tmp_path / "job")
     greedy = GenerationParams(max_new_tokens=8, temperature=0)
     conversations = [[{"role": "user", "content": q}] for q in QUESTIONS[:3]]
 
     adapted = load_adapter_model(tiny, result.adapter_dir)
-    base = _load_directory(model_dir(tiny))
+    base = load_directory(model_dir(tiny))
     unmerged = LocalModel(PeftModel.from_pretrained(base.model, result.adapter_dir), base.tokenizer)
 
     texts = [r.text for r in adapted.generate(conversations, greedy)]

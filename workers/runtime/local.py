@@ -84,11 +84,11 @@ def load_local_model(model_id: str = DEFAULT_MODEL_ID) -> LocalModel:
                 if model_id != DEFAULT_MODEL_ID:
                     raise BackendError(f"no local model {model_id!r}: {directory} does not exist")
                 _convert_gguf(gguf_path(), directory)
-            model = _models[directory] = _load_directory(directory)
+            model = _models[directory] = load_directory(directory)
         return model
 
 
-def _load_directory(directory: Path) -> LocalModel:
+def load_directory(directory: Path) -> LocalModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

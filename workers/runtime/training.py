@@ -440,9 +440,9 @@ def train(
     from peft import LoraConfig, get_peft_model
     from transformers import get_linear_schedule_with_warmup
 
-    from workers.runtime.local import _load_directory
+    from workers.runtime.local import load_directory
 
-    loaded = _load_directory(directory)
+    loaded = load_directory(directory)
     model, tokenizer = loaded.model, loaded.tokenizer
     train_rows, eval_rows = read_examples(rows_path, tokenizer, train.max_seq_len)
     truncated = sum(e.truncated for e in train_rows + eval_rows)
@@ -890,7 +890,7 @@ def load_adapter_model(base_model: str, adapter_dir: Path) -> LocalModel:
     base model."""
     from peft import PeftModel
 
-    from workers.runtime.local import _load_directory
+    from workers.runtime.local import load_directory
 
     adapter_dir = Path(adapter_dir).resolve()
     if not (adapter_dir / "adapter_config.json").exists():
@@ -909,7 +909,7 @@ def load_adapter_model(base_model: str, adapter_dir: Path) -> LocalModel:
     with _adapter_lock:
         model = _adapter_models.pop(key, None)
         if model is None:
-            base = _load_directory(directory)
+            base = load_directory(directory)
             merged = PeftModel.from_pretrained(base.model, adapter_dir).merge_and_unload()
             model = LocalModel(merged, base.tokenizer)
         _adapter_models[key] = model  # newest last

@@ -1,0 +1,33 @@
+"""Staff set a squad's share of GPU workers (the admin console calls the same service)."""
+
+from django.http import HttpRequest
+from ninja import Router, Schema
+
+from apps.core import services
+
+router = Router(tags=["jobs"])
+
+
+class GpuShareIn(Schema):
+    share: int = 1
+    max_running: int | None = None
+
+
+class GpuShareOut(Schema):
+    squad: str
+    share: int
+    max_running: int | None
+
+
+@router.put("/gpu-shares/{squad}", response=GpuShareOut)
+def gpu_share_put(request: HttpRequest, squad: str, payload: GpuShareIn) -> dict:
+    """The squad's weight in the fair share of GPU workers and its limit on GPU jobs
+    running at once (null: the installation's default). Staff only."""
+    row = services.gpu_share_set(
+        actor=request.auth,
+        squad_slug=squad,
+        share=payload.share,
+        max_running=payload.max_running,
+        request=request,
+    )
+    return {"squad": squad, "share": row.share, "max_running": row.max_running}

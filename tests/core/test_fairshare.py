@@ -1,0 +1,130 @@
+"""Fair share of GPU workers between squads (apps.core.fairshare, apps.core.jobs.claim_next)
+and what a waiting job tells a person; in one process, claims made by hand."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from apps.audit.models import AuditEvent
+from apps.core import jobs
+from apps.core.exceptions import PermissionDenied, ValidationFailed
+from apps.core.fairshare import queue_position
+from apps.core.models import GpuShare
+from apps.core.queues import Queue
+from apps.core.services import gpu_share_set
+from apps.generation.models import BatchJob
+from tests.core.conftest import queue
+from tests.factories import UserFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def claim() -> BatchJob | None:
+    lease = jobs.claim_next(Queue.GPU)
+    return lease.job if lease is not None else None
+
+
+def finish(job: BatchJob, seconds: float) -> None:
+    """Mark `job` as having run `seconds` of GPU time, just now."""
+    now = timezone.now()
+    BatchJob.objects.filter(pk=job.pk).update(
+        status="succeeded", started_at=now - timedelta(seconds=seconds), finished_at=now
+    )
+
+
+def test_a_squad_with_many_queued_jobs_does_not_starve_one_with_a_single_job(two_squads):
+    acme = queue(two_squads, "acme", 10)
+    (beta,) = queue(two_squads, "beta")
+    # Nobody has used the GPU yet: acme's first job goes first (it came first), then beta's.
+    assert queue_position(beta).position == 2
+    first = claim()
+    assert first == acme[0]  # equal use so far: the oldest job
+    assert queue_position(beta).position == 1
+    assert "used less GPU time" in queue_position(acme[1]).reason
+    finish(first, 30)
+    assert claim() == beta  # second, not eleventh
+    assert [claim() for _ in range(9)] == acme[1:]  # then acme's, first come first served
+    assert claim() is None
+
+
+def test_gpu_time_is_weighted_by_the_share_staff_set(two_squads):
+    staff = UserFactory(username="platform", is_staff=True)
+    acme_done, beta_done = queue(two_squads, "acme"), queue(two_squads, "beta")
+    finish(acme_done[0], 300)
+    finish(beta_done[0], 100)
+    (acme,), (beta,) = queue(two_squads, "acme"), queue(two_squads, "beta")
+    assert claim() == beta  # 100 s < 300 s
+    BatchJob.objects.filter(pk=beta.pk).update(status="queued", started_at=None)
+    gpu_share_set(actor=staff, squad_slug="acme", share=4, max_running=None)
+    assert claim() == acme  # 300 s / 4 < 100 s / 1
+    event = AuditEvent.objects.get(action="core.gpu_share_set")
+    assert event.data == {
+        "share": 4,
+        "max_running": None,
+        "before": {"share": 1, "max_running": None},
+    }
+
+
+def test_a_squad_at_its_limit_waits_and_the_others_go_ahead(two_squads, settings):
+    staff = UserFactory(username="platform", is_staff=True)
+    acme = queue(two_squads, "acme", 2)
+    (beta,) = queue(two_squads, "beta")
+    gpu_share_set(actor=staff, squad_slug="acme", share=1, max_running=1)
+    assert claim() == acme[0]
+    assert claim() == beta  # acme is at its limit of one running job
+    waiting = queue_position(acme[1])
+    assert waiting.position == 1 and "limit" in waiting.reason
+    assert claim() is None  # acme's next waits for its running job
+    finish(acme[0], 10)
+    assert claim() == acme[1]
+    # The installation's default applies to squads without their own limit.
+    settings.STUDIO_GPU_MAX_RUNNING_PER_SQUAD = 1
+    more = queue(two_squads, "beta", 2)
+    BatchJob.objects.filter(pk=beta.pk).update(status="running")
+    assert claim() is None and queue_position(more[0]).reason.startswith("Your squad runs 1")
+
+
+def test_only_staff_set_a_share_and_bad_values_name_the_field(two_squads, squad):
+    with pytest.raises(PermissionDenied):
+        gpu_share_set(
+            actor=UserFactory(username="owner"), squad_slug="acme", share=2, max_running=1
+        )
+    staff = UserFactory(username="platform", is_staff=True)
+    for share, max_running, field in ((0, None, "share"), (2, 0, "max_running")):
+        with pytest.raises(ValidationFailed) as caught:
+            gpu_share_set(actor=staff, squad_slug="acme", share=share, max_running=max_running)
+        assert caught.value.field == field
+    assert not GpuShare.objects.exists()
+
+
+def test_a_running_or_finished_job_has_no_queue_position(two_squads):
+    (job,) = queue(two_squads, "acme")
+    assert queue_position(job).reason == "Next in line: it starts when a GPU worker is free."
+    claimed = claim()
+    assert queue_position(claimed) is None
+
+
+def test_a_queued_job_s_page_shows_its_position_and_why_it_waits(two_squads, client):
+    (acme,) = queue(two_squads, "acme")
+    beta = queue(two_squads, "beta", 2)
+    client.force_login(UserFactory(username="engineer"))
+    url = f"/squads/beta/batches/{beta[1].pk}/"
+    page = client.get(url).content.decode()
+    assert "Queued: position 3 of 3" in page
+    assert "1 earlier job(s) of your squad (first come, first served)" in page
+    claim()  # acme's job starts
+    page = client.get(url, headers={"HX-Request": "true", "HX-Target": "progress"})
+    assert "Queued: position 2 of 2" in page.content.decode()
+    assert "Queued: position" not in client.get(f"/squads/acme/batches/{acme.pk}/").content.decode()
+
+
+def test_the_api_sets_a_share_and_names_what_is_wrong(two_squads, api_as):
+    UserFactory(username="platform", is_staff=True)
+    api = api_as("platform")
+    ok = api.call("PUT", "/api/v1/gpu-shares/beta", {"share": 3, "max_running": 2})
+    assert ok.status_code == 200 and ok.json() == {"squad": "beta", "share": 3, "max_running": 2}
+    bad = api.call("PUT", "/api/v1/gpu-shares/beta", {"share": 0})
+    assert bad.status_code == 422 and bad.json()["field"] == "share"
+    missing = api.call("PUT", "/api/v1/gpu-shares/nope", {"share": 1})
+    assert missing.status_code == 404 and missing.json()["field"] == "squad"
