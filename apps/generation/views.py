@@ -318,7 +318,7 @@ def _columns_version(
             user=request.user, squad_slug=squad.slug, slug=form["prompt"]
         )
         raw = form.get("version", "").strip()
-        number = int(raw) if raw.isdigit() else None
+        number = parse_id(raw)
         label = raw if raw and number is None and raw != "latest" else None
         return resolve_version(request.user, template, label=label, version=number)
     except ApplicationError:
@@ -336,8 +336,8 @@ def _batch_create(request: HttpRequest, squad: Squad, form: dict[str, str]) -> B
     version = resolve_version(
         request.user,
         template,
-        label=choice if choice and not choice.isdigit() else None,
-        version=int(choice) if choice.isdigit() else None,
+        label=choice if choice and parse_id(choice) is None else None,
+        version=parse_id(choice),
     )
     batch_size = parse_int(form["batch_size"], field="batch_size", label="Batch size")
     upload = request.FILES.get("file")

@@ -6,6 +6,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
 from apps.core.exceptions import ApplicationError
+from apps.core.http import parse_id
 from apps.governance import pii, selectors, services
 from apps.governance.rules import ACTIONS, DEFAULT_RULES
 from apps.squads.access import has_squad_permission
@@ -28,7 +29,8 @@ def _lines(raw: str) -> list[str]:
 
 def _limit(raw: str) -> int | str | None:
     raw = raw.strip()
-    return int(raw) if raw.isdigit() else (raw or None)
+    number = parse_id(raw)
+    return number if number is not None else (raw or None)
 
 
 def _rules_from_form(data: Any) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from apps.core.exceptions import ApplicationError, NotFound, ValidationFailed
+from apps.core.http import parse_id
 from apps.core.views import parse_int, partial_template
 from apps.evals.selectors import eval_gate_status_for_user
 from apps.prompts import selectors as prompt_selectors
@@ -103,7 +104,7 @@ def notifications(request: HttpRequest) -> HttpResponse:
 @require_POST
 def notifications_read(request: HttpRequest) -> HttpResponse:
     """Mark the given notifications read (all of them without ids)."""
-    ids = [int(i) for i in request.POST.getlist("id") if i.isdigit()] or None
+    ids = [n for i in request.POST.getlist("id") if (n := parse_id(i)) is not None] or None
     services.notification_mark_read(actor=request.user, ids=ids)
     return redirect("reviews:notifications")
 
@@ -456,7 +457,7 @@ def _anchor_from_query(request: HttpRequest) -> dict[str, Any] | None:
     form starts anchored there. This is what a line number links to without JavaScript."""
     raw = request.GET.get("comment_on", "")
     message, _, line = raw.partition(".")
-    if not (message.isdigit() and line.isdigit()):
+    if parse_id(message) is None or parse_id(line) is None:
         return None
     return {"message_index": message, "line": line}
 
@@ -487,8 +488,8 @@ def _comment_context(
     form = form or {}
     anchor = None
     message, line = str(form.get("message_index", "")), str(form.get("line", ""))
-    if message.isdigit() and line.isdigit():
-        anchor = {"message": int(message), "line": int(line)}
+    if (number := parse_id(message)) is not None and (line_no := parse_id(line)) is not None:
+        anchor = {"message": number, "line": line_no}
         probe = ReviewComment(message_index=anchor["message"] - 1, line=anchor["line"])
         anchor["text"] = _anchor_text(version, probe)
     if review is not None:

@@ -21,6 +21,7 @@ from django.urls import path, reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from apps.core.exceptions import ApplicationError, NotFound, ValidationFailed
+from apps.core.http import parse_id
 from apps.core.views import form_error, number_or_text, parse_int, partial_template
 from apps.generation import selectors as generation_selectors
 from apps.reviews.edits import input_fields, word_diff
@@ -429,12 +430,14 @@ def _parse_ids(raw: str) -> list[int]:
     for part in re.split(r"[\s,]+", raw.strip()):
         if not part:
             continue
-        if not part.isdigit():
+        number = parse_id(part)
+        if number is None:
             raise ValidationFailed(
-                f"Generation ids are whole numbers separated by commas or spaces (got '{part}').",
+                f"Generation ids are whole numbers separated by commas or spaces "
+                f"(got '{part[:40]}').",
                 field="generations",
             )
-        ids.append(int(part))
+        ids.append(number)
     if not ids:
         raise ValidationFailed("Give the id of at least one generation.", field="generations")
     return ids
