@@ -8,6 +8,7 @@ log records URLs with their credentials masked, and secrets are stored encrypted
 """
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ValidationError
@@ -49,6 +50,12 @@ def clean_url(url: str) -> str:
             "Enter a full http:// or https:// URL, e.g. https://example.com/hooks/studio.",
             field="url",
         ) from exc
+    try:
+        port = urlsplit(url).port  # raises on a port past 65535
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise ValidationFailed("The URL's port must be a number from 1 to 65535.", field="url")
     check_url(url)
     return url
 

@@ -2,6 +2,7 @@
 delivery time), credentials in URLs masked in the audit log, and the per-squad limit
 under concurrent creation."""
 
+import ipaddress
 import socket
 import threading
 
@@ -207,3 +208,38 @@ def test_webhook_limit_holds_under_concurrent_creation() -> None:
         t.join()
     assert sorted(outcomes) == ["Conflict"] * 5 + ["created"] * 3
     assert Webhook.objects.filter(squad=squad).count() == services.WEBHOOKS_PER_SQUAD
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1
+        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+        "::127.0.0.1",  # IPv4-compatible loopback
+        "2002:7f00:1::1",  # 6to4 of 127.0.0.1
+        "::ffff:10.0.0.1",  # IPv4-mapped private
+    ],
+)
+def test_ipv6_forms_of_private_ipv4_addresses_are_refused(settings, address) -> None:
+    settings.STUDIO_WEBHOOK_BLOCK_PRIVATE = True
+    refused = targets.refused_addresses("receiver.example", [address])
+    assert refused == [str(ipaddress.ip_address(address))]
+
+
+def test_a_public_address_behind_nat64_is_allowed(settings) -> None:
+    settings.STUDIO_WEBHOOK_BLOCK_PRIVATE = True
+    assert targets.refused_addresses("receiver.example", ["64:ff9b::5db8:d822"]) == []
+
+
+@pytest.mark.parametrize("block", [False, True])
+@pytest.mark.parametrize("port", ["99999", "0", "65536"])
+def test_a_port_outside_1_to_65535_is_a_422_on_url(squad, api_as, settings, block, port) -> None:
+    settings.STUDIO_WEBHOOK_BLOCK_PRIVATE = block
+    response = api_as("owner").call(
+        "POST",
+        "/api/v1/squads/acme/webhooks",
+        {"url": f"https://example.com:{port}/", "events": ["label.moved"]},
+    )
+    assert response.status_code == 422, response.content
+    assert "port" in response.content.decode()
+    assert not Webhook.objects.exists()
