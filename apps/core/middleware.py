@@ -88,11 +88,19 @@ def _nul_field(request: HttpRequest) -> str | None:
         for name, upload in request.FILES.items():
             if "\x00" in (upload.name or ""):
                 return name
-    elif content_type.endswith("json") and _JSON_NUL.search(request.body):
+        if content_type == "multipart/form-data":
+            return None  # uploaded files may hold any bytes; their parsers check rows
+    # The API reads every body as JSON whatever its Content-Type says (none, text/plain,
+    # even a form type), so under /api/ the body is checked as JSON text too.
+    if content_type.endswith("json") or request.path.startswith("/api/"):
+        body = request.body
+        if b"\x00" not in body and not _JSON_NUL.search(body):
+            return None
         try:
-            where = nul_path(json.loads(request.body), "")
+            where = nul_path(json.loads(body), "")
         except (ValueError, RecursionError):
-            return None  # malformed JSON: the parser says where
+            # not JSON (the parser says where), unless a raw NUL is in it
+            return "body" if b"\x00" in body else None
         return None if where is None else where or "body"
     return None
 

@@ -55,3 +55,20 @@ def test_json_text_in_a_form_field_carrying_nul_is_refused(client, squad):
     fine = client.post("/squads/acme/settings", {"name": "Acme", "description": "a \\u0000 b"})
     assert fine.status_code in (200, 302)
     assert Squad.objects.get(slug="acme").description == "a \\u0000 b"
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_nul_in_an_api_body_sent_without_a_json_content_type_is_refused(
+    squad, api_as, content_type
+):
+    """django-ninja reads the body as JSON whatever the Content-Type says, so the NUL
+    check must too (it was stored, and a 500 on PostgreSQL)."""
+    owner = api_as("owner")
+    headers = dict(owner.headers)
+    kwargs = {"content_type": content_type} if content_type else {"content_type": ""}
+    response = owner.client.patch(
+        "/api/v1/squads/acme", '{"description": "nul\\u0000here"}', headers=headers, **kwargs
+    )
+    assert response.status_code == 422, response.content
+    assert response.json()["field"] == "description"
+    assert "\x00" not in Squad.objects.get(slug="acme").description
