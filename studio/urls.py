@@ -2,7 +2,8 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.http import HttpRequest, HttpResponseRedirect, JsonResponse
 from django.templatetags.static import static
-from django.urls import include, path
+from django.urls import include, path, re_path
+from django.views.decorators.csrf import csrf_exempt
 from django.views.generic import RedirectView
 
 from apps.prompts import fast
@@ -22,6 +23,24 @@ def favicon(request: HttpRequest) -> HttpResponseRedirect:
     return HttpResponseRedirect(static("favicon.svg"))
 
 
+@csrf_exempt
+def api_not_found(request: HttpRequest) -> JsonResponse:
+    """Any /api/ address no operation serves: JSON like every other API answer, and no
+    CSRF check first (a bearer token never needs one, on any path)."""
+    return JsonResponse(
+        {"detail": f"No API operation answers {request.method} {request.path}."}, status=404
+    )
+
+
+@csrf_exempt
+def api_home(request: HttpRequest) -> HttpResponseRedirect | JsonResponse:
+    """/api/v1/ itself: the docs page for a browser, a JSON 404 for any other method
+    (ninja's own root view is not CSRF-exempt, so a token's PUT met Django's HTML 403)."""
+    if request.method in ("GET", "HEAD"):
+        return HttpResponseRedirect("/api/v1/docs")
+    return api_not_found(request)
+
+
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("favicon.ico", favicon),
@@ -29,8 +48,10 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     # The runtime fetch, served without ninja's per-request overhead (apps/prompts/fast.py).
     path("api/v1/squads/<slug:squad>/prompts/<slug:slug>", fast.prompt_fetch),
+    path("api/v1/", api_home),
     path("api/v1/", api.urls),
     path("api/docs", RedirectView.as_view(url="/api/v1/docs", permanent=False)),
+    re_path(r"^api/", api_not_found),
     path(
         "login/",
         auth_views.LoginView.as_view(redirect_authenticated_user=True),

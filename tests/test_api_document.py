@@ -228,3 +228,17 @@ def test_the_document_lists_error_answers():
         assert "x-studio-errors" not in operation
     generate = document["paths"]["/api/v1/squads/{squad}/prompts/{slug}/generate"]["post"]
     assert "429" in generate["responses"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("PUT", "/api/v1/"), ("GET", "/api/v1/nope"), ("POST", "/api/v1/squads/acme/nope")],
+)
+def test_an_address_no_operation_serves_is_a_json_404_without_a_csrf_check(
+    squad, api_as, method, path
+):
+    owner = api_as("owner")
+    client = Client(enforce_csrf_checks=True)
+    response = client.generic(method, path, headers=owner.headers)
+    assert response.status_code == 404
+    assert response.json()["detail"] == f"No API operation answers {method} {path}."
