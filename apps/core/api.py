@@ -2,6 +2,7 @@
 
 from django.http import HttpRequest
 from ninja import Router, Schema
+from pydantic import StrictInt
 
 from apps.core import services
 
@@ -9,8 +10,9 @@ router = Router(tags=["jobs"])
 
 
 class GpuShareIn(Schema):
-    share: int = 1
-    max_running: int | None = None
+    # Strict: true and "5" are not numbers (pydantic would coerce them).
+    share: StrictInt = 1
+    max_running: StrictInt | None = None
 
 
 class GpuShareOut(Schema):

@@ -11,6 +11,8 @@ from apps.core.models import GpuShare
 from apps.squads.models import Squad
 
 MAX_SHARE = 1000
+# More GPU jobs of one squad at once than any installation runs (and inside the column).
+MAX_RUNNING = 10_000
 
 
 @transaction.atomic
@@ -32,10 +34,12 @@ def gpu_share_set(
     if isinstance(share, bool) or not isinstance(share, int) or not 1 <= share <= MAX_SHARE:
         raise ValidationFailed(f"share must be a whole number 1 to {MAX_SHARE}.", field="share")
     if max_running is not None and (
-        isinstance(max_running, bool) or not isinstance(max_running, int) or max_running < 1
+        isinstance(max_running, bool)
+        or not isinstance(max_running, int)
+        or not 1 <= max_running <= MAX_RUNNING
     ):
         raise ValidationFailed(
-            "max_running must be a whole number of at least 1, or empty for the default.",
+            f"max_running must be a whole number 1 to {MAX_RUNNING}, or empty for the default.",
             field="max_running",
         )
     row, _ = GpuShare.objects.select_for_update().get_or_create(squad=squad)

@@ -128,3 +128,19 @@ def test_the_api_sets_a_share_and_names_what_is_wrong(two_squads, api_as):
     assert bad.status_code == 422 and bad.json()["field"] == "share"
     missing = api.call("PUT", "/api/v1/gpu-shares/nope", {"share": 1})
     assert missing.status_code == 404 and missing.json()["field"] == "squad"
+
+
+def test_a_share_is_a_real_number_and_the_limit_fits_the_column(two_squads, api_as):
+    """true and "5" are not numbers; a limit past what PostgreSQL's integer column holds
+    was stored on SQLite and a 500 on PostgreSQL."""
+    UserFactory(username="platform", is_staff=True)
+    api = api_as("platform")
+    for body, field in (
+        ({"share": True}, "share"),
+        ({"share": "5"}, "share"),
+        ({"share": 5, "max_running": 9007199254740991}, "max_running"),
+        ({"share": 5, "max_running": 4294967296}, "max_running"),
+    ):
+        response = api.call("PUT", "/api/v1/gpu-shares/beta", body)
+        assert response.status_code == 422, (body, response.content)
+        assert field in response.content.decode()
