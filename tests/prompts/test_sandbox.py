@@ -236,7 +236,7 @@ def test_lipsum_is_not_a_template_global():
     assert "'lipsum' is undefined" in exc.message
 
 
-def test_sum_adds_numbers_only():
+def test_sum_adds_numbers_only_and_ordinary_filters_still_render():
     assert "sum() adds numbers only" in _render("{{ [[1], [2]]|sum(start=[]) }}").message
     out = render_messages(
         [{"role": "user", "content": "{{ [1, 2.5]|sum }} {{ items|sum(attribute='n') }}"}],
@@ -244,9 +244,7 @@ def test_sum_adds_numbers_only():
         {"items": [{"n": 2}, {"n": 3}]},
     )
     assert out[0]["content"] == "3.5 5"
-
-
-def test_ordinary_filters_still_render():
+    # ... and what the new limits must not refuse:
     content = (
         "{{ ['a', 'b']|join(',') }} {{ 'ab cd'|wordwrap(2) }} {{ {'a': [1]}|tojson }} "
         "{{ 'x'.encode() * 2 }} {{ range(4)|select('odd')|list }} {{ ['a', 'b'] }} "
