@@ -13,7 +13,8 @@ nested `range()` loops keep a worker busy for seconds. Here:
   `format` widths, `indent`, `slice`, `join`, `wordwrap`…) refuse outputs past
   `STUDIO_TEMPLATE_MAX_TEXT`, estimated before the work where possible;
 - every filter and test call costs one step too, and whatever a filter, test or method call
-  returns is measured (str, bytes and containers alike) against `STUDIO_TEMPLATE_MAX_TEXT`;
+  returns is measured (str, bytes and containers alike) against `STUDIO_TEMPLATE_MAX_TEXT`
+  and costs a step per `RESULT_CHARS_PER_STEP` characters or items;
   what a value prints as is estimated before `str()` builds it (output, `~`, `%`, `format`);
 - `sum` adds numbers only (summing lists copies them quadratically), `lipsum` is gone, and
   lists and dicts cannot be mutated (Jinja's ImmutableSandboxedEnvironment).
@@ -53,8 +54,8 @@ class Budget:
     max_steps: int
     steps: int = 0
 
-    def step(self) -> None:
-        self.steps += 1
+    def step(self, cost: int = 1) -> None:
+        self.steps += cost
         if self.steps > self.max_steps:
             raise TemplateTooExpensive(
                 f"it takes more than {self.max_steps} loop iterations and calls "
@@ -98,11 +99,16 @@ def budget() -> Iterator[Budget]:
         _current.reset(token)
 
 
-def _step() -> None:
+def _step(cost: int = 1) -> None:
     current = _current.get()
     if current is None:
         raise RuntimeError("a prompt template ran outside apps.prompts.sandbox.budget()")
-    current.step()
+    current.step(cost)
+
+
+# A filter, test or call result costs a step per this many characters (or items): a map()
+# of `upper` over a list repeating one long text must not build one copy per item for free.
+RESULT_CHARS_PER_STEP = 100
 
 
 def _too_long(what: str, size: int) -> TemplateTooExpensive:
@@ -161,9 +167,13 @@ def check_text(what: str, value: Any, extra: int = 0) -> None:
 
 
 def check_result(what: str, value: Any) -> Any:
-    """Refuse what a filter, test or call returned when it is larger than the text limit."""
-    if isinstance(value, (*_SIZED, dict, set, frozenset)) and len(value) > max_text():
-        raise _too_long(what, len(value))
+    """Refuse what a filter, test or call returned when it is larger than the text limit;
+    charge the budget for its size."""
+    if isinstance(value, (*_SIZED, dict, set, frozenset)):
+        if len(value) > max_text():
+            raise _too_long(what, len(value))
+        if len(value) >= RESULT_CHARS_PER_STEP:
+            _step(len(value) // RESULT_CHARS_PER_STEP)
     return value
 
 

@@ -60,6 +60,8 @@ FILTER_BOMBS = {
     "printing a list": "{{ ['a'*1000000]*100 }}",
     "string filter of a list": "{{ (['a'*1000000]*100)|string|length }}",
     "batch fill": "{{ range(10)|batch(10**9, 'x')|list|length }}",
+    # 100 separate million-character copies, each under the text limit
+    "map over a repeated text": "{{ (['a'*1000000]*100)|map('upper')|list|length }}",
 }
 
 
