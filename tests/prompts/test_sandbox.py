@@ -43,6 +43,27 @@ RENDER_BOMBS = {
     "replace of nothing": "{{ ('a' * 100000)|replace('', 'b' * 100000)|length }}",
 }
 
+# An outside probe got past the budget with these: filters, tests and what values print
+# as were not counted (issue: sandbox bypass).
+FILTER_BOMBS = {
+    # hung a worker for more than 30 s: each + copies the growing list
+    "sum of lists": "{{ ([[1]*10000]*1300)|sum(start=[])|length }}",
+    "join of a repeated text": "{{ (['a'*1000000]*100)|join|length }}",
+    "doubling join": (
+        "{% set ns=namespace(s='ab') %}{% for i in range(26) %}"
+        "{% set ns.s=[ns.s,ns.s]|join %}{% endfor %}"
+    ),
+    "bytes repetition": "{{ ('a'.encode()*100000000)|length }}",
+    "wordwrap separator": "{{ ('a'*1000)|wordwrap(1, wrapstring='b'*10000)|length }}",
+    "wordwrap of a long word": "{{ ('a'*1000000)|wordwrap(1)|length }}",
+    "str.join of a repeated text": "{{ ''.join(['a'*1000000]*100)|length }}",
+    "printing a list": "{{ ['a'*1000000]*100 }}",
+    "string filter of a list": "{{ (['a'*1000000]*100)|string|length }}",
+    "batch fill": "{{ range(10)|batch(10**9, 'x')|list|length }}",
+    # 100 separate million-character copies, each under the text limit
+    "map over a repeated text": "{{ (['a'*1000000]*100)|map('upper')|list|length }}",
+}
+
 
 def _render(content: str) -> RenderFailed:
     started = time.monotonic()
@@ -56,7 +77,10 @@ def _render(content: str) -> RenderFailed:
     return info.value
 
 
-@pytest.mark.parametrize("content", RENDER_BOMBS.values(), ids=RENDER_BOMBS.keys())
+ALL_BOMBS = {**RENDER_BOMBS, **FILTER_BOMBS}
+
+
+@pytest.mark.parametrize("content", ALL_BOMBS.values(), ids=ALL_BOMBS.keys())
 def test_every_bomb_is_refused_fast_naming_the_message(content):
     exc = _render(content)
     assert exc.status_code == 422
@@ -163,3 +187,81 @@ def test_rendering_a_saved_loop_bomb_is_a_422(squad, api_as):
     assert response.status_code == 422
     assert response.json()["field"] == "messages[0].content"
     assert "loop iterations" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("content", FILTER_BOMBS.values(), ids=FILTER_BOMBS.keys())
+def test_filter_bombs_are_checked_saved_and_refused_fast(squad, api_as, content):
+    template = make_prompt(squad, UserFactory(username="owner"))
+    engineer = api_as("engineer")
+    assert _check(engineer, "{{ 1 }}").status_code == 200  # the first request imports the API
+    started = time.monotonic()
+    assert _check(engineer, content).status_code == 200
+    saved = engineer.call(
+        "POST",
+        f"{BASE}/{template.slug}/versions",
+        {
+            "messages": [{"role": "user", "content": content}],
+            "input_schema": OPEN,
+            "commit_message": "probe",
+        },
+    )
+    assert saved.status_code == 201, saved.content  # only rendering is expensive
+    number = template.versions.order_by("-number")[0].number
+    response = engineer.call(
+        "POST", f"{BASE}/{template.slug}/render?version={number}", {"variables": {}}
+    )
+    assert time.monotonic() - started < 3
+    assert response.status_code == 422, response.content
+    assert response.json()["field"] == "messages[0].content"
+    assert "too expensive" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{% set l = [1] %}{% for i in range(22) %}{{ l.extend(l) or '' }}{% endfor %}",
+        "{% set d = {} %}{{ d.update(a=1) or '' }}{{ d|length }}",
+        "{% set l = [1] %}{{ l.append(2) or '' }}{{ l|length }}",
+    ],
+    ids=["list.extend doubling", "dict.update", "list.append"],
+)
+def test_templates_cannot_mutate_lists_or_dicts(content):
+    exc = _render(content)
+    assert exc.status_code == 422
+    assert exc.field == "messages[1].content"
+    assert "is unsafe" in exc.message
+
+
+def test_lipsum_is_not_a_template_global():
+    exc = _render("{{ lipsum(2000, False, 200, 201)|length }}")
+    assert exc.field == "messages[1].content"
+    assert "'lipsum' is undefined" in exc.message
+
+
+def test_sum_adds_numbers_only_and_ordinary_filters_still_render():
+    assert "sum() adds numbers only" in _render("{{ [[1], [2]]|sum(start=[]) }}").message
+    out = render_messages(
+        [{"role": "user", "content": "{{ [1, 2.5]|sum }} {{ items|sum(attribute='n') }}"}],
+        OPEN,
+        {"items": [{"n": 2}, {"n": 3}]},
+    )
+    assert out[0]["content"] == "3.5 5"
+    # ... and what the new limits must not refuse:
+    content = (
+        "{{ ['a', 'b']|join(',') }} {{ 'ab cd'|wordwrap(2) }} {{ {'a': [1]}|tojson }} "
+        "{{ 'x'.encode() * 2 }} {{ range(4)|select('odd')|list }} {{ ['a', 'b'] }} "
+        "{{ '-'.join(['a', 'b']) }} {{ range(3)|batch(2, 0)|list }} {{ 'é'|upper }}"
+        "{% set ns = namespace(n=0) %}{% for i in range(3) %}{% set ns.n = ns.n + i %}"
+        "{% endfor %} {{ ns.n }} {{ cycler('a', 'b').next() }}"
+    )
+    out = render_messages([{"role": "user", "content": content}], OPEN, {})
+    assert out[0]["content"] == (
+        "a,b ab\ncd {\"a\": [1]} b'xx' [1, 3] ['a', 'b'] a-b [[0, 1], [2, 0]] É 3 a"
+    )
+
+
+def test_filters_and_tests_cost_steps(settings):
+    settings.STUDIO_TEMPLATE_MAX_STEPS = 30
+    assert (
+        "30 loop iterations" in _render("{{ range(40)|select('odd')|map('string')|list }}").message
+    )
