@@ -145,8 +145,8 @@ def _json_object(raw: str) -> dict[str, Any]:
     """The variables as typed when they are a JSON object, else {} (the form then starts
     empty; the JSON box keeps the text and the server names the problem on Run)."""
     try:
-        value = json.loads(raw or "{}")
-    except json.JSONDecodeError:
+        value = parse_json(raw or "{}", field="variables")
+    except ValidationFailed:
         return {}
     return value if isinstance(value, dict) else {}
 

@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from apps.core.exceptions import ValidationFailed
+from apps.core.validation import parse_json
 from apps.prompts.contracts import validate_variables
 
 FORMAT_EXAMPLES = {
@@ -176,9 +178,10 @@ def _csv_cell(value: Any) -> str:
     so a string that would parse (a number-like "30") is written JSON-quoted."""
     if isinstance(value, str):
         try:
-            json.loads(value)
-        except ValueError:
-            return value
+            parse_json(value, field="")
+        except ValidationFailed as exc:
+            if exc.extra["reason"] == "syntax":
+                return value
     return json.dumps(value, ensure_ascii=False)
 
 

@@ -227,8 +227,8 @@ def _place_errors(form: EditorForm, errors: list[dict[str, Any]]) -> dict[str, l
 
 def _json_or_none(raw: str) -> Any:
     try:
-        return json.loads(raw or "null")
-    except json.JSONDecodeError:
+        return parse_json(raw or "null", field="input_schema")
+    except ValidationFailed:
         return None
 
 

@@ -161,7 +161,7 @@ def test_sample_files_read_back_as_valid_rows():
     from apps.generation.services import _csv_value  # the batch reader's own cell rule
 
     records = list(csv.DictReader(io.StringIO(sample_file(schema, "csv"))))
-    read = [{k: _csv_value(v) for k, v in r.items()} for r in records]
+    read = [{k: _csv_value(k, v) for k, v in r.items()} for r in records]
     assert read == rows  # "30" stays a string
 
 
