@@ -303,6 +303,7 @@ def _batch_form_context(
         if context["columns_version"] is not None:
             schema = context["columns_version"].input_schema
             context["columns"] = variable_fields(schema, {})
+            context["sample_cut"] = example_variables(schema).cut
     return context
 
 

@@ -490,6 +490,9 @@ def version_sample(
     response = HttpResponse(sample_file(version.input_schema, fmt), content_type=content_type)
     filename = f"{template.slug}-v{version.number}-sample.{fmt}"
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    cut = example_variables(version.input_schema).cut
+    if cut:  # the batch page says so too, beside the links
+        response["X-Sample-Cut-Short"] = json.dumps(cut)  # ASCII, no line breaks
     return response
 
 
