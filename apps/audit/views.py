@@ -15,9 +15,14 @@ def _when(request: HttpRequest, name: str) -> object:
     raw = request.GET.get(name, "").strip()
     if not raw:
         return None
-    value = parse_datetime(raw)
+    try:
+        value = parse_datetime(raw)  # None when malformed; ValueError for hour 25, day 32
+    except ValueError as exc:
+        raise ValidationFailed(
+            f"{name}: '{raw}' is not a date and time ({exc}).", field=name
+        ) from None
     if value is None:
-        raise ValidationFailed(f"'{raw}' is not a date and time (ISO 8601).", field=name)
+        raise ValidationFailed(f"{name}: '{raw}' is not a date and time (ISO 8601).", field=name)
     return value
 
 

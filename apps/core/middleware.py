@@ -1,11 +1,10 @@
-import json
 import re
 
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
 from django.shortcuts import render
 
 from apps.core.exceptions import ApplicationError, NotFound, ValidationFailed
-from apps.core.validation import nul_path
+from apps.core.validation import nul_path, parse_json
 
 
 class ApplicationErrorMiddleware:
@@ -69,8 +68,8 @@ def _carries_nul(value: str) -> bool:
     if not _JSON_NUL.search(value.encode()):
         return False
     try:
-        return nul_path(json.loads(value), "") is not None
-    except (ValueError, RecursionError):
+        return nul_path(parse_json(value, field=""), "") is not None
+    except ValidationFailed:
         return False  # not JSON: the escape is plain text
 
 
@@ -97,8 +96,8 @@ def _nul_field(request: HttpRequest) -> str | None:
         if b"\x00" not in body and not _JSON_NUL.search(body):
             return None
         try:
-            where = nul_path(json.loads(body), "")
-        except (ValueError, RecursionError):
+            where = nul_path(parse_json(body, field="body"), "")
+        except ValidationFailed:
             # not JSON (the parser says where), unless a raw NUL is in it
             return "body" if b"\x00" in body else None
         return None if where is None else where or "body"

@@ -2,30 +2,16 @@
 every importer: each problem is a message for that line or row, never an exception
 that turns into a 500."""
 
-import json
 from typing import Any
 
-from apps.core.validation import nul_path
+from apps.core.exceptions import ValidationFailed
+from apps.core.validation import MAX_DEPTH, depth, nul_path, parse_json
 
-# Deeper values are refused: json.loads stops near 1,000 levels with RecursionError, and
-# what reads a row later (jsonschema, json.dumps, jsonb) recurses as well.
-MAX_DEPTH = 64
+__all__ = ["MAX_DEPTH", "RowError", "checked", "depth", "json_value"]
 
 
 class RowError(ValueError):
     """What is wrong with one line or row; the importer adds where."""
-
-
-def depth(value: Any) -> int:
-    """Nesting depth of a JSON value, without recursion."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, level)
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, level + 1) for child in children)
-    return deepest
 
 
 def checked(value: Any) -> Any:
@@ -39,11 +25,10 @@ def checked(value: Any) -> Any:
 
 
 def json_value(text: str) -> Any:
-    """One JSON text (a JSONL line, a CSV cell), parsed and checked, or RowError."""
+    """One JSON text (a JSONL line, a CSV cell), parsed by parse_json and checked, or
+    RowError saying what is wrong (the importer adds the line or row)."""
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise RowError(f"not valid JSON: {exc.msg} at column {exc.colno}") from None
-    except RecursionError:
-        raise RowError(f"nested more than {MAX_DEPTH} levels deep") from None
+        value = parse_json(text, field="")
+    except ValidationFailed as exc:
+        raise RowError(exc.message.rstrip(".")) from None
     return checked(value)

@@ -17,6 +17,7 @@ from django.utils import timezone
 from apps.audit.services import audit_log
 from apps.core import jobs, queues
 from apps.core.exceptions import Conflict, NotFound, ValidationFailed
+from apps.core.validation import parse_json
 from apps.evals import assertions as checks
 from apps.evals.models import NAME_MAX, EvalResult, EvalRun, TestCase
 from apps.evals.selectors import cases_with_tags
@@ -284,13 +285,10 @@ def parse_cases(template: PromptTemplate, content: bytes) -> list[tuple[int, dic
     seen: dict[str, int] = {}
     for line_no, line in lines:
         try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as exc:
-            message = f"not JSON: {exc.msg} (column {exc.colno})"
+            raw = parse_json(line, field="file")
+        except ValidationFailed as exc:
+            message = exc.message.rstrip(".")
             errors.append({"line": line_no, "field": "", "message": message})
-            continue
-        except RecursionError:
-            errors.append({"line": line_no, "field": "", "message": "nested too deeply"})
             continue
         if not isinstance(raw, dict):
             errors.append({"line": line_no, "field": "", "message": "not a JSON object"})

@@ -29,7 +29,7 @@ from apps.core import jobs, queues
 from apps.core.exceptions import Conflict, ValidationFailed
 from apps.core.files import write_atomically
 from apps.core.uploads import RowError, checked, json_value
-from apps.core.validation import clean_slug
+from apps.core.validation import clean_slug, parse_json
 from apps.generation import pipeline
 from apps.generation.models import BatchJob, Generation, ModelTarget
 from apps.generation.targets import clean_target_fields, target_resolve
@@ -246,11 +246,11 @@ def _csv_value(column: str, value: str | None) -> Any:
     if value is None:
         return None
     try:
-        parsed = json.loads(value)
-    except ValueError:
-        parsed = value
-    except RecursionError:
-        raise RowError(f"column {column}: nested too deeply") from None
+        parsed = parse_json(value, field=column)
+    except ValidationFailed as exc:
+        if exc.extra["reason"] != "syntax":  # JSON, but too deep or a too-long number
+            raise RowError(f"column {column}: {exc.message.rstrip('.')}") from None
+        parsed = value  # not JSON: the cell is text
     try:
         return checked(parsed)
     except RowError as exc:

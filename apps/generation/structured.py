@@ -7,6 +7,9 @@ from typing import Any
 
 import jsonschema
 
+from apps.core.exceptions import ValidationFailed
+from apps.core.validation import parse_json
+
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
 
 
@@ -29,11 +32,9 @@ def extract_json(text: str) -> Any:
         if not candidate:
             continue
         try:
-            return json.loads(candidate)
-        except json.JSONDecodeError as exc:
-            last_error = f"{exc.msg} at line {exc.lineno} column {exc.colno}"
-        except RecursionError:  # a degenerate answer such as "[[[[…"
-            last_error = "nested too deeply"
+            return parse_json(candidate, field="output")
+        except ValidationFailed as exc:  # bad syntax, "[[[[…", a 5,000-digit number
+            last_error = exc.message.rstrip(".")
     raise NotJSON(f"output is not JSON: {last_error}")
 
 

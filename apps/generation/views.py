@@ -145,8 +145,8 @@ def _json_object(raw: str) -> dict[str, Any]:
     """The variables as typed when they are a JSON object, else {} (the form then starts
     empty; the JSON box keeps the text and the server names the problem on Run)."""
     try:
-        value = json.loads(raw or "{}")
-    except json.JSONDecodeError:
+        value = parse_json(raw or "{}", field="variables")
+    except ValidationFailed:
         return {}
     return value if isinstance(value, dict) else {}
 
@@ -303,6 +303,7 @@ def _batch_form_context(
         if context["columns_version"] is not None:
             schema = context["columns_version"].input_schema
             context["columns"] = variable_fields(schema, {})
+            context["sample_cut"] = example_variables(schema).cut
     return context
 
 

@@ -7,6 +7,12 @@ const, enum, type, bounds, lengths, formats, required, items, anyOf/oneOf/allOf)
 builds the first value that fits; `example_variables` then checks the result with the
 same validator as every render and says what still fails (a `pattern` it cannot invent a
 match for, say), so callers never present an invalid example as a valid one.
+
+A generated example is bounded (EXAMPLE_LIMIT characters of JSON, STRING_LIMIT per
+string, ITEMS_LIMIT per array): a schema asking for a 50,000,000-character string or
+arrays of 300 x 300 x 300 items gets a best-effort example that is cut short, with a note
+saying where, instead of a file of hundreds of megabytes. Bounds that overflow a float
+(minimum 1e308 with multipleOf 0.1) give the bound itself rather than an OverflowError.
 """
 
 import csv
@@ -17,6 +23,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from apps.core.exceptions import ValidationFailed
+from apps.core.validation import parse_json
 from apps.prompts.contracts import validate_variables
 
 FORMAT_EXAMPLES = {
@@ -32,6 +40,21 @@ FORMAT_EXAMPLES = {
     "ipv6": "2001:db8::1",
 }
 TEXT_LIMIT = 200  # a longer string or a multi-line one gets a textarea
+EXAMPLE_LIMIT = 10_000  # characters of JSON per example: a 3-row sample file stays < 64 KB
+STRING_LIMIT = 4_096
+ITEMS_LIMIT = 100
+
+
+@dataclass
+class _Budget:
+    """What is left of EXAMPLE_LIMIT while an example is built, and where it was cut."""
+
+    left: int = EXAMPLE_LIMIT
+    cut: list[str] = field(default_factory=list)
+
+    def spend(self, value: Any) -> Any:
+        self.left -= len(json.dumps(value, ensure_ascii=False))
+        return value
 
 
 def _valid(node: dict, value: Any) -> bool:
@@ -48,83 +71,114 @@ def _kind(node: dict) -> str | None:
     return kind
 
 
+def _finite(value: Any) -> float | None:
+    """A bound the arithmetic below can use: a finite number, else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value if math.isfinite(value) else None
+
+
 def _number(node: dict, integer: bool) -> int | float:
-    low = node.get("minimum")
-    high = node.get("maximum")
-    if node.get("exclusiveMinimum") is not None:
+    low = _finite(node.get("minimum"))
+    high = _finite(node.get("maximum"))
+    if _finite(node.get("exclusiveMinimum")) is not None:
         low = node["exclusiveMinimum"] + (1 if integer else 1e-6)
-    if node.get("exclusiveMaximum") is not None:
+    if _finite(node.get("exclusiveMaximum")) is not None:
         high = node["exclusiveMaximum"] - (1 if integer else 1e-6)
     value: float = 1
     if low is not None:
         value = max(value, low)
     if high is not None and value > high:
         value = high if low is None else low
-    step = node.get("multipleOf")
-    if step:
-        value = math.ceil(value / step) * step
-        if high is not None and value > high:
-            value = math.floor(high / step) * step
-    if integer:
-        return math.ceil(value)
-    return int(value) if float(value).is_integer() else value
+    fallback = value
+    try:
+        step = _finite(node.get("multipleOf"))
+        if step and step > 0:
+            value = math.ceil(value / step) * step
+            if high is not None and value > high:
+                value = math.floor(high / step) * step
+        if not math.isfinite(value):
+            value = fallback  # 1e308 / 0.1 overflows: the bound is the best example
+        if integer:
+            return math.ceil(value)
+        return int(value) if float(value).is_integer() else value
+    except (OverflowError, ValueError):
+        return fallback if not integer or not math.isfinite(fallback) else math.ceil(fallback)
 
 
-def _string(node: dict) -> str:
+def _string(node: dict, budget: _Budget, path: str) -> str:
     fmt = node.get("format")
     text = FORMAT_EXAMPLES.get(fmt, "example")
     low, high = node.get("minLength", 0), node.get("maxLength")
-    if len(text) < low:
-        text = (text + " " + "x" * low)[:low] if fmt is None else text
     if high is not None and len(text) > high:
         text = text[:high]
-    return text
+    if len(text) < low and fmt is None:
+        room = max(min(STRING_LIMIT, budget.left - 2), len(text))
+        if low > room:
+            budget.cut.append(f"{path}: a string of {low:,} characters is asked for")
+        length = min(low, room)
+        text = (text + " " + "x" * length)[:length]
+    return budget.spend(text)
+
+
+def _array(node: dict, budget: _Budget, path: str) -> list:
+    items = node.get("items") if isinstance(node.get("items"), dict) else {}
+    count = max(node.get("minItems", 1), 0)
+    if node.get("maxItems") is not None:
+        count = min(count, node["maxItems"])
+    if count <= 0:
+        return []
+    asked = count
+    value = _example(items, budget, f"{path}[0]")
+    # Each further item costs what the first did; stop at ITEMS_LIMIT or the budget.
+    each = len(json.dumps(value, ensure_ascii=False)) + 1
+    count = min(count, ITEMS_LIMIT, 1 + max(budget.left, 0) // each)
+    budget.left -= (count - 1) * each
+    if count < asked:
+        budget.cut.append(f"{path}: {asked:,} items are asked for; the example has {count}")
+    if node.get("uniqueItems") and isinstance(value, str):
+        return [f"{value}{i + 1}" if i else value for i in range(count)]
+    if node.get("uniqueItems") and isinstance(value, int | float) and not isinstance(value, bool):
+        return [value + i for i in range(count)]
+    return [value for _ in range(count)]
 
 
 def example_value(node: Any) -> Any:
-    """A value for the schema `node`, built from its keywords (see the module docstring)."""
+    """A value for the schema `node`, built from its keywords (see the module docstring),
+    within EXAMPLE_LIMIT."""
+    return _example(node, _Budget(), "$")
+
+
+def _example(node: Any, budget: _Budget, path: str) -> Any:
     if not isinstance(node, dict):
         return None
     for candidate in node.get("examples") or []:
         if _valid(node, candidate):
-            return candidate
+            return budget.spend(candidate)  # the schema's own text: as long as the schema
     for key in ("default", "const"):
         if key in node and _valid(node, node[key]):
-            return node[key]
+            return budget.spend(node[key])
     if node.get("enum"):
-        return node["enum"][0]
+        return budget.spend(node["enum"][0])
     if node.get("allOf"):
         merged = dict(node)
         for part in merged.pop("allOf"):
             if isinstance(part, dict):
                 merged = {**part, **merged}
-        return example_value(merged)
+        return _example(merged, budget, path)
     for key in ("anyOf", "oneOf"):
         if node.get(key):
-            return example_value(node[key][0])
+            return _example(node[key][0], budget, path)
     kind = _kind(node)
     if kind == "object":
         properties = node.get("properties") or {}
-        return {name: example_value(sub) for name, sub in properties.items()}
+        return {name: _example(sub, budget, f"{path}.{name}") for name, sub in properties.items()}
     if kind == "array":
-        items = node.get("items") if isinstance(node.get("items"), dict) else {}
-        count = max(node.get("minItems", 1), 0)
-        if node.get("maxItems") is not None:
-            count = min(count, node["maxItems"])
-        value = example_value(items)
-        if node.get("uniqueItems") and isinstance(value, str):
-            return [f"{value}{i + 1}" if i else value for i in range(count)]
-        if (
-            node.get("uniqueItems")
-            and isinstance(value, int | float)
-            and not isinstance(value, bool)
-        ):
-            return [value + i for i in range(count)]
-        return [value for _ in range(count)]
+        return _array(node, budget, path)
     if kind == "string":
-        return _string(node)
+        return _string(node, budget, path)
     if kind in ("integer", "number"):
-        return _number(node, kind == "integer")
+        return budget.spend(_number(node, kind == "integer"))
     if kind == "boolean":
         return False
     return None
@@ -134,22 +188,26 @@ def example_value(node: Any) -> Any:
 class Example:
     value: Any
     errors: list[dict[str, str]] = field(default_factory=list)
+    # Where the example was cut short of what the schema asks (see EXAMPLE_LIMIT).
+    cut: list[str] = field(default_factory=list)
 
 
 def example_variables(schema: Any) -> Example:
     """Example variables for an input schema, and the schema errors they still have
-    ([] whenever the schema's keywords allow building a valid value)."""
-    value = example_value(schema if isinstance(schema, dict) else {})
+    ([] whenever the schema's keywords allow building a valid value within the limits)."""
+    budget = _Budget()
+    value = _example(schema if isinstance(schema, dict) else {}, budget, "$")
     if not isinstance(value, dict):
         value = {}
     errors = validate_variables(schema, value) if isinstance(schema, dict) else []
-    return Example(value, errors)
+    return Example(value, errors, budget.cut)
 
 
 def sample_rows(schema: dict, count: int = 3) -> list[dict[str, Any]]:
     """Rows for a sample file: the example, then variations that keep it valid (another
     enum choice, a larger number within the bounds), so a sample shows the range."""
-    base = example_variables(schema).value
+    example = example_variables(schema)
+    base = example.value
     rows = [base]
     properties = schema.get("properties") or {}
     for n in range(1, count):
@@ -176,9 +234,10 @@ def _csv_cell(value: Any) -> str:
     so a string that would parse (a number-like "30") is written JSON-quoted."""
     if isinstance(value, str):
         try:
-            json.loads(value)
-        except ValueError:
-            return value
+            parse_json(value, field="")
+        except ValidationFailed as exc:
+            if exc.extra["reason"] == "syntax":
+                return value
     return json.dumps(value, ensure_ascii=False)
 
 

@@ -227,8 +227,8 @@ def _place_errors(form: EditorForm, errors: list[dict[str, Any]]) -> dict[str, l
 
 def _json_or_none(raw: str) -> Any:
     try:
-        return json.loads(raw or "null")
-    except json.JSONDecodeError:
+        return parse_json(raw or "null", field="input_schema")
+    except ValidationFailed:
         return None
 
 
@@ -490,6 +490,9 @@ def version_sample(
     response = HttpResponse(sample_file(version.input_schema, fmt), content_type=content_type)
     filename = f"{template.slug}-v{version.number}-sample.{fmt}"
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    cut = example_variables(version.input_schema).cut
+    if cut:  # the batch page says so too, beside the links
+        response["X-Sample-Cut-Short"] = json.dumps(cut)  # ASCII, no line breaks
     return response
 
 

@@ -9,11 +9,13 @@ nothing from Studio but this module (or any Standard Webhooks library).
 import base64
 import hashlib
 import hmac
-import json
 import secrets
 import time
 from collections.abc import Mapping
 from typing import Any
+
+from apps.core.exceptions import ValidationFailed
+from apps.core.validation import parse_json
 
 PREFIX = "whsec_"
 SECRET_BYTES = 32
@@ -91,6 +93,6 @@ def verify(
     if not any(hmac.compare_digest(expected, s) for s in candidates):
         raise WebhookVerificationError("No signature matches the body.")
     try:
-        return json.loads(body)
-    except ValueError as exc:
-        raise WebhookVerificationError("The body is not JSON.") from exc
+        return parse_json(body, field="body")
+    except ValidationFailed as exc:
+        raise WebhookVerificationError(f"The body is {exc.message}") from exc

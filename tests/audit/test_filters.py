@@ -56,3 +56,13 @@ def test_other_members_are_refused_and_not_shown_the_link(squad, username):
     client = _client(username)
     assert client.get("/audit/acme/").status_code == 403
     assert b"/audit/acme/" not in client.get("/squads/acme/").content
+
+
+@pytest.mark.parametrize("name", ["since", "until"])
+def test_an_impossible_time_in_a_page_filter_is_named_not_a_500(squad, name):
+    # parse_datetime raises ValueError (not None) for hour 25; the API already says 422.
+    page = _client("compliance").get(f"/audit/acme/?{name}=2026-12-06T25:00:00")
+    assert page.status_code == 422
+    body = page.content.decode()
+    assert f"{name}: &#x27;2026-12-06T25:00:00&#x27; is not a date and time" in body
+    assert "hour must be in 0..23" in body

@@ -34,7 +34,49 @@ def test_parse_json_names_the_field_and_refuses_deep_nesting():
     assert parse_json("null", field="v", label="V") is None
     with pytest.raises(ValidationFailed) as info:
         parse_json('{"a": ', field="variables", label="Variables")
-    assert info.value.field == "variables" and info.value.extra == {"line": 1, "column": 7}
+    assert info.value.field == "variables" and info.value.extra == {
+        "reason": "syntax",
+        "line": 1,
+        "column": 7,
+    }
     for deep in ("[" * 5000 + "]" * 5000, "[" * 65 + "]" * 65):  # a RecursionError; past 64
         with pytest.raises(ValidationFailed, match="nested more than 64 levels"):
             parse_json(deep, field="variables", label="Variables")
+
+
+def test_parse_json_names_a_number_past_4300_digits_with_its_line_and_column():
+    # json.loads raises a plain ValueError here, not JSONDecodeError.
+    from apps.core.validation import parse_json
+
+    with pytest.raises(ValidationFailed) as info:
+        parse_json('{\n  "n": ' + "9" * 5000 + "}", field="variables", label="Variables")
+    assert info.value.field == "variables"
+    assert info.value.message == (
+        "Variables is not usable JSON: a number has more than 4,300 digits (at line 2, column 8)."
+    )
+    assert info.value.extra == {"reason": "digits", "line": 2, "column": 8}
+    assert parse_json("-" + "9" * 4300, field="n", label="N") == -int("9" * 4300)
+
+
+def test_parse_json_refuses_bytes_that_are_not_utf8_and_reads_a_row_without_a_label():
+    from apps.core.validation import parse_json
+
+    with pytest.raises(ValidationFailed, match=r"^Body is not valid JSON: 'utf-8' codec"):
+        parse_json(b'{"a": "\xff"}', field="body", label="Body")
+    with pytest.raises(ValidationFailed, match=r"^not valid JSON: .* at column 2\.$"):
+        parse_json("{bad", field="")
+
+
+def test_json_value_turns_every_parse_failure_into_a_row_error():
+    from apps.core.uploads import RowError, json_value
+
+    cases = {
+        '{"words": ' + "9" * 5000 + "}": "not usable JSON: a number has more than 4,300 "
+        "digits (at column 11)",
+        "[" * 5000 + "]" * 5000: "nested more than 64 levels deep",
+        "{bad": "not valid JSON: Expecting property name enclosed in double quotes at column 2",
+    }
+    for text, message in cases.items():
+        with pytest.raises(RowError) as info:
+            json_value(text)
+        assert str(info.value) == message

@@ -177,7 +177,18 @@ def test_a_deeply_nested_output_fails_the_case_not_the_run(assertion):
     # failed the whole eval run instead of this one assertion.
     [clean] = clean_assertions([assertion])
     [result] = evaluate([clean], seen("[" * 5000 + "]" * 5000))
-    assert result["passed"] is False and "nested too deeply" in result["detail"]
+    assert result["passed"] is False and "nested more than 64 levels deep" in result["detail"]
+
+
+@pytest.mark.parametrize(
+    "assertion", [{"type": "schema_valid"}, {"type": "equals_json", "value": []}]
+)
+def test_an_output_with_a_huge_integer_fails_the_case_not_the_run(assertion):
+    # json.loads raises a plain ValueError (not JSONDecodeError) past 4,300 digits.
+    [clean] = clean_assertions([assertion])
+    [result] = evaluate([clean], seen('{"n": ' + "9" * 5000 + "}"))
+    assert result["passed"] is False
+    assert "a number has more than 4,300 digits" in result["detail"]
 
 
 def _evaluate_into(queue, assertion, text) -> None:

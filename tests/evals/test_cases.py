@@ -199,7 +199,7 @@ def test_import_refuses_deeply_nested_lines_by_line(writer):
             actor=UserFactory(username="engineer"), template=writer.template, content=content
         )
     [error] = info.value.extra
-    assert error["line"] == 2 and "nested too deeply" in error["message"]
+    assert error["line"] == 2 and "nested more than 64 levels deep" in error["message"]
     assert not Case.objects.exists()
 
 
@@ -231,3 +231,16 @@ def test_tag_filter(writer):
     assert names(None) == ["a", "b", "c"]
     assert names(["smoke"]) == ["a"]
     assert names(["smoke", "slow"]) == ["a", "b"]
+
+
+def test_import_names_the_line_holding_a_number_past_4300_digits(writer):
+    # json.loads raises a plain ValueError there, which the importer did not catch: a 500.
+    huge = '{"name": "big", "variables": {"n": ' + "9" * 5000 + "}}"
+    content = (_line(name="fine") + "\n" + huge + "\n").encode()
+    with pytest.raises(ValidationFailed, match="nothing was imported") as info:
+        services.test_cases_import(
+            actor=UserFactory(username="engineer"), template=writer.template, content=content
+        )
+    [error] = info.value.extra
+    assert error["line"] == 2 and "a number has more than 4,300 digits" in error["message"]
+    assert not Case.objects.exists()

@@ -245,3 +245,24 @@ def test_admin_lists_runs_read_only(writer, admin_client):
     assert admin_client.get("/admin/evals/evalrun/").status_code == 200
     assert admin_client.get(f"/admin/evals/evalrun/{run.pk}/change/").status_code == 200
     assert admin_client.get("/admin/evals/testcase/add/").status_code == 403
+
+
+@pytest.mark.parametrize("field", ["variables", "assertions"])
+def test_a_number_past_4300_digits_in_a_case_form_is_a_422_naming_the_field(writer, field):
+    # json.loads raises a plain ValueError (not JSONDecodeError) there: this was a 500.
+    client = _client("sme")
+    add = {"name": "big", "variables": '{"topic": "x"}', "assertions": json.dumps(CONTAINS)}
+    huge = {"variables": '{"n": ' + "9" * 5000 + "}", "assertions": "[" + "9" * 5000 + "]"}
+    label = field.capitalize()
+    refused = client.post(PAGE, {**add, field: huge[field]})
+    assert refused.status_code == 422
+    assert f"{label} is not usable JSON: a number has more than 4,300 digits" in (
+        refused.content.decode()
+    )
+    assert not TestCase.objects.exists()
+    case = add_case(writer.template, "tides", "tides", CONTAINS)
+    edit_url = f"/squads/acme/evals/prompts/writer/cases/{case.pk}/edit"
+    refused = client.post(edit_url, {**add, field: huge[field]})
+    assert refused.status_code == 422 and b"more than 4,300 digits" in refused.content
+    case.refresh_from_db()
+    assert case.name == "tides"

@@ -148,6 +148,14 @@ TABLE += [
     pytest.param(
         "chat",
         "rows.jsonl",
+        # json.loads raises a plain ValueError past 4,300 digits: this was a 500.
+        jsonl(GOOD, json.dumps(GOOD)[:-1] + ', "x": ' + "9" * 5000 + "}"),
+        [(2, "not usable JSON: a number has more than 4,300 digits (at column 169)")],
+        id="number-past-4300-digits",
+    ),
+    pytest.param(
+        "chat",
+        "rows.jsonl",
         jsonl(GOOD, {"messages": [{"role": "user", "content": "a\u0000b"}]}),
         [(2, "contains a NUL character (\\u0000) in messages[0].content")],
         id="nul-character",

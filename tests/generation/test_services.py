@@ -182,6 +182,8 @@ def _batches_dir() -> list[Path]:
         ("rows.jsonl", '{"topic": "a"}\n' + "[" * 5000 + "]" * 5000 + "\n", [2]),
         ("rows.csv", 'topic,n\nok,1\nok,"' + "[" * 5000 + "]" * 5000 + '"\n', [3]),
         ("rows.jsonl", '{"topic": "a\\u0000"}\n', [1]),
+        # A number past 4,300 digits: json.loads raises a plain ValueError (was a 500).
+        ("rows.jsonl", '{"topic": "a"}\n{"topic": "b", "words": ' + "9" * 5000 + "}\n", [2]),
     ],
 )
 def test_bad_rows_refuse_the_upload_and_nothing_is_stored(

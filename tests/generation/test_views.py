@@ -192,6 +192,11 @@ def test_run_with_bad_variables_shows_every_error_inline(
         ('{"customer": ', "Variables is not valid JSON: Expecting value at line 1, column 14."),
         ("[1, 2]", "Variables must be a JSON object"),
         ("[" * 5000 + "]" * 5000, "Variables is nested more than 64 levels deep."),  # was a 500
+        (
+            '{"text": ' + "9" * 5000 + "}",  # json.loads raises a plain ValueError: was a 500
+            "Variables is not usable JSON: a number has more than 4,300 digits "
+            "(at line 1, column 10).",
+        ),
     ],
 )
 def test_run_with_unparseable_variables_is_an_inline_error(template, text, message):
@@ -199,6 +204,29 @@ def test_run_with_unparseable_variables_is_an_inline_error(template, text, messa
     assert response.status_code == 422
     assert message in response.content.decode()
     assert Generation.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    "text", ["[" * 1500 + "]" * 1500, "[" * 5000 + "]" * 5000, '{"n": ' + "9" * 5000 + "}"]
+)
+def test_the_run_panel_opens_with_unparseable_variables_in_the_query(template, text):
+    # The panel re-fills its form from ?variables=; RecursionError there was a 500.
+    response = _client("engineer").get(RUN_URL, {"variables": text})
+    assert response.status_code == 200
+    assert Generation.objects.count() == 0
+
+
+def test_batch_upload_through_the_api_names_the_row_with_a_huge_number(template, api_as):
+    rows = _jsonl(GOOD) + '{"question": "q", "words": ' + "9" * 5000 + "}\n"
+    upload = SimpleUploadedFile("rows.jsonl", rows.encode())
+    api = api_as("engineer")
+    response = api.client.post(
+        "/api/v1/squads/acme/prompts/support/batches", {"file": upload}, headers=api.headers
+    )
+    assert response.status_code == 422
+    [error] = response.json()["errors"]
+    assert error["row"] == 2 and "a number has more than 4,300 digits" in error["message"]
+    assert BatchJob.objects.count() == 0
 
 
 def test_run_on_an_unknown_target_or_version_is_an_inline_error(template):

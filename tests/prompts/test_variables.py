@@ -161,7 +161,7 @@ def test_sample_files_read_back_as_valid_rows():
     from apps.generation.services import _csv_value  # the batch reader's own cell rule
 
     records = list(csv.DictReader(io.StringIO(sample_file(schema, "csv"))))
-    read = [{k: _csv_value(v) for k, v in r.items()} for r in records]
+    read = [{k: _csv_value(k, v) for k, v in r.items()} for r in records]
     assert read == rows  # "30" stays a string
 
 
@@ -263,3 +263,54 @@ def test_dataset_sample_passes_the_upload_checks(squad, settings, tmp_path):
             actor=owner, dataset=dataset, content=response.content, filename="sample.jsonl"
         )
         assert version.row_count == 2
+
+
+NESTED_300 = {
+    "type": "array",
+    "minItems": 300,
+    "items": {
+        "type": "array",
+        "minItems": 300,
+        "items": {"type": "array", "minItems": 300, "items": {"type": "string"}},
+    },
+}
+HUGE_SCHEMAS = {
+    # OverflowError: math.ceil(1e308 / 0.1) was a 500.
+    "overflowing-bound": {"type": "number", "minimum": 1e308, "multipleOf": 0.1},
+    "long-string": {"type": "string", "minLength": 50_000_000},  # a 150 MB sample file
+    "nested-arrays": NESTED_300,  # 486 MB in 10 s
+}
+
+
+@pytest.mark.parametrize("node", HUGE_SCHEMAS.values(), ids=HUGE_SCHEMAS.keys())
+def test_an_example_stays_small_and_says_where_it_was_cut(node):
+    from apps.prompts.variables import EXAMPLE_LIMIT
+
+    schema = {"type": "object", "properties": {"x": node}, "required": ["x"]}
+    example = example_variables(schema)
+    assert len(json.dumps(example.value)) <= EXAMPLE_LIMIT + 100
+    if node is HUGE_SCHEMAS["overflowing-bound"]:
+        assert example.value == {"x": 1e308} and example.cut == []
+    else:
+        assert example.cut and example.cut[0].startswith("$.x")
+        assert example.errors  # best effort: the validator still says what falls short
+    assert len(sample_file(schema, "jsonl")) < 64 * 1024
+    assert len(sample_file(schema, "csv")) < 64 * 1024
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("node", HUGE_SCHEMAS.values(), ids=HUGE_SCHEMAS.keys())
+def test_sample_files_and_the_playground_stay_small_for_demanding_schemas(template, node):
+    schema = {"type": "object", "properties": {"x": node}, "required": ["x"]}
+    PromptVersion.objects.filter(pk=template.latest_version.pk).update(input_schema=schema)
+    client = _login("engineer")
+    base = "/squads/acme/prompts/support"
+    for fmt in ("jsonl", "csv"):
+        sample = client.get(f"{base}/versions/1/sample.{fmt}")
+        assert sample.status_code == 200 and len(sample.content) < 64 * 1024
+        cut = sample.headers.get("X-Sample-Cut-Short")
+        assert (cut is None) == (node is HUGE_SCHEMAS["overflowing-bound"])
+    run = client.get(f"{base}/run?version=1", headers={"HX-Request": "true"})
+    assert run.status_code == 200 and len(run.content) < 256 * 1024
+    page = client.get("/squads/acme/batches/?prompt=support").content.decode()
+    assert ("The sample rows are cut short" in page) == (cut is not None)

@@ -218,6 +218,38 @@ def test_preview_names_the_field_with_invalid_json(squad):
     assert b"Output schema is not valid JSON" in body
 
 
+HUGE_SCHEMA = '{"type": "object", "maximum": ' + "9" * 5000 + "}"
+
+
+@pytest.mark.parametrize(
+    ("field", "text", "message"),
+    [
+        ("input_schema", HUGE_SCHEMA, "Input schema is not usable JSON: a number has more than"),
+        ("output_schema", HUGE_SCHEMA, "Output schema is not usable JSON: a number has more"),
+        ("variables", '{"name": ' + "9" * 5000 + "}", "Variables is not usable JSON: a number"),
+        ("variables", "[" * 5000 + "]" * 5000, "Variables is nested more than 64 levels deep"),
+        ("input_schema", "[" * 5000 + "]" * 5000, "Input schema is nested more than 64 levels"),
+    ],
+)
+def test_preview_and_edit_name_a_huge_number_or_deep_nesting(squad, field, text, message):
+    # A plain ValueError (past 4,300 digits) or a RecursionError (in the variables form
+    # built from the input schema) were 500s.
+    template = _prompt(squad)
+    client = _client("engineer")
+    fields = {field: text}
+    if field == "output_schema":
+        fields["output_format"] = "json"
+    preview = client.post("/squads/acme/prompts/preview", _form(**fields))
+    assert preview.status_code == 200 and message in preview.content.decode()
+    edit = client.post(
+        "/squads/acme/prompts/greet/edit",
+        _form(commit_message="big", parent_number="1", **fields),
+        headers=HTMX,
+    )
+    assert edit.status_code == 422 and message in edit.content.decode()
+    assert template.versions.count() == 1
+
+
 def test_preview_survives_python_errors_in_expressions(squad):
     sums = [{"role": "user", "content": "{{ name + 1 }}"}]
     response = _client("engineer").post("/squads/acme/prompts/preview", _form(messages=sums))
