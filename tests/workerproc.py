@@ -71,6 +71,9 @@ class WorkerProcess:
                 # The filesystem broker's folders as this process has them, even when a
                 # test moved DATA_DIR after settings were loaded (tests/finetune does).
                 "STUDIO_BROKER_DIR": str(settings.BROKER_DIR),
+                # As in the test settings: no checkpoint file outliving a test's database
+                # (a flushed chain restarts at sequence 1 and would look forked).
+                "STUDIO_AUDIT_CHECKPOINT_DIR": settings.STUDIO_AUDIT_CHECKPOINT_DIR,
                 **env,
             },
             stdout=self._log,

@@ -57,9 +57,9 @@ def squad(db, settings, tmp_path):
 
 def test_preflight_refuses_max_seq_len_16(page, login, squad, monkeypatch):
     # Queuing is not what this test is about: keep the worker task from being sent.
-    from workers import tasks
+    from apps.core import queues
 
-    monkeypatch.setattr(tasks.run_finetune_job, "delay", lambda *a, **k: None)
+    monkeypatch.setattr(queues, "send", lambda *a, **k: None)
     login(page, "priya", "pw-priya-123")
     page.goto("/squads/demo/finetune/")
     panel = page.locator("#preflight")

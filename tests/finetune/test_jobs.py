@@ -319,5 +319,5 @@ def test_a_target_s_adapter_reaches_the_runtime(squad, version, script, monkeypa
         load_adapter_model,
         raising=False,
     )
-    backends._batch_function(spec, None, 1)
+    assert backends.run_conversations(spec, [], None) == []  # loads the model, runs nothing
     assert loaded == [("smollm2-135m-instruct", Path(adapter.path))]

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -149,7 +150,8 @@ def test_labels_mask_everything_but_the_assistants_last_answer(tmp_path, smollm2
     assert answer.startswith("Green, mostly.")
     assert tokenizer.eos_token in answer  # the model learns to end its turn
     # The prompt is exactly what generation feeds the model, earlier answers included.
-    prompt_ids = LocalModel.prompt_ids(type("M", (), {"tokenizer": tokenizer})(), conversation[:-1])
+    fake = type("M", (), {"tokenizer": tokenizer, "tokenizer_lock": threading.Lock()})()
+    prompt_ids = LocalModel.prompt_ids(fake, conversation[:-1])
     assert example.input_ids[:answer_at] == prompt_ids
     assert "Hello there." in tokenizer.decode(prompt_ids)
     assert example.trainable == len(example.input_ids) - answer_at
