@@ -14,5 +14,5 @@ if [[ -n "${DATABASE_URL:-}${CELERY_BROKER_URL:-}${CACHE_URL:-}" ]]; then
   echo "== pass 2: embedded defaults (SQLite, filesystem broker, file cache)"
   env -u DATABASE_URL -u CELERY_BROKER_URL -u CACHE_URL \
     STUDIO_DATA_DIR="$PWD/var/test-embedded" \
-    $PY -m pytest -m "not browser and not model" "$@"
+    $PY -m pytest -m "not browser and not model and not fuzz" "$@"
 fi

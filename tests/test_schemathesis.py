@@ -20,6 +20,8 @@ from studio.api import api
 from studio.wsgi import application
 from tests.factories import UserFactory, make_squad
 
+pytestmark = pytest.mark.fuzz
+
 schema = schemathesis.openapi.from_dict(api.get_openapi_schema(path_prefix="/api/v1/"))
 schema.app = application  # in process, through the WSGI application
 CHECKS = [
