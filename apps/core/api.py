@@ -1,18 +1,22 @@
 """Staff set a squad's share of GPU workers (the admin console calls the same service)."""
 
+from typing import Annotated
+
 from django.http import HttpRequest
 from ninja import Router, Schema
-from pydantic import StrictInt
+from pydantic import Field
 
 from apps.core import services
+from apps.core.http import BoundedInt
 
 router = Router(tags=["jobs"])
 
 
 class GpuShareIn(Schema):
-    # Strict: true and "5" are not numbers (pydantic would coerce them).
-    share: StrictInt = 1
-    max_running: StrictInt | None = None
+    # Strict: true and "5" are not numbers (pydantic would coerce them); the service
+    # checks the ranges and names the field.
+    share: Annotated[BoundedInt, Field(strict=True)] = 1
+    max_running: Annotated[BoundedInt, Field(strict=True)] | None = None
 
 
 class GpuShareOut(Schema):
