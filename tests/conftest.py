@@ -108,3 +108,26 @@ def pytest_collection_modifyitems(config, items):
                     reason="needs PostgreSQL (set DATABASE_URL)",
                 )
             )
+
+
+_EXIT_STATUS: list[int] = []
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _EXIT_STATUS.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """Leave without finalising the interpreter once torch is loaded. A test that ran
+    the decode loop behind a threaded HTTP server can leave torch's thread pool in a
+    state its C++ destructors abort on at exit ("terminate called without an active
+    exception", exit 134) after every test passed; the results are reported by now, so
+    exit with pytest's own status instead."""
+    import os
+    import sys
+
+    if "torch" in sys.modules and _EXIT_STATUS:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_EXIT_STATUS[-1])
