@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from studio.celery import Queue
 from studio.celery import app as celery_app
 
@@ -49,32 +51,31 @@ CHECKPOINT_KEY = "c1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
 WEBHOOK_KEY = "q3m5hZ0kQb0e1x8fX2V8m6T9b9o4m2y0wS9hD5dKp1c="
 
 
-def test_production_refuses_to_start_without_audit_checkpoint_keys(tmp_path):
+PROVENANCE_KEY = "k1:c2VjcmV0LXNpZ25pbmcta2V5LW9mLTMyLWJ5dGVzISE="
+
+
+@pytest.mark.parametrize(
+    ("missing", "message"),
+    [
+        ("STUDIO_AUDIT_CHECKPOINT_KEYS", "STUDIO_AUDIT_CHECKPOINT_KEYS"),
+        ("STUDIO_WEBHOOK_SECRET_KEYS", "STUDIO_WEBHOOK_SECRET_KEYS must be set"),
+    ],
+)
+def test_production_refuses_to_start_without_each_key_set(tmp_path, missing, message):
+    keys = {
+        "STUDIO_PROVENANCE_KEYS": PROVENANCE_KEY,
+        "STUDIO_AUDIT_CHECKPOINT_KEYS": CHECKPOINT_KEY,
+        "STUDIO_WEBHOOK_SECRET_KEYS": WEBHOOK_KEY,
+    }
     result = _manage(
         "check",
         "--settings=studio.settings.production",
         SECRET_KEY="k" + "x9Qz7-pL2!mR4vT8" * 4,
         STUDIO_DATA_DIR=str(tmp_path),
-        STUDIO_PROVENANCE_KEYS="k1:c2VjcmV0LXNpZ25pbmcta2V5LW9mLTMyLWJ5dGVzISE=",
-        STUDIO_WEBHOOK_SECRET_KEYS=WEBHOOK_KEY,
-        STUDIO_AUDIT_CHECKPOINT_KEYS="",
+        **{**keys, missing: ""},
     )
     assert result.returncode != 0
-    assert "STUDIO_AUDIT_CHECKPOINT_KEYS" in result.stderr
-
-
-def test_production_refuses_to_start_without_webhook_secret_keys(tmp_path):
-    result = _manage(
-        "check",
-        "--settings=studio.settings.production",
-        SECRET_KEY="k" + "x9Qz7-pL2!mR4vT8" * 4,
-        STUDIO_DATA_DIR=str(tmp_path),
-        STUDIO_PROVENANCE_KEYS="k1:c2VjcmV0LXNpZ25pbmcta2V5LW9mLTMyLWJ5dGVzISE=",
-        STUDIO_AUDIT_CHECKPOINT_KEYS=CHECKPOINT_KEY,
-        STUDIO_WEBHOOK_SECRET_KEYS="",
-    )
-    assert result.returncode != 0
-    assert "STUDIO_WEBHOOK_SECRET_KEYS must be set" in result.stderr
+    assert message in result.stderr
 
 
 def test_check_deploy_prints_no_warnings(tmp_path):
