@@ -12,8 +12,10 @@ the queue ran as it is now (each pick charged the window's mean job time), and w
 waits.
 """
 
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from heapq import heapify, heappop, heappush
 from typing import Any
 
 from django.conf import settings
@@ -124,28 +126,63 @@ def next_job(queue: str) -> tuple[Any, int] | None:
 
 def queue_position(job: Job) -> Position | None:
     """Where a queued job stands in its queue and why it waits; None unless queued."""
-    from apps.core.jobs import kind_of
+    return QueuePositions().of(job)
 
-    if job.status != JobStatus.QUEUED:
-        return None
-    queue = kind_of(job).queue
-    squads, waiting, mean = _state(queue)
-    order: list[Waiting] = []
-    left = list(waiting)
-    while left:
-        picked = _pick(squads, left, limits=False)
-        order.append(picked)
-        left.remove(picked)
-        squads[picked.squad_id].used += mean
-    mine = next(
-        (i for i, w in enumerate(order) if w.pk == job.pk and isinstance(job, w.kind.model)),
-        None,
-    )
-    if mine is None:  # claimed meanwhile
-        return None
-    squad = squads[job.squad_id]
-    ahead = order[:mine]
-    own = sum(1 for w in ahead if w.squad_id == job.squad_id)
+
+# (job model, pk) -> (place from 0, earlier queued jobs of its own squad)
+_Places = dict[tuple[type, int], tuple[int, int]]
+
+
+class QueuePositions:
+    """Positions of many jobs from one reading of each queue: a list of jobs costs one
+    simulation per queue, not one per job. The simulation runs the queue as it is now,
+    each pick charging the window's mean job time to its squad (a heap of squads keyed
+    like `_pick`: least used/share, ties to the oldest head), so n queued jobs cost
+    O(n log squads)."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, tuple[dict[int, _Squad], _Places]] = {}
+
+    def _read(self, queue: str) -> tuple[dict[int, _Squad], _Places]:
+        """Per squad its state; per queued job (model, pk) -> (place from 0, earlier jobs
+        of its own squad)."""
+        if queue not in self._queues:
+            squads, waiting, mean = _state(queue)
+            lines: dict[int, deque[Waiting]] = {}
+            for w in waiting:
+                lines.setdefault(w.squad_id, deque()).append(w)
+            load = {sid: squads[sid].load for sid in lines}
+            heap = [(load[sid], q[0].created_at, q[0].pk, sid) for sid, q in lines.items()]
+            heapify(heap)
+            picks: dict[int, int] = {}
+            index: _Places = {}
+            while heap:
+                sid = heappop(heap)[3]
+                picked = lines[sid].popleft()
+                index[(picked.kind.model, picked.pk)] = (len(index), picks.get(sid, 0))
+                picks[sid] = picks.get(sid, 0) + 1
+                load[sid] += mean / squads[sid].share
+                if lines[sid]:
+                    head = lines[sid][0]
+                    heappush(heap, (load[sid], head.created_at, head.pk, sid))
+            self._queues[queue] = (squads, index)
+        return self._queues[queue]
+
+    def of(self, job: Job) -> Position | None:
+        from apps.core.jobs import kind_of
+
+        if job.status != JobStatus.QUEUED:
+            return None
+        squads, index = self._read(kind_of(job).queue)
+        place = index.get((type(job), job.pk))
+        if place is None:  # claimed meanwhile
+            return None
+        mine, own = place
+        reason = _reason(squads[job.squad_id], mine, own)
+        return Position(position=mine + 1, queued=len(index), reason=reason)
+
+
+def _reason(squad: _Squad, ahead: int, own: int) -> str:
     if squad.full:
         reason = (
             f"Your squad runs {squad.running} GPU job(s), its limit at once; this one starts "
@@ -153,18 +190,25 @@ def queue_position(job: Job) -> Position | None:
         )
         if own:
             reason += f", after {own} earlier job(s) of your squad"
-        reason += "."
-    elif not ahead:
-        reason = "Next in line: it starts when a GPU worker is free."
-    else:
-        others = len(ahead) - own
-        parts = []
-        if own:
-            parts.append(f"{own} earlier job(s) of your squad (first come, first served)")
-        if others:
-            parts.append(
-                f"{others} job(s) of squads that used less GPU time for their share in the "
-                f"last {settings.STUDIO_FAIR_SHARE_WINDOW_HOURS:g} h"
-            )
-        reason = f"Waiting for {' and '.join(parts)}."
-    return Position(position=mine + 1, queued=len(order), reason=reason)
+        return reason + "."
+    if not ahead:
+        return "Next in line: it starts when a GPU worker is free."
+    others = ahead - own
+    parts = []
+    if own:
+        parts.append(f"{own} earlier job(s) of your squad (first come, first served)")
+    if others:
+        parts.append(
+            f"{others} job(s) of squads that used less GPU time for their share in the "
+            f"last {settings.STUDIO_FAIR_SHARE_WINDOW_HOURS:g} h"
+        )
+    return f"Waiting for {' and '.join(parts)}."
+
+
+def queue_out(job: Job, positions: QueuePositions | None = None) -> dict[str, Any] | None:
+    """The API's `queue` field of a job: position, queued and reason, or None unless the
+    job is queued. A list passes one QueuePositions so the queue is read once."""
+    found = (positions or QueuePositions()).of(job)
+    if found is None:
+        return None
+    return {"position": found.position, "queued": found.queued, "reason": found.reason}

@@ -6,6 +6,7 @@ from ninja import File, Query, Router, Schema, Status
 from ninja.files import UploadedFile
 
 from apps.core.exceptions import NotFound, ValidationFailed
+from apps.core.fairshare import QueuePositions, queue_out
 from apps.evals import selectors, services
 from apps.evals.models import EvalResult, EvalRun, TestCase
 from apps.evals.schemas import (
@@ -39,7 +40,7 @@ def case_out(case: TestCase) -> dict[str, Any]:
     }
 
 
-def run_out(run: EvalRun) -> dict[str, Any]:
+def run_out(run: EvalRun, positions: QueuePositions | None = None) -> dict[str, Any]:
     return {
         "id": run.pk,
         "prompt": run.version.template.slug,
@@ -54,6 +55,7 @@ def run_out(run: EvalRun) -> dict[str, Any]:
         "failed": run.failed_count,
         "pass_rate": run.pass_rate,
         "error": run.error,
+        "queue": queue_out(run, positions),
         "created_by": run.created_by.get_username() if run.created_by else None,
         "created_at": run.created_at,
         "started_at": run.started_at,
@@ -219,7 +221,8 @@ def run_list(request: HttpRequest, squad: str, q: Query[RunsQuery]) -> list:
     squad_obj = squad_get_for_user(user=request.auth, slug=squad)
     template = _template(request, squad, q.prompt) if q.prompt else None
     runs = selectors.eval_run_list_for_user(user=request.auth, squad=squad_obj, template=template)
-    return [run_out(r) for r in runs[:MAX_LISTED]]
+    positions = QueuePositions()
+    return [run_out(r, positions) for r in runs[:MAX_LISTED]]
 
 
 class CompareQuery(Schema):

@@ -3,6 +3,8 @@ from typing import Any
 
 from ninja import Schema
 
+from apps.core.schemas import QueuePositionOut
+
 
 class TestCaseIn(Schema):
     __test__ = False
@@ -84,6 +86,7 @@ class EvalRunOut(Schema):
     failed: int
     pass_rate: float | None
     error: str
+    queue: QueuePositionOut | None
     created_by: str | None
     created_at: datetime
     started_at: datetime | None

@@ -6,6 +6,7 @@ from ninja import File, Form, Query, Router, Schema, Status
 from ninja.files import UploadedFile
 
 from apps.core.exceptions import NotFound
+from apps.core.fairshare import QueuePositions, queue_out
 from apps.finetune import comparisons, jobs, rows, selectors, services
 from apps.finetune.models import Adapter, AdapterComparison, Dataset, DatasetVersion, FineTuneJob
 from apps.finetune.schemas import (
@@ -278,7 +279,7 @@ def version_diff(request: HttpRequest, squad: str, slug: str, q: Query[DatasetDi
 # --- fine-tune jobs and adapters ------------------------------------------------------------
 
 
-def job_out(job: FineTuneJob) -> dict[str, Any]:
+def job_out(job: FineTuneJob, positions: QueuePositions | None = None) -> dict[str, Any]:
     version = job.dataset_version
     adapter = getattr(job, "adapter", None) if job.status == FineTuneJob.Status.SUCCEEDED else None
     return {
@@ -305,6 +306,7 @@ def job_out(job: FineTuneJob) -> dict[str, Any]:
         "error": job.error,
         "failure_kind": job.failure_kind,
         "attempts": job.attempts,
+        "queue": queue_out(job, positions),
         "adapter": adapter.pk if adapter else None,
         "created_by": job.created_by.get_username() if job.created_by else None,
         "created_at": job.created_at,
@@ -354,7 +356,8 @@ def _adapter(request: HttpRequest, squad: str, adapter_id: int) -> Adapter:
 def finetune_job_list(request: HttpRequest, squad: str) -> list:
     squad_obj = squad_get_for_user(user=request.auth, slug=squad)
     found = selectors.finetune_job_list_for_user(user=request.auth, squad=squad_obj)
-    return [job_out(j) for j in found]
+    positions = QueuePositions()
+    return [job_out(j, positions) for j in found]
 
 
 @router.post("/squads/{squad}/finetune-jobs", response={201: FineTuneJobOut}, tags=["fine-tuning"])
@@ -472,7 +475,7 @@ def target_set_adapter(
     return {"target": target.name, "adapter": target.lora_adapter_id}
 
 
-def comparison_out(c: AdapterComparison) -> dict[str, Any]:
+def comparison_out(c: AdapterComparison, positions: QueuePositions | None = None) -> dict[str, Any]:
     return {
         "id": c.pk,
         "adapter": c.adapter_id,
@@ -490,6 +493,7 @@ def comparison_out(c: AdapterComparison) -> dict[str, Any]:
         "eval_tokens": c.eval_tokens,
         "outputs": c.outputs,
         "error": c.error,
+        "queue": queue_out(c, positions),
         "created_by": c.created_by.get_username() if c.created_by else None,
         "created_at": c.created_at,
         "finished_at": c.finished_at,
@@ -529,9 +533,10 @@ def comparison_list(request: HttpRequest, squad: str, adapter_id: int) -> list:
     adapter = _adapter(request, squad, adapter_id)
     found = selectors.adapter_comparison_list_for_user(user=request.auth, adapter=adapter)
     out = []
+    positions = QueuePositions()
     for c in found:
         c.adapter = adapter
-        out.append(comparison_out(c))
+        out.append(comparison_out(c, positions))
     return out
 
 

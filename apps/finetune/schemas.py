@@ -3,6 +3,7 @@ from typing import Any, Literal
 
 from ninja import Field, Schema
 
+from apps.core.schemas import QueuePositionOut
 from apps.finetune.services import DEFAULT_EVAL_FRACTION, DEFAULT_SEED
 
 
@@ -146,6 +147,7 @@ class FineTuneJobOut(Schema):
     error: str
     failure_kind: str
     attempts: int
+    queue: QueuePositionOut | None
     adapter: int | None
     created_by: str | None
     created_at: datetime
@@ -225,6 +227,7 @@ class ComparisonOut(Schema):
     eval_tokens: int
     outputs: list[ComparisonOutputOut]
     error: str
+    queue: QueuePositionOut | None
     created_by: str | None
     created_at: datetime
     finished_at: datetime | None

@@ -8,6 +8,7 @@ from ninja import File, Form, Query, Router, Schema, Status
 from ninja.files import UploadedFile
 
 from apps.core.exceptions import NotFound
+from apps.core.fairshare import QueuePositions, queue_out
 from apps.core.waits import wait_slot
 from apps.generation import exports, selectors, services
 from apps.generation.models import BatchJob, Generation, ModelTarget
@@ -87,7 +88,7 @@ def generation_out(g: Generation) -> dict[str, Any]:
     }
 
 
-def batch_out(job: BatchJob) -> dict[str, Any]:
+def batch_out(job: BatchJob, positions: QueuePositions | None = None) -> dict[str, Any]:
     return {
         "id": job.pk,
         "status": job.status,
@@ -102,6 +103,7 @@ def batch_out(job: BatchJob) -> dict[str, Any]:
         "eta_seconds": job.eta_seconds,
         "cancel_requested": job.cancel_requested,
         "error": job.error,
+        "queue": queue_out(job, positions),
         "created_at": job.created_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,
@@ -219,8 +221,9 @@ def batch_create(
 @router.get("/squads/{squad}/batches", response=list[BatchJobOut])
 def batch_list(request: HttpRequest, squad: str) -> list:
     squad_obj = squad_get_for_user(user=request.auth, slug=squad)
+    positions = QueuePositions()
     return [
-        batch_out(j)
+        batch_out(j, positions)
         for j in selectors.batch_job_list_for_user(user=request.auth, squad=squad_obj)[:200]
     ]
 

@@ -4,6 +4,8 @@ from typing import Any, Literal
 
 from ninja import Field, Schema
 
+from apps.core.schemas import QueuePositionOut
+
 
 class TargetCreateIn(Schema):
     name: str = Field(..., max_length=100)
@@ -84,6 +86,7 @@ class BatchJobOut(Schema):
     eta_seconds: float | None
     cancel_requested: bool
     error: str
+    queue: QueuePositionOut | None
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

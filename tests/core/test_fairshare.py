@@ -4,12 +4,15 @@ and what a waiting job tells a person; in one process, claims made by hand."""
 from datetime import timedelta
 
 import pytest
+from django.conf import settings
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from apps.audit.models import AuditEvent
 from apps.core import jobs
 from apps.core.exceptions import PermissionDenied, ValidationFailed
-from apps.core.fairshare import queue_position
+from apps.core.fairshare import QueuePositions, queue_position
 from apps.core.models import GpuShare
 from apps.core.queues import Queue
 from apps.core.services import gpu_share_set
@@ -144,3 +147,61 @@ def test_a_share_is_a_real_number_and_the_limit_fits_the_column(two_squads, api_
         response = api.call("PUT", "/api/v1/gpu-shares/beta", body)
         assert response.status_code == 422, (body, response.content)
         assert field in response.content.decode()
+
+
+def test_the_api_shows_a_queued_job_s_position_and_why_it_waits(two_squads, api_as):
+    (acme,) = queue(two_squads, "acme")
+    beta = queue(two_squads, "beta", 2)
+    api = api_as("engineer")
+    detail = api.call("GET", f"/api/v1/squads/beta/batches/{beta[1].pk}").json()
+    assert detail["queue"] == {
+        "position": 3,
+        "queued": 3,
+        "reason": "Waiting for 1 earlier job(s) of your squad (first come, first served) "
+        "and 1 job(s) of squads that used less GPU time for their share in the last "
+        f"{settings.STUDIO_FAIR_SHARE_WINDOW_HOURS:g} h.",
+    }
+    listed = api.call("GET", "/api/v1/squads/beta/batches").json()
+    assert {j["id"]: j["queue"]["position"] for j in listed} == {beta[0].pk: 2, beta[1].pk: 3}
+    claim()  # acme's job starts: it is no longer queued, beta's move up
+    assert api.call("GET", f"/api/v1/squads/acme/batches/{acme.pk}").json()["queue"] is None
+    detail = api.call("GET", f"/api/v1/squads/beta/batches/{beta[1].pk}").json()
+    assert (detail["queue"]["position"], detail["queue"]["queued"]) == (2, 2)
+
+
+def test_a_list_reads_the_queue_once_however_many_jobs_wait(two_squads, api_as):
+    api = api_as("engineer")
+    queue(two_squads, "beta", 2)
+    api.call("GET", "/api/v1/squads/beta/batches")  # token and permissions cached
+    with CaptureQueriesContext(connection) as few:
+        assert len(api.call("GET", "/api/v1/squads/beta/batches").json()) == 2
+    queue(two_squads, "beta", 8)
+    with CaptureQueriesContext(connection) as many:
+        assert len(api.call("GET", "/api/v1/squads/beta/batches").json()) == 10
+    assert len(many) == len(few)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_positions_follow_the_pick_that_workers_use(two_squads, seed):
+    """The one-pass simulation behind positions (a heap of squads) gives the order the
+    claim rule `_pick` gives when it is run job by job, whatever the squads' use."""
+    import random
+
+    from apps.core.fairshare import _pick, _state
+
+    rng = random.Random(seed)
+    jobs_by_squad = {slug: queue(two_squads, slug, rng.randint(1, 5)) for slug in ("acme", "beta")}
+    for slug in jobs_by_squad:
+        if rng.random() < 0.7:
+            finish(queue(two_squads, slug)[0], rng.randint(1, 400))
+    squads, waiting, mean = _state(Queue.GPU)
+    expected = []
+    while waiting:
+        picked = _pick(squads, waiting, limits=False)
+        expected.append(picked.pk)
+        waiting.remove(picked)
+        squads[picked.squad_id].used += mean
+    jobs_all = [j for queued in jobs_by_squad.values() for j in queued]
+    positions = QueuePositions()
+    got = sorted(jobs_all, key=lambda j: positions.of(j).position)
+    assert [j.pk for j in got] == expected
