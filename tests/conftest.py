@@ -44,9 +44,7 @@ def _clear_cache():
 
 
 def _restore_default_targets() -> None:
-    """Tests on real transactions (worker tests) end by flushing every table, rows written
-    by data migrations included: put back the global `local` target, with the migration's
-    own code, so later tests do not depend on the order they run in."""
+    """Put back the global `local` target with the data migration's own code."""
     from importlib import import_module
 
     from django.apps import apps
@@ -54,11 +52,28 @@ def _restore_default_targets() -> None:
     import_module("apps.generation.migrations.0002_default_local_target").create(apps, None)
 
 
+_DB_FIXTURES = {"db", "transactional_db", "live_server", "django_db_reset_sequences"}
+
+
+@pytest.fixture(autouse=True)
+def _data_migration_rows(request):
+    """Every test that uses the database finds the rows data migrations wrote (the
+    global `local` target), whatever ran before it in its process: tests on real
+    transactions end with a flush that deletes them, and under xdist the order of tests
+    in a process is not the file order. Written before the test's own transaction, so
+    it stays."""
+    marked = request.node.get_closest_marker("django_db")
+    if not (marked or _DB_FIXTURES & set(request.fixturenames)):
+        return
+    request.getfixturevalue("django_db_setup")
+    with request.getfixturevalue("django_db_blocker").unblock():
+        _restore_default_targets()
+
+
 @pytest.fixture
 def squad(db):
     """Squad 'acme' with one member per role: owner, engineer, sme, compliance, viewer;
     plus 'outsider', a user in no squad."""
-    _restore_default_targets()
     UserFactory(username="outsider")
     owner = UserFactory(username="owner")
     return make_squad(

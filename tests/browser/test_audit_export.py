@@ -7,14 +7,12 @@ from django.core.management import call_command
 from playwright.sync_api import expect
 
 from apps.squads.management.commands.seed_demo import DEMO_PASSWORD
-from tests.conftest import _restore_default_targets
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.mark.parametrize("username", ["carmen", "olivia"])
 def test_filtered_audit_export_downloads_the_matching_events(page, login, live_server, username):
-    _restore_default_targets()  # earlier transactional tests flush the global target
     call_command("seed_demo")
     login(page, username, DEMO_PASSWORD)
     page.goto("/squads/demo/")

@@ -19,7 +19,6 @@ import pytest
 from django.core.management import call_command
 
 from apps.squads.management.commands.seed_demo import DEMO_PASSWORD
-from tests.conftest import _restore_default_targets
 
 pytestmark = pytest.mark.browser
 
@@ -154,7 +153,6 @@ def _crawl(
 
 @pytest.fixture
 def demo(db):
-    _restore_default_targets()  # earlier transactional tests flush the global target
     call_command("seed_demo")
 
 

@@ -6,7 +6,6 @@ from django.core.management import call_command
 from playwright.sync_api import expect
 
 from apps.squads.management.commands.seed_demo import DEMO_PASSWORD
-from tests.conftest import _restore_default_targets
 
 pytestmark = pytest.mark.browser
 EDIT = "/squads/demo/prompts/summarise/edit"
@@ -15,7 +14,6 @@ EDIT = "/squads/demo/prompts/summarise/edit"
 def test_leaving_the_editor_with_unsaved_changes_asks_and_saving_says_saved(
     page, login, live_server
 ):
-    _restore_default_targets()  # earlier transactional tests flush the global target
     call_command("seed_demo")
     login(page, "priya", DEMO_PASSWORD)
     dialogs: list[str] = []

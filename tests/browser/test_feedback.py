@@ -6,13 +6,11 @@ from playwright.sync_api import expect
 
 from apps.generation.models import Generation
 from apps.squads.management.commands.seed_demo import DEMO_PASSWORD
-from tests.conftest import _restore_default_targets
 
 pytestmark = pytest.mark.browser
 
 
 def test_feedback_on_a_generation_and_the_dashboard(page, login, live_server):
-    _restore_default_targets()  # earlier transactional tests flush the global target
     call_command("seed_demo")
     generation = Generation.objects.filter(squad__slug="demo").order_by("pk").first()
     login(page, "sam", DEMO_PASSWORD)

@@ -105,7 +105,9 @@ OUTPUT_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("change", "path", "breaking", "fn"), INPUT_CASES, ids=lambda x: str(x))
+@pytest.mark.parametrize(
+    ("change", "path", "breaking", "fn"), INPUT_CASES, ids=[f"{c[0]}-{c[1]}" for c in INPUT_CASES]
+)
 def test_input_schema_changes(change, path, breaking, fn):
     changes = schema_changes(version(), version(input_schema=mutate(BASE_INPUT, fn)))
     assert [(c.side, c.change, c.path, c.breaking) for c in changes] == [
@@ -113,7 +115,9 @@ def test_input_schema_changes(change, path, breaking, fn):
     ]
 
 
-@pytest.mark.parametrize(("change", "path", "breaking", "fn"), OUTPUT_CASES, ids=lambda x: str(x))
+@pytest.mark.parametrize(
+    ("change", "path", "breaking", "fn"), OUTPUT_CASES, ids=[f"{c[0]}-{c[1]}" for c in OUTPUT_CASES]
+)
 def test_output_schema_changes(change, path, breaking, fn):
     if change == "enum widened":  # widening needs an enum to start from
         old = version(
