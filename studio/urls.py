@@ -50,6 +50,8 @@ urlpatterns = [
     path("api/v1/squads/<slug:squad>/prompts/<slug:slug>", fast.prompt_fetch),
     path("api/v1/", api_home),
     path("api/v1/", api.urls),
+    # The OpenAI-compatible gateway (apps/gateway/v1.py): service keys only.
+    path("v1/", include(("apps.gateway.urls", "gateway_v1"))),
     path("api/docs", RedirectView.as_view(url="/api/v1/docs", permanent=False)),
     re_path(r"^api/", api_not_found),
     path(

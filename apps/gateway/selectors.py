@@ -1,0 +1,80 @@
+"""Reads of service keys, quotas and gateway usage; 404 for missing and forbidden alike."""
+
+from datetime import timedelta
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db.models import Count, Sum
+from django.db.models.functions import TruncDate
+from django.db.models.query import QuerySet
+from django.utils import timezone
+
+from apps.core.exceptions import NotFound
+from apps.gateway import quotas
+from apps.gateway.models import Quota, ServiceKey
+from apps.generation.models import Generation
+from apps.squads.access import require_squad_permission
+from apps.squads.models import Squad
+from apps.squads.permissions import VIEW_GATEWAY
+
+User = AbstractBaseUser | AnonymousUser
+
+
+def service_key_list_for_user(*, user: User, squad: Squad) -> QuerySet[ServiceKey]:
+    require_squad_permission(user, squad, VIEW_GATEWAY)
+    return (
+        ServiceKey.objects.filter(squad=squad)
+        .select_related("squad", "created_by", "quota")
+        .order_by("-created_at", "-id")
+    )
+
+
+def service_key_get_for_user(*, user: User, squad: Squad, key_id: int) -> ServiceKey:
+    require_squad_permission(user, squad, VIEW_GATEWAY)
+    key = (
+        ServiceKey.objects.filter(squad=squad, pk=key_id)
+        .select_related("squad", "created_by")
+        .first()
+    )
+    if key is None:
+        raise NotFound(f"Service key {key_id} not found.")
+    return key
+
+
+def quota_list_for_user(*, user: User, squad: Squad) -> list[Quota]:
+    require_squad_permission(user, squad, VIEW_GATEWAY)
+    return list(Quota.objects.filter(squad=squad).select_related("service_key").order_by("id"))
+
+
+def gateway_usage_for_user(*, user: User, squad: Squad, days: int = 30) -> dict:
+    """Spend against the quotas: this minute and period from the counters, and the
+    recorded gateway calls by key, by prompt and by day (three grouped queries)."""
+    require_squad_permission(user, squad, VIEW_GATEWAY)
+    since = timezone.now() - timedelta(days=max(1, min(days, 366)))
+    calls = Generation.objects.filter(
+        squad=squad, source=Generation.Source.GATEWAY, created_at__gte=since
+    )
+    totals = {
+        "calls": Count("id"),
+        "input_tokens": Sum("input_tokens"),
+        "output_tokens": Sum("output_tokens"),
+        "cost": Sum("cost"),
+    }
+    return {
+        "squad": quotas.usage(squad.pk),
+        "by_key": list(
+            calls.values("service_key_id", "service_key__name")
+            .annotate(**totals)
+            .order_by("service_key_id")
+        ),
+        "by_prompt": list(
+            calls.values("prompt_version__template__slug", "target__name")
+            .annotate(**totals)
+            .order_by("prompt_version__template__slug", "target__name")
+        ),
+        "by_day": list(
+            calls.annotate(day=TruncDate("created_at"))
+            .values("day")
+            .annotate(**totals)
+            .order_by("day")
+        ),
+    }
