@@ -185,6 +185,23 @@ def execute_rows(
     return outcomes
 
 
+def stream_row(
+    version: PromptVersion,
+    target: ModelTarget,
+    messages: list[dict[str, str]],
+    *,
+    max_new_tokens_cap: int | None = None,
+    overrides: dict[str, Any] | None = None,
+):  # -> Iterator[StreamDelta] (workers.runtime, imported lazily)
+    """One conversation streamed from the target with the same parameters `execute_rows`
+    would use; no repair or fallback (text is already on its way to the caller)."""
+    from workers.runtime.backends import stream_conversation
+
+    return stream_conversation(
+        target_spec(target), messages, _params(version, target, max_new_tokens_cap, overrides)
+    )
+
+
 def render(version: PromptVersion, variables: dict[str, Any]) -> tuple[list[dict], str]:
     messages = render_messages(version.messages, version.input_schema, variables)
     digest = hashlib.sha256(
