@@ -123,6 +123,7 @@ def _events(call: Call) -> Iterator[bytes]:
     state: dict[str, Any] = {"finish": "stop", "in": None, "out": None, "pieces": 0}
     outcome = Generation.Status.CANCELLED  # until the stream reaches its end
     error: tuple[str, str] | None = None
+    finished = False
     try:
         yield chunk({"role": "assistant", "content": ""})
         try:
@@ -167,17 +168,31 @@ def _events(call: Call) -> Iterator[bytes]:
                             f"The model's answer does not meet the output contract: {listed}",
                             "output_contract_violation",
                         )
+        # The record is complete before the last events go out: a client that has read
+        # [DONE] finds it written.
+        finished = True
+        _finish(call, guard, outcome, error, state)
         if error is not None:
             yield _error_event(*error)
         else:
             yield chunk({}, state["finish"])
             if req.include_usage:
-                yield chunk(None, usage=protocol.usage(state["in"] or 0, state["out"] or 0))
+                yield chunk(None, usage=protocol.usage(*_usage(call, state)))
             yield b"data: [DONE]\n\n"
     finally:
         if deltas is not None:
             deltas.close()  # a client that left: the upstream connection closes too
-        _finish(call, guard, outcome, error, state)
+        if not finished:
+            _finish(call, guard, outcome, error, state)
+
+
+def _usage(call: Call, state: dict[str, Any]) -> tuple[int, int]:
+    """(prompt, completion) tokens as the server reported them; a server that reports no
+    usage in streams (llama.cpp's) or a stream cut short: the prompt's upper-bound
+    estimate and one token per piece of text received (servers send one per chunk)."""
+    if state["in"] is not None:
+        return int(state["in"]), int(state["out"] or 0)
+    return quotas.estimate_prompt_tokens(call.messages), int(state["pieces"])
 
 
 def _finish(
@@ -192,10 +207,11 @@ def _finish(
     generation.target_used = call.target.name
     generation.latency_ms = int((time.monotonic() - call.started) * 1000)
     generation.finished_at = timezone.now()
-    # Usage as the server reported it; without its report (a cancelled stream) the pieces
-    # received stand for the output tokens.
-    generation.input_tokens = int(state["in"] or 0)
-    generation.output_tokens = int(state["out"] if state["out"] is not None else state["pieces"])
+    generation.input_tokens, generation.output_tokens = (
+        (0, 0)
+        if status == Generation.Status.FAILED and not state["pieces"] and state["in"] is None
+        else _usage(call, state)
+    )
     generation.cost = quotas.cost_of(
         generation.input_tokens,
         generation.output_tokens,
@@ -221,14 +237,17 @@ def _finish(
     if status == Generation.Status.CANCELLED:
         generation.errors = [{"path": "", "message": "The client disconnected; stopped."}]
     generation.attempts = [
-        {"target": call.target.name, "kind": "stream", "finish_reason": state["finish"]}
+        {
+            "target": call.target.name,
+            "kind": "stream",
+            "finish_reason": state["finish"],
+            "usage": "reported" if state["in"] is not None else "estimated",
+        }
     ]
     pipeline.seal(generation, call.version, call.target, call.policy, call.overrides)
     generation.save()
     if call.reservation is not None:
-        if status == Generation.Status.CANCELLED and state["in"] is None:
-            pass  # the upstream worked for an unknown amount: the reservation stands
-        elif not generation.input_tokens and not generation.output_tokens:
+        if status == Generation.Status.FAILED and not state["pieces"]:
             quotas.release(call.reservation)
         else:
             quotas.settle(
