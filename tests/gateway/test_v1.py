@@ -237,7 +237,7 @@ def test_errors_have_openai_shapes_and_statuses(setup, squad):
     assert setup.chat("[" * 10000).status_code == 400
     assert setup.chat('{"model": "fake", "messages": NaN}').status_code == 400
     nul = setup.chat({"model": "fake", "messages": [{"role": "user", "content": "a\u0000b"}]})
-    assert nul.status_code == 400
+    assert nul.status_code == 400 and nul.json()["error"]["type"] == "invalid_request_error"
     assert not Generation.objects.exists()
 
 
