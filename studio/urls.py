@@ -71,6 +71,7 @@ urlpatterns = [
     path("squads/<slug:squad>/governance/", include("apps.governance.urls")),
     path("squads/<slug:squad>/evals/", include("apps.evals.urls")),
     path("squads/<slug:squad>/webhooks/", include("apps.webhooks.urls")),
+    path("squads/<slug:squad>/gateway/", include("apps.gateway.page_urls")),
     path("squads/<slug:squad>/", include("apps.generation.urls")),
     path("squads/<slug:squad>/", include("apps.feedback.urls")),
     path("", include("apps.reviews.urls")),

@@ -617,25 +617,27 @@ ACTIONS = [
         "gateway.key_create",
         frozenset({"owner"}),
         api=lambda c: c.call("POST", SK, {"name": "app", "targets": ["local"]}),
-        view=None,
+        view=lambda c: c.post(
+            f"{GWV}/keys", {"name": "app", "targets": "local", "allow_gateway": "on"}
+        ),
     ),
     Action(
         "gateway.key_list",
         frozenset({"owner", "engineer", "compliance"}),
         api=lambda c: c.call("GET", SK),
-        view=None,
+        view=lambda c: c.get(f"{GWV}/"),
     ),
     Action(
         "gateway.key_rotate",
         frozenset({"owner"}),
         api=lambda c: c.call("POST", f"{SK}/{_service_key()}/rotate", {"overlap_seconds": 60}),
-        view=None,
+        view=lambda c: c.post(f"{GWV}/keys/{_service_key()}/rotate", {"overlap_seconds": "60"}),
     ),
     Action(
         "gateway.key_revoke",
         frozenset({"owner"}),
         api=lambda c: c.call("DELETE", f"{SK}/{_service_key()}"),
-        view=None,
+        view=lambda c: c.post(f"{GWV}/keys/{_service_key()}/revoke"),
     ),
     Action(
         "gateway.quota_set",
@@ -643,7 +645,7 @@ ACTIONS = [
         api=lambda c: c.call(
             "PUT", "/api/v1/squads/acme/gateway/quotas", {"requests_per_minute": 60}
         ),
-        view=None,
+        view=lambda c: c.post(f"{GWV}/quota", {"requests_per_minute": "60"}),
     ),
     Action(
         "gateway.quota_list",
@@ -670,6 +672,7 @@ ACTIONS = [
 WH = "/api/v1/squads/acme/webhooks"
 WHV = "/squads/acme/webhooks"
 SK = "/api/v1/squads/acme/service-keys"
+GWV = "/squads/acme/gateway"
 
 
 def _service_key() -> int:

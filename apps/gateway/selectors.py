@@ -78,3 +78,32 @@ def gateway_usage_for_user(*, user: User, squad: Squad, days: int = 30) -> dict:
             .order_by("day")
         ),
     }
+
+
+CALLS_PAGE = 50
+
+
+def gateway_calls_for_user(
+    *, user: User, squad: Squad, key_id: int | None = None, status: str = ""
+) -> list[Generation]:
+    """The squad's latest gateway calls (one query), optionally of one key or status."""
+    require_squad_permission(user, squad, VIEW_GATEWAY)
+    calls = Generation.objects.filter(squad=squad, source=Generation.Source.GATEWAY)
+    if key_id is not None:
+        calls = calls.filter(service_key_id=key_id)
+    if status:
+        calls = calls.filter(status=status)
+    return list(
+        calls.select_related("target", "prompt_version__template", "service_key").order_by(
+            "-created_at", "-id"
+        )[:CALLS_PAGE]
+    )
+
+
+def key_usage(squad: Squad, keys: list[ServiceKey]) -> dict[int | None, dict[str, int]]:
+    """Live counters of the squad (key None) and of each key (call after a permission
+    check: the page's selectors make it)."""
+    usage: dict[int | None, dict[str, int]] = {None: quotas.usage(squad.pk)}
+    for key in keys:
+        usage[key.pk] = quotas.usage(squad.pk, key.pk)
+    return usage
