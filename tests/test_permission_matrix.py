@@ -654,6 +654,20 @@ ACTIONS = [
         view=None,
     ),
     Action(
+        "gateway.cache_rule_set",
+        frozenset({"owner"}),
+        api=lambda c: c.call(
+            "PUT", "/api/v1/squads/acme/gateway/cache-rules", {"model": "local", "ttl_seconds": 60}
+        ),
+        view=lambda c: c.post(f"{GWV}/cache", {"model": "local", "ttl_seconds": "60"}),
+    ),
+    Action(
+        "gateway.cache_rule_list",
+        frozenset({"owner", "engineer", "compliance"}),
+        api=lambda c: c.call("GET", "/api/v1/squads/acme/gateway/cache-rules"),
+        view=None,
+    ),
+    Action(
         "gateway.usage",
         frozenset({"owner", "engineer", "compliance"}),
         api=lambda c: c.call("GET", "/api/v1/squads/acme/gateway/usage"),

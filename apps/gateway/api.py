@@ -4,6 +4,8 @@ from ninja import Router, Status
 from apps.gateway import selectors, services
 from apps.gateway.models import Quota, ServiceKey
 from apps.gateway.schemas import (
+    CacheRuleIn,
+    CacheRuleOut,
     GatewayUsageOut,
     QuotaIn,
     QuotaOut,
@@ -137,3 +139,19 @@ def gateway_usage(request: HttpRequest, squad: str, days: int = 30) -> dict:
         ],
         "by_day": usage["by_day"],
     }
+
+
+@router.get("/squads/{squad}/gateway/cache-rules", response=list[CacheRuleOut])
+def cache_rule_list(request: HttpRequest, squad: str) -> list:
+    squad_obj = squad_get_for_user(user=request.auth, slug=squad)
+    return selectors.cache_rule_list_for_user(user=request.auth, squad=squad_obj)
+
+
+@router.put("/squads/{squad}/gateway/cache-rules", response={200: CacheRuleOut, 204: None})
+def cache_rule_set(request: HttpRequest, squad: str, payload: CacheRuleIn) -> Status:
+    """Cache a model's deterministic answers for ttl_seconds (owners); 0 stops (204)."""
+    squad_obj = squad_get_for_user(user=request.auth, slug=squad)
+    rule = services.cache_rule_set(
+        actor=request.auth, squad=squad_obj, request=request, **payload.dict()
+    )
+    return Status(200, rule) if rule is not None else Status(204, None)

@@ -30,7 +30,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from apps.core.exceptions import NotFound
-from apps.gateway import quotas
+from apps.gateway import quotas, response_cache
 from apps.gateway.protocol import ChatRequest, GatewayError, bad, provenance_header
 from apps.gateway.services import KeyGrant
 from apps.generation import pipeline
@@ -417,3 +417,84 @@ def outcome_error(generation: Generation) -> GatewayError | None:
             headers=headers,
         )
     return None
+
+
+# --- the optional response cache -------------------------------------------------------------
+
+
+@dataclass
+class CacheSlot:
+    key: str
+    ttl: int
+    bypass: bool
+
+
+def cache_slot(call: Call, request: HttpRequest) -> CacheSlot | None:
+    """Where this call's answer is cached, or None when its model has no rule or the call
+    is not deterministic (or streams)."""
+    if call.request.stream:
+        return None
+    name = f"prompt/{call.version.template.slug}" if call.saved else call.target.name
+    ttl = response_cache.ttl_for(call.grant.squad_id, name)
+    if not ttl:
+        return None
+    params = pipeline.param_values(
+        call.version, call.target, rules_of(call.policy)["max_output_tokens"], call.overrides
+    )
+    if not response_cache.deterministic(params):
+        return None
+    identity = {
+        "model": f"version:{call.version.pk}" if call.saved else f"target:{call.target.pk}",
+        "messages": call.messages,
+        "params": params,
+        "format": call.version.output_format,
+        "schema": call.version.output_schema,
+    }
+    bypass = request.headers.get(response_cache.BYPASS_HEADER, "").lower() == "bypass"
+    return CacheSlot(response_cache.key_for(call.grant.squad_id, identity), ttl, bypass)
+
+
+def cache_hit(call: Call, slot: CacheSlot) -> Generation | None:
+    """The stored answer as this call's own Generation (no tokens, no cost), or None."""
+    if slot.bypass:
+        return None
+    entry = response_cache.get(slot.key)
+    if entry is None:
+        return None
+    generation = call.generation
+    generation.status = Generation.Status.OK
+    generation.target_used = entry["target_used"]
+    generation.output_text = entry["content"]
+    generation.output_json = entry.get("output_json")
+    generation.attempts = [
+        {
+            "target": entry["target_used"],
+            "kind": "cache",
+            "generation": entry["generation_id"],
+            "finish_reason": entry["finish_reason"],
+        }
+    ]
+    generation.latency_ms = int((time.monotonic() - call.started) * 1000)
+    generation.finished_at = timezone.now()
+    pipeline.seal(generation, call.version, call.target, call.policy, call.overrides)
+    generation.save()
+    if call.reservation is not None:
+        quotas.release(call.reservation)
+    generations_finished([generation], prompt=call.prompt_slug, target=call.target.name)
+    return generation
+
+
+def cache_store(slot: CacheSlot, generation: Generation) -> None:
+    if generation.status != Generation.Status.OK:
+        return
+    response_cache.put(
+        slot.key,
+        {
+            "content": generation.output_text,
+            "output_json": generation.output_json,
+            "finish_reason": finish_reason(generation),
+            "target_used": generation.target_used,
+            "generation_id": generation.pk,
+        },
+        slot.ttl,
+    )

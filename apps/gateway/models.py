@@ -89,3 +89,23 @@ class Quota(models.Model):
 
     def __str__(self) -> str:
         return f"Quota of {self.service_key or self.squad}"
+
+
+class CacheRule(models.Model):
+    """Exact-match response caching for one model name of the squad (a target's name or
+    `prompt/<slug>`): deterministic non-streaming calls (temperature 0 or a seed) with the
+    same messages and parameters get the stored answer for `ttl_seconds`."""
+
+    squad = models.ForeignKey("squads.Squad", on_delete=models.CASCADE, related_name="+")
+    model = models.CharField(max_length=110)
+    ttl_seconds = models.PositiveIntegerField()
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["model"]
+        constraints = [
+            models.UniqueConstraint(fields=["squad", "model"], name="cache_rule_unique_model")
+        ]
+
+    def __str__(self) -> str:
+        return f"cache {self.model} for {self.ttl_seconds}s"

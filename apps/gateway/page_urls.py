@@ -10,4 +10,5 @@ urlpatterns = [
     path("keys/<int:key_id>/revoke", views.key_revoke, name="key_revoke"),
     path("keys/<int:key_id>/rotate", views.key_rotate, name="key_rotate"),
     path("quota", views.quota_set, name="quota"),
+    path("cache", views.cache_rule_set, name="cache"),
 ]

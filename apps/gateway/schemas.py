@@ -85,3 +85,14 @@ class GatewayUsageOut(Schema):
     by_key: list[UsageByKeyOut]
     by_prompt: list[UsageByPromptOut]
     by_day: list[UsageByDayOut]
+
+
+class CacheRuleIn(Schema):
+    model: str = Field(description="A target's name or 'prompt/<slug>'")
+    ttl_seconds: int = Field(ge=0, le=7 * 24 * 3600, description="0 stops caching this model")
+
+
+class CacheRuleOut(Schema):
+    model: str
+    ttl_seconds: int
+    updated_at: datetime

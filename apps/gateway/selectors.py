@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from apps.core.exceptions import NotFound
 from apps.gateway import quotas
-from apps.gateway.models import Quota, ServiceKey
+from apps.gateway.models import CacheRule, Quota, ServiceKey
 from apps.generation.models import Generation
 from apps.squads.access import require_squad_permission
 from apps.squads.models import Squad
@@ -107,3 +107,8 @@ def key_usage(squad: Squad, keys: list[ServiceKey]) -> dict[int | None, dict[str
     for key in keys:
         usage[key.pk] = quotas.usage(squad.pk, key.pk)
     return usage
+
+
+def cache_rule_list_for_user(*, user: User, squad: Squad) -> list[CacheRule]:
+    require_squad_permission(user, squad, VIEW_GATEWAY)
+    return list(CacheRule.objects.filter(squad=squad).order_by("model"))

@@ -23,8 +23,8 @@ from apps.audit.services import audit_log
 from apps.core.exceptions import AuthenticationFailed, ValidationFailed
 from apps.core.memo import HOT
 from apps.core.validation import clean_slug
-from apps.gateway import quotas
-from apps.gateway.models import NAME_MAX, Quota, ServiceKey
+from apps.gateway import quotas, response_cache
+from apps.gateway.models import NAME_MAX, CacheRule, Quota, ServiceKey
 from apps.squads.access import require_squad_permission
 from apps.squads.models import Squad
 from apps.squads.permissions import MANAGE_GATEWAY
@@ -405,3 +405,50 @@ def quota_set(
         request=request,
     )
     return quota
+
+
+# --- response cache rules ------------------------------------------------------------------
+
+MAX_CACHE_TTL = 7 * 24 * 3600
+
+
+@transaction.atomic
+def cache_rule_set(
+    *,
+    actor: User,
+    squad: Squad,
+    model: Any,
+    ttl_seconds: Any,
+    request: HttpRequest | None = None,
+) -> CacheRule | None:
+    """Cache a model's deterministic answers for `ttl_seconds` (owners); 0 stops caching."""
+    require_squad_permission(actor, squad, MANAGE_GATEWAY)
+    if not isinstance(model, str) or not model:
+        raise ValidationFailed("model is a target name or 'prompt/<slug>'.", field="model")
+    slug = model.removeprefix("prompt/")
+    clean_slug(slug, field="model", limit=100)
+    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int):
+        raise ValidationFailed("ttl_seconds must be a whole number.", field="ttl_seconds")
+    if not 0 <= ttl_seconds <= MAX_CACHE_TTL:
+        raise ValidationFailed(
+            f"ttl_seconds must be 0 to {MAX_CACHE_TTL} (7 days).", field="ttl_seconds"
+        )
+    rule = None
+    if ttl_seconds == 0:
+        CacheRule.objects.filter(squad=squad, model=model).delete()
+    else:
+        rule, _ = CacheRule.objects.update_or_create(
+            squad=squad,
+            model=model,
+            defaults={"ttl_seconds": ttl_seconds, "updated_at": timezone.now()},
+        )
+    response_cache.forget_rules(squad.pk)
+    audit_log(
+        actor=actor,
+        action="gateway.cache_rule_set",
+        squad=squad,
+        target=rule or squad,
+        data={"model": model, "ttl_seconds": ttl_seconds},
+        request=request,
+    )
+    return rule

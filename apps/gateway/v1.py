@@ -144,9 +144,15 @@ def chat_completions(request: HttpRequest, grant: KeyGrant) -> HttpResponse:
         from apps.gateway.streaming import stream_response
 
         return stream_response(call)
-    generation = completions.complete(call)
+    slot = completions.cache_slot(call, request)
+    cached = completions.cache_hit(call, slot) if slot is not None else None
+    generation = cached or completions.complete(call)
+    if slot is not None and cached is None:
+        completions.cache_store(slot, generation)
     error = completions.outcome_error(generation)
     headers = {**call.reservation.headers, **completions.generation_headers(generation)}
+    if slot is not None:
+        headers["X-Studio-Cache"] = "hit" if cached else ("bypass" if slot.bypass else "miss")
     if error is not None:
         error.headers = {**headers, **error.headers}
         raise error

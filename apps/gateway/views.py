@@ -30,14 +30,18 @@ def _context(request: HttpRequest, squad: Squad, **extra: Any) -> dict[str, Any]
         q.service_key_id: q for q in selectors.quota_list_for_user(user=request.user, squad=squad)
     }
     usage = selectors.key_usage(squad, [k for k in keys if k.status == "active"])
+    calls = selectors.gateway_calls_for_user(
+        user=request.user, squad=squad, key_id=key_id, status=status
+    )
+    hits = sum(1 for g in calls if g.attempts and g.attempts[0].get("kind") == "cache")
     return {
+        "cache_hit_rate": f"{hits}/{len(calls)}" if calls else "no calls yet",
         "squad": squad,
         "keys": [{"key": k, "quota": quotas.get(k.pk), "usage": usage.get(k.pk)} for k in keys],
         "squad_quota": quotas.get(None),
+        "cache_rules": selectors.cache_rule_list_for_user(user=request.user, squad=squad),
         "squad_usage": usage[None],
-        "calls": selectors.gateway_calls_for_user(
-            user=request.user, squad=squad, key_id=key_id, status=status
-        ),
+        "calls": calls,
         "filter": {"key": key_id, "status": status},
         "statuses": Generation.Status.values,
         "periods": Quota.Period.values,
@@ -135,6 +139,26 @@ def quota_set(request: HttpRequest, squad: str) -> HttpResponse:
             **limits,
         )
         extra["notice"] = "Quota saved."
+    except ApplicationError as exc:
+        status, extra["error"] = exc.status_code, form_error(exc)
+    return render(request, PAGE, _context(request, squad_obj, **extra), status=status)
+
+
+@login_required
+@require_POST
+def cache_rule_set(request: HttpRequest, squad: str) -> HttpResponse:
+    squad_obj = squad_get_for_user(user=request.user, slug=squad)
+    status, extra = 200, {}
+    try:
+        ttl = parse_int(request.POST.get("ttl_seconds"), field="ttl_seconds", label="TTL")
+        services.cache_rule_set(
+            actor=request.user,
+            squad=squad_obj,
+            model=request.POST.get("model", "").strip(),
+            ttl_seconds=ttl if ttl is not None else 0,
+            request=request,
+        )
+        extra["notice"] = "Cache rule saved."
     except ApplicationError as exc:
         status, extra["error"] = exc.status_code, form_error(exc)
     return render(request, PAGE, _context(request, squad_obj, **extra), status=status)
