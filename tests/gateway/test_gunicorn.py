@@ -42,7 +42,7 @@ def _cache_url() -> str:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_requests_per_minute_hold_across_two_gunicorn_workers(squad):
+def test_requests_per_minute_hold_across_two_gunicorn_workers(squad, tmp_path):
     with FakeOpenAI(delay=0.05) as upstream:
         remote_target(squad, upstream.url)
         secret = make_key(squad)
@@ -61,7 +61,8 @@ def test_requests_per_minute_hold_across_two_gunicorn_workers(squad):
             "STUDIO_LOG_FORMAT": "json",
             "LOG_LEVEL": "WARNING",
         }
-        env["PROMETHEUS_MULTIPROC_DIR"] = ""
+        # Each worker writes its metric files here (an empty value meant the work tree).
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path)
         command = [
             str(Path(sys.executable).parent / "gunicorn"),
             "studio.wsgi:application",
