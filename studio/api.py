@@ -26,6 +26,7 @@ from apps.evals.api import router as evals_router
 from apps.evidence.api import router as evidence_router
 from apps.feedback.api import router as feedback_router
 from apps.finetune.api import router as finetune_router
+from apps.gateway.api import router as gateway_router
 from apps.generation.api import router as generation_router
 from apps.governance.api import router as governance_router
 from apps.prompts.api import router as prompts_router
@@ -159,6 +160,7 @@ ROUTERS = [
     ("/", webhooks_router),
     ("/", feedback_router),
     ("/", jobs_router),
+    ("/", gateway_router),
 ]
 for prefix, router in ROUTERS:
     api.add_router(prefix, router)

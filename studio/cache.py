@@ -39,6 +39,10 @@ class StudioRedisCache(RedisCache):
         super().__init__(server, params)
         self._class = PooledRedisCacheClient
 
+    def redis_client(self) -> Any:
+        """The redis-py client of the primary, for atomic scripts (gateway quotas)."""
+        return self._cache.get_client(write=True)
+
 
 class StudioFileBasedCache(FileBasedCache):
     """Django's file cache, with `add` and `incr` atomic across processes.
@@ -50,7 +54,9 @@ class StudioFileBasedCache(FileBasedCache):
     """
 
     @contextmanager
-    def _exclusive(self) -> Iterator[None]:
+    def exclusive(self) -> Iterator[None]:
+        """Hold the counters' lock: read-modify-write under it is atomic across
+        processes. Inside, use get/set only (add and incr take the lock themselves)."""
         os.makedirs(self._dir, 0o700, exist_ok=True)
         fd = os.open(os.path.join(self._dir, "counters.lock"), os.O_CREAT | os.O_RDWR, 0o600)
         try:
@@ -62,13 +68,13 @@ class StudioFileBasedCache(FileBasedCache):
     def add(
         self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: Any = None
     ) -> bool:
-        with self._exclusive():
+        with self.exclusive():
             return super().add(key, value, timeout, version)
 
     def incr(self, key: Any, delta: int = 1, version: Any = None) -> int:
         """Add `delta`, keeping the entry's expiry (Django's incr resets it to the default
         timeout, which would let a long counting window lapse early)."""
-        with self._exclusive():
+        with self.exclusive():
             path = self._key_to_file(key, version)
             try:
                 with open(path, "rb") as f:

@@ -50,6 +50,8 @@ urlpatterns = [
     path("api/v1/squads/<slug:squad>/prompts/<slug:slug>", fast.prompt_fetch),
     path("api/v1/", api_home),
     path("api/v1/", api.urls),
+    # The OpenAI-compatible gateway (apps/gateway/v1.py): service keys only.
+    path("v1/", include(("apps.gateway.urls", "gateway_v1"))),
     path("api/docs", RedirectView.as_view(url="/api/v1/docs", permanent=False)),
     re_path(r"^api/", api_not_found),
     path(
@@ -69,6 +71,7 @@ urlpatterns = [
     path("squads/<slug:squad>/governance/", include("apps.governance.urls")),
     path("squads/<slug:squad>/evals/", include("apps.evals.urls")),
     path("squads/<slug:squad>/webhooks/", include("apps.webhooks.urls")),
+    path("squads/<slug:squad>/gateway/", include("apps.gateway.page_urls")),
     path("squads/<slug:squad>/", include("apps.generation.urls")),
     path("squads/<slug:squad>/", include("apps.feedback.urls")),
     path("", include("apps.reviews.urls")),

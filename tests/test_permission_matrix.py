@@ -614,6 +614,66 @@ ACTIONS = [
         ),
     ),
     Action(
+        "gateway.key_create",
+        frozenset({"owner"}),
+        api=lambda c: c.call("POST", SK, {"name": "app", "targets": ["local"]}),
+        view=lambda c: c.post(
+            f"{GWV}/keys", {"name": "app", "targets": "local", "allow_gateway": "on"}
+        ),
+    ),
+    Action(
+        "gateway.key_list",
+        frozenset({"owner", "engineer", "compliance"}),
+        api=lambda c: c.call("GET", SK),
+        view=lambda c: c.get(f"{GWV}/"),
+    ),
+    Action(
+        "gateway.key_rotate",
+        frozenset({"owner"}),
+        api=lambda c: c.call("POST", f"{SK}/{_service_key()}/rotate", {"overlap_seconds": 60}),
+        view=lambda c: c.post(f"{GWV}/keys/{_service_key()}/rotate", {"overlap_seconds": "60"}),
+    ),
+    Action(
+        "gateway.key_revoke",
+        frozenset({"owner"}),
+        api=lambda c: c.call("DELETE", f"{SK}/{_service_key()}"),
+        view=lambda c: c.post(f"{GWV}/keys/{_service_key()}/revoke"),
+    ),
+    Action(
+        "gateway.quota_set",
+        frozenset({"owner"}),
+        api=lambda c: c.call(
+            "PUT", "/api/v1/squads/acme/gateway/quotas", {"requests_per_minute": 60}
+        ),
+        view=lambda c: c.post(f"{GWV}/quota", {"requests_per_minute": "60"}),
+    ),
+    Action(
+        "gateway.quota_list",
+        frozenset({"owner", "engineer", "compliance"}),
+        api=lambda c: c.call("GET", "/api/v1/squads/acme/gateway/quotas"),
+        view=None,
+    ),
+    Action(
+        "gateway.cache_rule_set",
+        frozenset({"owner"}),
+        api=lambda c: c.call(
+            "PUT", "/api/v1/squads/acme/gateway/cache-rules", {"model": "local", "ttl_seconds": 60}
+        ),
+        view=lambda c: c.post(f"{GWV}/cache", {"model": "local", "ttl_seconds": "60"}),
+    ),
+    Action(
+        "gateway.cache_rule_list",
+        frozenset({"owner", "engineer", "compliance"}),
+        api=lambda c: c.call("GET", "/api/v1/squads/acme/gateway/cache-rules"),
+        view=None,
+    ),
+    Action(
+        "gateway.usage",
+        frozenset({"owner", "engineer", "compliance"}),
+        api=lambda c: c.call("GET", "/api/v1/squads/acme/gateway/usage"),
+        view=None,
+    ),
+    Action(
         "token.revoke_other_users",
         frozenset(),
         api=lambda c: c.call("DELETE", f"/api/v1/tokens/{_other_token_id()}"),
@@ -625,6 +685,18 @@ ACTIONS = [
 
 WH = "/api/v1/squads/acme/webhooks"
 WHV = "/squads/acme/webhooks"
+SK = "/api/v1/squads/acme/service-keys"
+GWV = "/squads/acme/gateway"
+
+
+def _service_key() -> int:
+    from apps.gateway import services as gateway
+    from apps.squads.models import Squad
+
+    key, _ = gateway.service_key_create(
+        actor=UserFactory(username="owner"), squad=Squad.objects.get(slug="acme"), name="k"
+    )
+    return key.pk
 
 
 def _webhook() -> int:
@@ -873,6 +945,8 @@ COVERED = {
     "manage_alerts": "alert.acknowledge",
     "manage_webhooks": "webhook.create",
     "export_evidence": "evidence.export",
+    "manage_gateway": "gateway.key_create",
+    "view_gateway": "gateway.key_list",
 }
 
 

@@ -109,7 +109,8 @@ class RejectNulMiddleware:
     it (a 500 at save time), and no field of Studio has a use for it. Query strings,
     form fields (and JSON text in them), upload names and JSON bodies (the `\\u0000`
     escape) are checked here, once for every API operation and page: 422 JSON naming
-    the field under /api/, a 400 page elsewhere."""
+    the field under /api/, OpenAI's error shape (400) under the gateway's /v1/, a 400
+    page elsewhere."""
 
     def __init__(self, get_response):  # type: ignore[no-untyped-def]
         self.get_response = get_response
@@ -124,4 +125,12 @@ class RejectNulMiddleware:
         )
         if request.path.startswith("/api/"):
             return JsonResponse(exc.as_dict(), status=exc.status_code)
+        if request.path.startswith("/v1/"):
+            error = {
+                "message": exc.message,
+                "type": "invalid_request_error",
+                "param": field,
+                "code": "invalid_value",
+            }
+            return JsonResponse({"error": error}, status=400)
         return render(request, "error.html", {"message": exc.message, "status": 400}, status=400)

@@ -179,6 +179,12 @@ def feedback_submit(
             f"has finished.",
             field="generation",
         )
+    if generation.prompt_version_id is None:
+        raise Conflict(
+            f"Generation {generation.pk} was a gateway call naming a model target, not a "
+            f"prompt; feedback and drift are kept per prompt version.",
+            field="generation",
+        )
     signal = clean_signal(
         generation=generation, thumbs=thumbs, score=score, scale=scale, edited_text=edited_text
     )

@@ -65,8 +65,8 @@ def generation_out(g: Generation) -> dict[str, Any]:
     return {
         "id": g.pk,
         "status": g.status,
-        "prompt": g.prompt_version.template.slug,
-        "version": g.prompt_version.number,
+        "prompt": g.prompt_version.template.slug if g.prompt_version else None,
+        "version": g.prompt_version.number if g.prompt_version else None,
         "target": g.target.name,
         "target_used": g.target_used,
         "variables": g.variables,

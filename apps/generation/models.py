@@ -112,16 +112,24 @@ class Generation(models.Model):
         INVALID = "invalid"
         FAILED = "failed"
         BLOCKED = "blocked"
+        # A gateway stream whose client went away before the end (apps.gateway).
+        CANCELLED = "cancelled"
 
     class Source(models.TextChoices):
         PLAYGROUND = "playground"
         BATCH = "batch"
         API = "api"
         EVAL = "eval"
+        GATEWAY = "gateway"
 
     squad = models.ForeignKey("squads.Squad", on_delete=models.CASCADE, related_name="generations")
+    # Empty for a gateway call that names a model target: the caller's messages, no prompt.
     prompt_version = models.ForeignKey(
-        "prompts.PromptVersion", on_delete=models.PROTECT, related_name="generations"
+        "prompts.PromptVersion",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="generations",
     )
     target = models.ForeignKey(ModelTarget, on_delete=models.PROTECT, related_name="generations")
     target_used = models.CharField(
@@ -132,7 +140,7 @@ class Generation(models.Model):
     rendered_hash = models.CharField(max_length=64, blank=True)
     output_text = models.TextField(blank=True)
     output_json = models.JSONField(null=True, blank=True)
-    status = models.CharField(max_length=8, choices=Status.choices, default=Status.QUEUED)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     errors = models.JSONField(default=list, blank=True)
     attempts = models.JSONField(default=list, blank=True)
     input_tokens = models.PositiveIntegerField(default=0)
@@ -165,6 +173,18 @@ class Generation(models.Model):
     # The caller's business context (X-Studio-Context header, apps.telemetry.context) for
     # playground and API calls: {"use_case": "contract_review", ...}.
     context = models.JSONField(default=dict, blank=True)
+    # Gateway calls: the service key, and the caller's OpenAI `user` and `metadata`.
+    service_key = models.ForeignKey(
+        "gateway.ServiceKey",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="generations",
+    )
+    end_user = models.CharField(max_length=256, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    # A prompt model's caller messages, appended after the rendered ones (redacted).
+    request_messages = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

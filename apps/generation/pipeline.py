@@ -41,11 +41,15 @@ def target_spec(target: ModelTarget):  # -> TargetSpec (imported lazily: workers
     )
 
 
-def _param_values(
-    version: PromptVersion, target: ModelTarget, cap: int | None = None
+def param_values(
+    version: PromptVersion,
+    target: ModelTarget,
+    cap: int | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The generation parameters; `cap` is the policy's maximum output tokens."""
-    merged = {**(target.default_params or {}), **version.model_settings}
+    """The generation parameters; `cap` is the policy's maximum output tokens;
+    `overrides` what a gateway caller may set (apps.gateway.protocol), applied last."""
+    merged = {**(target.default_params or {}), **version.model_settings, **(overrides or {})}
     max_new_tokens = int(merged["max_new_tokens"])
     return {
         "max_new_tokens": min(max_new_tokens, cap) if cap else max_new_tokens,
@@ -56,10 +60,15 @@ def _param_values(
     }
 
 
-def _params(version: PromptVersion, target: ModelTarget, cap: int | None = None):
+def _params(
+    version: PromptVersion,
+    target: ModelTarget,
+    cap: int | None = None,
+    overrides: dict[str, Any] | None = None,
+):
     from workers.runtime import GenerationParams
 
-    values = _param_values(version, target, cap)
+    values = param_values(version, target, cap, overrides)
     return GenerationParams(**{**values, "stop": tuple(values["stop"])})
 
 
@@ -92,6 +101,7 @@ def execute_rows(
     batch_size: int = 8,
     on_progress: Callable[[int], None] | None = None,
     max_new_tokens_cap: int | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> list[RowOutcome]:
     """Run rendered conversations; enforce the output contract; fall back when configured.
 
@@ -111,7 +121,7 @@ def execute_rows(
         results = run_conversations(
             target_spec(t),
             convs,
-            _params(version, t, max_new_tokens_cap),
+            _params(version, t, max_new_tokens_cap, overrides),
             batch_size=batch_size,
             on_progress=progress,
         )
@@ -173,6 +183,23 @@ def execute_rows(
             for i, (r, ms) in zip(still, run(fallback, rows), strict=True):
                 record(i, fallback, "fallback", r, ms)
     return outcomes
+
+
+def stream_row(
+    version: PromptVersion,
+    target: ModelTarget,
+    messages: list[dict[str, str]],
+    *,
+    max_new_tokens_cap: int | None = None,
+    overrides: dict[str, Any] | None = None,
+):  # -> Iterator[StreamDelta] (workers.runtime, imported lazily)
+    """One conversation streamed from the target with the same parameters `execute_rows`
+    would use; no repair or fallback (text is already on its way to the caller)."""
+    from workers.runtime.backends import stream_conversation
+
+    return stream_conversation(
+        target_spec(target), messages, _params(version, target, max_new_tokens_cap, overrides)
+    )
 
 
 def render(version: PromptVersion, variables: dict[str, Any]) -> tuple[list[dict], str]:
@@ -237,8 +264,39 @@ def _blocked_message(policy: PolicyVersion | None, findings: list[dict[str, Any]
     return f"Blocked by the squad's governance {where}: {governance.summary(stopped)}."
 
 
+def prepare_conversation(
+    messages: list[dict[str, str]],
+    policy: PolicyVersion | None,
+    *,
+    wants_json: bool,
+    has_output_schema: bool,
+) -> Prepared:
+    """Before generation, for messages a caller sent as they are (the gateway): the same
+    input checks as `prepare`, with the messages as the variables (stored redacted as
+    {"messages": [...]})."""
+    checked = governance.check_input(
+        rules_of(policy),
+        {"messages": messages},
+        render=lambda v: v["messages"],
+        wants_json=wants_json,
+        has_output_schema=has_output_schema,
+    )
+    digest = hashlib.sha256(
+        json.dumps(checked.messages, sort_keys=True, ensure_ascii=False).encode()
+    ).hexdigest()
+    return Prepared(policy, checked.variables, checked.messages, digest, checked.findings)
+
+
+def blocked_message(policy: PolicyVersion | None, findings: list[dict[str, Any]]) -> str:
+    return _blocked_message(policy, findings)
+
+
 def block(
-    generation: Generation, prepared: Prepared, version: PromptVersion, target: ModelTarget
+    generation: Generation,
+    prepared: Prepared,
+    version: PromptVersion,
+    target: ModelTarget,
+    overrides: dict[str, Any] | None = None,
 ) -> None:
     """A call the policy stopped before generation: nothing was sent to a model."""
     generation.status = Generation.Status.BLOCKED
@@ -246,10 +304,10 @@ def block(
         {"path": "", "message": _blocked_message(prepared.policy, prepared.findings)}
     ]
     generation.finished_at = timezone.now()
-    seal(generation, version, target, prepared.policy)
+    seal(generation, version, target, prepared.policy, overrides)
 
 
-def _check_output(generation: Generation, policy: PolicyVersion | None) -> None:
+def check_output(generation: Generation, policy: PolicyVersion | None) -> None:
     """After generation: PII and blocked terms in the output (redact, flag or block)."""
     rules = rules_of(policy)
     checked = governance.check_output(rules, generation.output_text)
@@ -281,8 +339,10 @@ def seal(
     version: PromptVersion,
     target: ModelTarget,
     policy: PolicyVersion | None,
+    overrides: dict[str, Any] | None = None,
 ) -> None:
-    """Sign the generation's provenance manifest (HMAC, apps.governance.provenance)."""
+    """Sign the generation's provenance manifest (HMAC, apps.governance.provenance).
+    A gateway call naming a target has no saved version: `version.number` is 0."""
     generation.adapter = adapter_identity(target)
     signed = provenance.sign(
         provenance.manifest_build(
@@ -298,7 +358,9 @@ def seal(
                 "model": target.base_model or target.remote_model,
             },
             adapter=generation.adapter or None,
-            parameters=_param_values(version, target, rules_of(policy)["max_output_tokens"]),
+            parameters=param_values(
+                version, target, rules_of(policy)["max_output_tokens"], overrides
+            ),
             variables=generation.variables,
             input_sha256=generation.rendered_hash,
             output_text=generation.output_text,
@@ -317,6 +379,7 @@ def apply_outcome(
     outcome: RowOutcome,
     version: PromptVersion,
     policy: PolicyVersion | None,
+    overrides: dict[str, Any] | None = None,
 ) -> None:
     generation.status = outcome.status
     generation.target_used = outcome.target.name
@@ -330,5 +393,5 @@ def apply_outcome(
     generation.latency_ms = outcome.latency_ms
     generation.finished_at = timezone.now()
     if outcome.output_text:
-        _check_output(generation, policy)
-    seal(generation, version, outcome.target, policy)
+        check_output(generation, policy)
+    seal(generation, version, outcome.target, policy, overrides)

@@ -52,8 +52,8 @@ class GenerateIn(Schema):
 class GenerationOut(Schema):
     id: int
     status: str
-    prompt: str
-    version: int
+    prompt: str | None = Field(description="Empty for a gateway call that named a target")
+    version: int | None
     target: str
     target_used: str
     variables: dict[str, Any]

@@ -138,8 +138,9 @@ def generation_run(*, generation_id: int) -> Generation:
     """Worker side. Idempotent: a finished generation is left as it is."""
     with transaction.atomic():
         generation = (
-            Generation.objects.select_for_update()
-            # Not policy_version: PostgreSQL refuses FOR UPDATE on a nullable outer join.
+            # Only the generation's row: PostgreSQL refuses FOR UPDATE on the nullable side
+            # of an outer join (prompt_version is empty for gateway calls on a target).
+            Generation.objects.select_for_update(of=("self",))
             .select_related("prompt_version__template", "target")
             .get(pk=generation_id)
         )

@@ -19,8 +19,14 @@ from django.urls import URLResolver
 from django.urls.resolvers import RoutePattern
 from django.views.decorators.csrf import csrf_exempt
 
-from apps.core.exceptions import ApplicationError, AuthenticationFailed, ValidationFailed
+from apps.core.exceptions import (
+    ApplicationError,
+    AuthenticationFailed,
+    PermissionDenied,
+    ValidationFailed,
+)
 from apps.core.views import parse_int
+from apps.gateway.services import KeyGrant, is_service_key, service_key_authenticate
 from apps.prompts import runtime
 from apps.telemetry.recording import bind_prompt
 
@@ -44,6 +50,18 @@ def _delegate(request: HttpRequest) -> HttpResponse:
     return match.func(request, *match.args, **match.kwargs)
 
 
+def service_key_grant(request: HttpRequest) -> KeyGrant | None:
+    """A service key's grant when the bearer is one (sk-studio-…), else None."""
+    scheme, _, raw = request.headers.get("Authorization", "").partition(" ")
+    raw = raw.strip()
+    if scheme.lower() != "bearer" or not is_service_key(raw):
+        return None
+    grant = service_key_authenticate(raw=raw)
+    if not grant.allow_prompt_fetch:
+        raise PermissionDenied("This service key has no prompt-fetch scope.")
+    return grant
+
+
 @csrf_exempt
 def prompt_fetch(request: HttpRequest, squad: str, slug: str) -> HttpResponse:
     if request.method not in ("GET", "HEAD"):
@@ -54,7 +72,8 @@ def prompt_fetch(request: HttpRequest, squad: str, slug: str) -> HttpResponse:
 
         _auth = BearerOrSession()
     try:
-        user = _auth(request)
+        grant = service_key_grant(request)
+        user = None if grant is not None else _auth(request)
         label = request.GET.get("label")
         raw_version = request.GET.get("version")
         version = parse_int(raw_version, field="version", label="version")
@@ -64,7 +83,12 @@ def prompt_fetch(request: HttpRequest, squad: str, slug: str) -> HttpResponse:
             label = DEFAULT_LABEL
         bind_prompt(slug, label=label, version=version)
         fetched = runtime.fetch(
-            user=user, squad_slug=squad, template_slug=slug, label=label, version=version
+            user=user,
+            squad_slug=squad,
+            template_slug=slug,
+            label=label,
+            version=version,
+            grant=grant,
         )
     except ApplicationError as exc:
         response = JsonResponse(exc.as_dict(), status=exc.status_code)

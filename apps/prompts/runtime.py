@@ -15,7 +15,7 @@ no query for the prompt; authentication and permissions have caches of their own
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.cache import cache
@@ -109,17 +109,34 @@ def _not_found(
     return NotFound(f"Prompt '{template_slug}' has no version {version}.", field="version")
 
 
+class FetchGrant(Protocol):
+    """A service key's grant (apps.gateway.services.KeyGrant) as the fetch checks it."""
+
+    def may_fetch(self, squad_id: int, slug: str) -> bool: ...
+
+
+def _require_grant(grant: FetchGrant, squad_id: int, template_slug: str) -> None:
+    if not grant.may_fetch(squad_id, template_slug):
+        raise NotFound(f"Prompt '{template_slug}' not found.")
+
+
 def fetch(
     *,
-    user: User,
+    user: User | None,
     squad_slug: str,
     template_slug: str,
     label: str | None = None,
     version: int | None = None,
+    grant: FetchGrant | None = None,
 ) -> Fetched:
-    """The body of a prompt by label or version number; 404 for missing and forbidden alike."""
+    """The body of a prompt by label or version number; 404 for missing and forbidden alike.
+    With a service key's `grant` instead of a user: the key's squad, fetch scope and
+    prompt list decide (anything else is the same 404)."""
     if (label is None) == (version is None):
         raise ValidationFailed("Ask for exactly one of 'label' or 'version'.", field="label")
+    if grant is not None:
+        return _fetch_with_grant(grant, squad_slug, template_slug, label, version)
+    assert user is not None
     squad_key = _squad_key(squad_slug)
     # Squad slugs never change, so their ids can live in process memory.
     squad_id = SQUAD_IDS.get(squad_slug) or cache.get(squad_key)
@@ -163,6 +180,48 @@ def fetch(
     cache.set_many({squad_key: squad.pk}, SQUAD_TTL)
     SQUAD_IDS[squad_slug] = squad.pk
     entry = (fetched.etag, fetched.body)
+    cache.set(key, entry, LABEL_TTL if label is not None else VERSION_TTL)
+    HOT.set(key, entry)
+    return fetched
+
+
+def _fetch_with_grant(
+    grant: FetchGrant,
+    squad_slug: str,
+    template_slug: str,
+    label: str | None,
+    version: int | None,
+) -> Fetched:
+    squad_id = SQUAD_IDS.get(squad_slug) or cache.get(_squad_key(squad_slug))
+    if squad_id is not None:
+        _require_grant(grant, squad_id, template_slug)
+        key = _payload_key(squad_id, template_slug, label, version)
+        cached = HOT.get(key) or cache.get(key)
+        if cached is not None:
+            HOT.set(key, cached)
+            return Fetched(*cached)
+    if label is not None:
+        row = (
+            Label.objects.select_related("version__template__squad")
+            .filter(template__squad__slug=squad_slug, template__slug=template_slug, name=label)
+            .first()
+        )
+        found = row.version if row else None
+    else:
+        found = (
+            PromptVersion.objects.select_related("template__squad")
+            .filter(template__squad__slug=squad_slug, template__slug=template_slug, number=version)
+            .first()
+        )
+    if found is None:
+        raise NotFound(f"Prompt '{template_slug}' not found.")
+    squad = found.template.squad
+    _require_grant(grant, squad.pk, template_slug)
+    fetched = _serialise(payload_for(found, squad_slug=squad_slug, label=label))
+    cache.set(_squad_key(squad_slug), squad.pk, SQUAD_TTL)
+    SQUAD_IDS[squad_slug] = squad.pk
+    entry = (fetched.etag, fetched.body)
+    key = _payload_key(squad.pk, template_slug, label, version)
     cache.set(key, entry, LABEL_TTL if label is not None else VERSION_TTL)
     HOT.set(key, entry)
     return fetched

@@ -18,7 +18,13 @@ from django.urls import reverse
 
 from apps.squads.access import squad_permissions
 from apps.squads.models import Squad
-from apps.squads.permissions import MANAGE_WEBHOOKS, VIEW_AUDIT, VIEW_SQUAD, SquadPermission
+from apps.squads.permissions import (
+    MANAGE_WEBHOOKS,
+    VIEW_AUDIT,
+    VIEW_GATEWAY,
+    VIEW_SQUAD,
+    SquadPermission,
+)
 
 User = AbstractBaseUser | AnonymousUser
 JOB_COUNTS_TTL = 5
@@ -52,6 +58,7 @@ AREAS: tuple[Area, ...] = (
     Area("Members", "squads:members", group="Squad"),
     Area("Audit log", "audit:squad", VIEW_AUDIT, group="Squad"),
     Area("Webhooks", "webhooks:list", MANAGE_WEBHOOKS, group="Squad"),
+    Area("Gateway", "gateway:page", VIEW_GATEWAY, group="Squad"),
 )
 
 

@@ -183,6 +183,18 @@ EXPORT_EVIDENCE = SquadPermission(
     frozenset({Role.OWNER, Role.COMPLIANCE}),
 )
 
+# --- gateway: service keys, quotas, usage ----------------------------------------------------
+MANAGE_GATEWAY = SquadPermission(
+    "manage_gateway",
+    "Create, rotate and revoke the squad's service keys and set its gateway quotas",
+    frozenset({Role.OWNER}),
+)
+VIEW_GATEWAY = SquadPermission(
+    "view_gateway",
+    "See the squad's service keys (never their secrets), quotas and gateway usage",
+    frozenset({Role.OWNER, Role.PROMPT_ENGINEER, Role.COMPLIANCE}),
+)
+
 REGISTRY: tuple[SquadPermission, ...] = (
     VIEW_SQUAD,
     CHANGE_SQUAD,
@@ -210,6 +222,8 @@ REGISTRY: tuple[SquadPermission, ...] = (
     MANAGE_ALERTS,
     MANAGE_WEBHOOKS,
     EXPORT_EVIDENCE,
+    MANAGE_GATEWAY,
+    VIEW_GATEWAY,
 )
 BY_CODENAME: dict[str, SquadPermission] = {p.codename: p for p in REGISTRY}
 

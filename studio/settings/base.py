@@ -50,6 +50,7 @@ INSTALLED_APPS = [
     "apps.webhooks",
     "apps.evals",
     "apps.feedback",
+    "apps.gateway",
 ]
 
 MIDDLEWARE = [

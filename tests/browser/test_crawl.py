@@ -41,15 +41,15 @@ EVERYONE = {
     "/notifications/",
 }
 # The areas each demo user must reach from the squad page (and only these of the
-# role-limited ones: the audit log and webhooks).
+# role-limited ones: the audit log, webhooks and the gateway).
 ROLES = {
-    "olivia": EVERYONE | {"/audit/demo/", "/squads/demo/webhooks/"},
-    "priya": EVERYONE,
+    "olivia": EVERYONE | {"/audit/demo/", "/squads/demo/webhooks/", "/squads/demo/gateway/"},
+    "priya": EVERYONE | {"/squads/demo/gateway/"},
     "sam": EVERYONE,
-    "carmen": EVERYONE | {"/audit/demo/"},
+    "carmen": EVERYONE | {"/audit/demo/", "/squads/demo/gateway/"},
     "victor": EVERYONE,
 }
-LIMITED = {"/audit/demo/", "/squads/demo/webhooks/"}
+LIMITED = {"/audit/demo/", "/squads/demo/webhooks/", "/squads/demo/gateway/"}
 PER_PATTERN = 1
 # A page answers in well under a second; a loaded test machine may stall one for a while.
 GOTO_TIMEOUT_MS = 30_000

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-Responder = Callable[[dict[str, Any]], "str | tuple[int, Any]"]
+Responder = Callable[[dict[str, Any]], "str | list[str] | tuple[int, Any]"]
 
 
 def echo_last_user(request: dict[str, Any]) -> str:
@@ -19,9 +19,19 @@ def echo_last_user(request: dict[str, Any]) -> str:
 
 
 class FakeOpenAI:
-    def __init__(self, responder: Responder = echo_last_user, *, delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        responder: Responder = echo_last_user,
+        *,
+        delay: float = 0.0,
+        chunk_delay: float = 0.0,
+    ) -> None:
         self.responder = responder
         self.delay = delay
+        # Streams (`stream: true`): seconds between chunks, and what the client did.
+        self.chunk_delay = chunk_delay
+        self.chunks_sent = 0
+        self.disconnects = 0
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         outer = self
@@ -39,6 +49,11 @@ class FakeOpenAI:
                     time.sleep(outer.delay)
                 answer = outer.responder(body)
                 status, payload = answer if isinstance(answer, tuple) else (200, answer)
+                if status == 200 and body.get("stream"):
+                    self._stream(body, payload)
+                    return
+                if isinstance(payload, list):
+                    payload = "".join(payload)
                 if status == 200 and isinstance(payload, str):
                     payload = {
                         "id": "cmpl-1",
@@ -64,6 +79,58 @@ class FakeOpenAI:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            def _stream(self, body: dict[str, Any], payload: "str | list[str]") -> None:
+                """SSE chunks: a list is sent piece by piece, a string word by word."""
+                pieces = (
+                    payload if isinstance(payload, list) else [w + " " for w in payload.split(" ")]
+                )
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+
+                def event(data: dict[str, Any]) -> None:
+                    self.wfile.write(f"data: {json.dumps(data)}\n\n".encode())
+                    self.wfile.flush()
+
+                base = {
+                    "id": "c",
+                    "object": "chat.completion.chunk",
+                    "created": 0,
+                    "model": body.get("model") or "fake",
+                }
+                try:
+                    for piece in pieces:
+                        event(
+                            {
+                                **base,
+                                "choices": [
+                                    {"index": 0, "delta": {"content": piece}, "finish_reason": None}
+                                ],
+                            }
+                        )
+                        with outer._lock:
+                            outer.chunks_sent += 1
+                        if outer.chunk_delay:
+                            time.sleep(outer.chunk_delay)
+                    event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+                    if (body.get("stream_options") or {}).get("include_usage"):
+                        event(
+                            {
+                                **base,
+                                "choices": [],
+                                "usage": {
+                                    "prompt_tokens": 10,
+                                    "completion_tokens": len(pieces),
+                                    "total_tokens": 10 + len(pieces),
+                                },
+                            }
+                        )
+                    self.wfile.write(b"data: [DONE]\n\n")
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    with outer._lock:
+                        outer.disconnects += 1
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(

@@ -32,10 +32,10 @@ EVERYONE = [
     "Members",
 ]
 AREAS = {
-    "owner": [*EVERYONE, "Audit log", "Webhooks"],
-    "engineer": EVERYONE,
+    "owner": [*EVERYONE, "Audit log", "Webhooks", "Gateway"],
+    "engineer": [*EVERYONE, "Gateway"],
     "sme": EVERYONE,
-    "compliance": [*EVERYONE, "Audit log"],
+    "compliance": [*EVERYONE, "Audit log", "Gateway"],
     "viewer": EVERYONE,
 }
 

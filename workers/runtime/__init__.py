@@ -23,6 +23,17 @@ class GenerationResult:
     extra: dict = field(default_factory=dict)
 
 
+@dataclass
+class StreamDelta:
+    """One piece of a streamed answer: text, and on the last pieces the finish reason and
+    the usage the server reported (None when it did not)."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
 class BackendError(Exception):
     """A model call failed; `retryable` says whether trying again may help."""
 

@@ -12,11 +12,11 @@ together; the caller's `batch_size` only applies to remote targets.
 """
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from workers.runtime import BackendError, GenerationParams, GenerationResult
+from workers.runtime import BackendError, GenerationParams, GenerationResult, StreamDelta
 
 Outcome = GenerationResult | BackendError
 LOCAL_SERVER_CONCURRENCY = 64  # requests one worker keeps in flight to the local server
@@ -73,6 +73,40 @@ def run_conversations(
         if on_progress is not None:
             on_progress(len(outcomes))
     return outcomes
+
+
+def stream_conversation(
+    spec: TargetSpec, conversation: Conversation, params: GenerationParams
+) -> Iterator[StreamDelta]:
+    """One conversation streamed from the target's server (the gateway's `stream: true`):
+    a remote target's, or the local inference server for a `local` target. A `local`
+    target without STUDIO_LOCAL_SERVER_URL cannot stream from a web process (no torch
+    there)."""
+    from workers.runtime.remote import RemoteBackend
+
+    if spec.kind == "local":
+        server = local_server_url()
+        if not server:
+            raise BackendError(
+                "streaming a local target needs the local inference server "
+                "(STUDIO_LOCAL_SERVER_URL)",
+                retryable=False,
+            )
+        backend = RemoteBackend(
+            base_url=server,
+            model=spec.base_model or "smollm2-135m-instruct",
+            adapter_id=local_adapter_id(spec.adapter_dir) if spec.adapter_dir else None,
+            timeout=max(spec.timeout, LOCAL_SERVER_TIMEOUT_S),
+        )
+    else:
+        backend = RemoteBackend(
+            base_url=spec.base_url,
+            token_env=spec.token_env or None,
+            model=spec.remote_model or None,
+            adapter_id=spec.adapter_id or None,
+            timeout=spec.timeout,
+        )
+    return backend.stream(conversation, params)
 
 
 def local_server_url() -> str:

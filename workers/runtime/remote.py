@@ -20,11 +20,11 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from workers.runtime import BackendError, GenerationParams, GenerationResult
+from workers.runtime import BackendError, GenerationParams, GenerationResult, StreamDelta
 
 if TYPE_CHECKING:
     from huggingface_hub import InferenceClient
@@ -272,6 +272,49 @@ class RemoteBackend:
             return results
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
+
+    def stream(self, messages: list[dict], params: GenerationParams) -> Iterator[StreamDelta]:
+        """One streamed chat completion (SSE, usage requested at the end). Not retried:
+        text may already be on its way to a caller. Closing the iterator closes the
+        connection, which is how a server learns to stop generating."""
+        client = self._client()
+        kwargs = {
+            **self._request_kwargs(params),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        transport_errors = _transport_errors()
+        with client:
+            try:
+                chunks = self._call(client, messages, kwargs, transport_errors, _config_errors())
+            except _RetryableFailure as failure:
+                raise BackendError(
+                    f"remote streaming at {self.base_url} failed: {failure.description}",
+                    retryable=True,
+                ) from None
+            try:
+                for chunk in chunks:
+                    choices = getattr(chunk, "choices", None) or []
+                    usage = getattr(chunk, "usage", None)
+                    delta = StreamDelta()
+                    if choices:
+                        delta.text = getattr(choices[0].delta, "content", None) or ""
+                        delta.finish_reason = choices[0].finish_reason
+                    if usage is not None:
+                        delta.input_tokens = getattr(usage, "prompt_tokens", None)
+                        delta.output_tokens = getattr(usage, "completion_tokens", None)
+                    yield delta
+            except transport_errors as exc:
+                raise BackendError(
+                    f"remote stream from {self.base_url} broke: {type(exc).__name__}: "
+                    f"{_truncate(str(exc))}",
+                    retryable=True,
+                ) from exc
+            except ValueError as exc:
+                raise BackendError(
+                    f"remote server {self.base_url} sent a malformed stream: {_truncate(str(exc))}",
+                    retryable=False,
+                ) from exc
 
     # -- internals --------------------------------------------------------------------
 
