@@ -110,6 +110,7 @@ def _create(request: HttpRequest, squad: Squad, form: dict[str, str]) -> FineTun
         actor=request.user,
         dataset_version=version,
         target_name=form["target"] or None,
+        base_model=form.get("base_model") or None,
         lora=lora,
         train=train,
         request=request,
@@ -128,6 +129,7 @@ def _plan(
             actor=request.user,
             dataset_version=version,
             target_name=form["target"] or None,
+            base_model=form.get("base_model") or None,
             lora=lora,
             train=train,
         )
