@@ -721,6 +721,7 @@ def _start_finetune(call):
 
 def _adapter() -> int:
     """An adapter from a job the 'author' (none of the matrix's roles) started."""
+    from apps.basemodels.models import BaseModel
     from apps.finetune.models import Adapter, FineTuneJob
     from apps.generation.models import ModelTarget
 
@@ -741,7 +742,7 @@ def _adapter() -> int:
         sha256="a" * 64,
         size_bytes=1,
         base_model=job.base_model,
-        base_model_sha256="b" * 64,
+        base_model_sha256=BaseModel.objects.get(name=job.base_model).current.manifest_sha256,
     )
     return adapter.pk
 

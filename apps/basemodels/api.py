@@ -1,10 +1,10 @@
 """The base-model registry: every signed-in user reads it; staff register and change."""
 
 from django.http import HttpRequest
-from ninja import Router
+from ninja import Router, Status
 
 from apps.basemodels import selectors, services
-from apps.basemodels.models import BaseModel, BaseModelVersion
+from apps.basemodels.models import BaseModel
 from apps.basemodels.schemas import (
     BaseModelOut,
     BaseModelRegisterIn,
@@ -32,13 +32,11 @@ def base_model_get(request: HttpRequest, name: str) -> dict:
 
 
 @router.post("/base-models", response={202: BaseModelVersionOut})
-def base_model_register(
-    request: HttpRequest, payload: BaseModelRegisterIn
-) -> tuple[int, BaseModelVersion]:
+def base_model_register(request: HttpRequest, payload: BaseModelRegisterIn) -> Status:
     """Staff only: register a model (a new version of `name`); a worker reads and hashes
     its files, then the version is `ready` or `refused` with the reason."""
     version = services.base_model_register(actor=request.auth, request=request, **payload.dict())
-    return 202, version
+    return Status(202, version)
 
 
 @router.patch("/base-models/{name}", response=BaseModelVersionOut)
