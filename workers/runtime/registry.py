@@ -550,10 +550,11 @@ def resolve(name: str, expected_sha256: str = "") -> Path:
     BackendError when this worker has no such model."""
     record = read_record(name)
     if record is None:
+        if not expected_sha256:
+            # nothing to compare with (the CLI server, runtime tests): the folder as is
+            return runtime_dir(name)
         if name != DEFAULT_MODEL_ID:
             raise BackendError(f"base model {name!r} is not registered on this worker")
-        if not expected_sha256:
-            return runtime_dir(name)  # the packaged default, nothing to compare with
         record = _default_record()
     if expected_sha256 and record.manifest_sha256 != expected_sha256:
         raise BackendError(
