@@ -6,6 +6,7 @@ registration and of a model whose files changed after it."""
 
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,43 @@ def test_two_architectures_register_train_attach_and_generate(squad, store, smol
         jobs.model_target_set_adapter(
             actor=owner, target=targets["tiny-llama"], adapter=adapters["tiny-qwen"]
         )
+    # one local server process serving both registered models and their adapters
+    import httpx
+    from django.conf import settings
+
+    from workers.runtime.local import load_local_model
+    from workers.server.app import InferenceHTTPServer, InferenceService
+
+    services_ = [
+        InferenceService(
+            load_local_model(name, BaseModelVersion.objects.get(model__name=name).manifest_sha256),
+            name,
+            Path(settings.DATA_DIR) / "finetune",
+        )
+        for name in ("tiny-llama", "tiny-qwen")
+    ]
+    for each in services_:
+        each.start()
+    server = InferenceHTTPServer(("127.0.0.1", 0), services_)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    settings.STUDIO_LOCAL_SERVER_URL = url
+    try:
+        listed = httpx.get(f"{url}/v1/models").json()["data"]
+        parents = {m["id"]: m.get("parent") for m in listed}
+        assert parents["tiny-llama"] is None and parents["tiny-qwen"] is None
+        for name in ("tiny-llama", "tiny-qwen"):
+            adapter_id = str(Path(adapters[name].path).relative_to(settings.DATA_DIR / "finetune"))
+            assert parents[adapter_id] == name
+        generate_on_both(squad, owner, engineer, targets, adapters)
+    finally:
+        server.shutdown()
+        server.server_close()
+        for each in services_:
+            each.engine.stop()
+
+
+def generate_on_both(squad, owner, engineer, targets, adapters) -> None:
     for name in ("tiny-llama", "tiny-qwen"):
         jobs.model_target_set_adapter(actor=owner, target=targets[name], adapter=adapters[name])
         prompt = text_prompt(squad, target=name, slug=f"p-{name}")
