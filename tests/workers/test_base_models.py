@@ -269,3 +269,41 @@ def test_a_weight_changed_after_registration_is_refused_at_load_and_audited(
     again = register("tiny-llama", "tiny-llama")
     assert (again.status, again.number) == ("ready", 2)
     assert ModelTarget.objects.filter(name="mine").exists()
+
+
+@pytest.mark.django_db
+def test_a_hub_id_registers_from_the_local_cache_offline(store, smollm2_tokenizer, monkeypatch):
+    """A hub cache laid out as huggingface_hub writes it (blobs named by sha256, snapshot
+    symlinks); the hub is never asked. A blob whose content differs from its name is
+    refused as corrupt."""
+    import hashlib
+
+    from huggingface_hub import constants
+
+    folder = save_tiny(store, "src", "qwen2", smollm2_tokenizer)
+    cache = store.parent / "hf-cache"
+    repo = cache / "models--acme--tiny-qwen"
+    snapshot = repo / "snapshots" / ("c" * 40)
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("c" * 40)
+    for file in folder.iterdir():
+        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        shutil.copy(file, repo / "blobs" / digest)
+        (snapshot / file.name).symlink_to(Path("../../blobs") / digest)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    version = register("tiny-qwen-hub", "acme/tiny-qwen", source_kind="hub")
+    assert version.status == "ready", version.refusal
+    assert version.architecture == "Qwen2ForCausalLM"
+    missing = register("absent", "acme/absent", source_kind="hub")
+    assert (missing.status, missing.refusal_reason) == ("refused", "not_found")
+    # a damaged blob no longer matches the sha256 it is named by
+    weights = (snapshot / "model.safetensors").resolve()
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    damaged = register("tiny-qwen-hub", "acme/tiny-qwen", source_kind="hub")
+    assert (damaged.status, damaged.refusal_reason) == ("refused", "corrupt")
+    assert "model.safetensors is corrupt" in damaged.refusal
