@@ -156,12 +156,9 @@ def base_model_register(
         name=name, defaults={"created_by": actor}
     )
     if not created:
+        # Registering again while a registration waits is allowed (its worker may have
+        # died): whichever finishes, the newest ready version is the current one.
         model = BaseModel.objects.select_for_update().get(pk=model.pk)
-        if model.versions.filter(status=BaseModelVersion.Status.PENDING).exists():
-            raise Conflict(
-                f"Base model '{name}' already has a registration waiting for a worker.",
-                field="name",
-            )
     version = BaseModelVersion.objects.create(
         model=model,
         number=_next_number(model),
@@ -262,8 +259,10 @@ def _finish_registration(
     version.status = BaseModelVersion.Status.READY
     version.registered_at = timezone.now()
     version.save()
-    model.current = version
-    model.save(update_fields=["current"])
+    current = model.current
+    if current is None or current.number < version.number or current.status != "ready":
+        model.current = version
+        model.save(update_fields=["current"])
     audit_log(
         actor=None,
         action="basemodels.registered",

@@ -307,3 +307,19 @@ def test_a_hub_id_registers_from_the_local_cache_offline(store, smollm2_tokenize
     damaged = register("tiny-qwen-hub", "acme/tiny-qwen", source_kind="hub")
     assert (damaged.status, damaged.refusal_reason) == ("refused", "corrupt")
     assert "model.safetensors is corrupt" in damaged.refusal
+
+
+@pytest.mark.django_db
+def test_registering_again_while_a_registration_waits_keeps_the_newest_current(
+    store, smollm2_tokenizer
+):
+    save_tiny(store, "tiny-llama", "llama", smollm2_tokenizer)
+    stuck = services.base_model_register(
+        actor=staff(), name="tiny-llama", source_kind="folder", source="tiny-llama"
+    )  # its worker died: never run
+    newer = register("tiny-llama", "tiny-llama")
+    assert (newer.status, newer.number) == ("ready", 2)
+    late = services.base_model_registration_run(version_id=stuck.pk)
+    assert late.status == "ready"
+    newer.model.refresh_from_db()
+    assert newer.model.current_id == newer.pk
