@@ -16,7 +16,8 @@ def base_model_list() -> QuerySet[BaseModel]:
 
 
 def base_model_get(name: str) -> BaseModel:
-    model = base_model_list().filter(name=name).first() if isinstance(name, str) else None
+    usable = isinstance(name, str) and "\x00" not in name and len(name) <= 200
+    model = base_model_list().filter(name=name).first() if usable else None
     if model is None:
         raise NotFound(f"Base model '{name}' not found.", field="base_model")
     return model
@@ -26,6 +27,8 @@ def base_model_ready(name: str, *, field: str = "base_model") -> BaseModelVersio
     """The version a target or job naming `name` uses: the model's current version, if
     ready. ValidationFailed naming `field` otherwise (unknown, not yet registered,
     refused, files changed)."""
+    if not isinstance(name, str) or "\x00" in name or len(name) > 200:
+        raise ValidationFailed("base_model must be a registered model's name.", field=field)
     model = BaseModel.objects.select_related("current").filter(name=name).first()
     if model is None:
         names = ", ".join(ready_names()) or "none"

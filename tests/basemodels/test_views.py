@@ -76,3 +76,18 @@ def test_the_api_refuses_hostile_input_by_field(squad):
     )
     assert changed.status_code == 200 and changed.json()["number"] == 2
     assert changed.json()["manifest_sha256"] == listed[0]["current"]["manifest_sha256"]
+
+
+@pytest.mark.django_db
+def test_a_nul_or_unknown_base_model_is_a_422_naming_the_field(squad):
+    _, secret = squads.api_token_create(actor=UserFactory(username="owner"), name="t")
+    api = ApiClient(secret)
+    for name in ("a\x00b", "x" * 5000, "never-registered"):
+        response = api.call(
+            "POST",
+            "/api/v1/squads/acme/targets",
+            {"name": "mine", "kind": "local", "base_model": name},
+        )
+        assert response.status_code == 422, response.content
+        assert response.json()["field"] == "base_model"
+    assert api.call("GET", "/api/v1/base-models/a%00b").status_code in (404, 422)
