@@ -17,6 +17,7 @@ from ninja.types import DictStrAny
 from ninja.utils import check_csrf
 
 from apps.audit.api import router as audit_router
+from apps.basemodels.api import router as basemodels_router
 from apps.core.api import router as jobs_router
 from apps.core.exceptions import ApplicationError, AuthenticationFailed, PermissionDenied
 from apps.core.http import bound_api_integers
@@ -161,6 +162,7 @@ ROUTERS = [
     ("/", feedback_router),
     ("/", jobs_router),
     ("/", gateway_router),
+    ("/", basemodels_router),
 ]
 for prefix, router in ROUTERS:
     api.add_router(prefix, router)

@@ -61,6 +61,7 @@ urlpatterns = [
     ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("audit/", include("apps.audit.urls")),
+    path("base-models/", include("apps.basemodels.urls")),
     path(
         "squads/<slug:squad>/prompts/<slug:slug>/versions/<int:number>/evidence",
         include("apps.evidence.urls"),

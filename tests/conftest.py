@@ -50,6 +50,7 @@ def _restore_default_targets() -> None:
     from django.apps import apps
 
     import_module("apps.generation.migrations.0002_default_local_target").create(apps, None)
+    import_module("apps.basemodels.migrations.0002_default_smollm2").create(apps, None)
 
 
 _DB_FIXTURES = {"db", "transactional_db", "live_server", "django_db_reset_sequences"}

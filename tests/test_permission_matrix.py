@@ -43,6 +43,14 @@ def _upload_batch(c: ApiClient):
     )
 
 
+def _with_registered(call: Callable[[], object]) -> object:
+    """A second ready base model, 'matrix-model', then the call."""
+    from tests.basemodels.factories import ready_model
+
+    ready_model("matrix-model")
+    return call()
+
+
 def _other_token_id() -> int:
     other = UserFactory(username="token-owner")
     token, _ = services.api_token_create(actor=other, name="theirs")
@@ -287,6 +295,45 @@ ACTIONS = [
             {"name": "tgi", "kind": "remote", "base_url": "http://127.0.0.1:9"},
         ),
         view=None,
+    ),
+    Action(
+        "target.choose_base_model",
+        frozenset({"owner"}),
+        api=lambda c: _with_registered(
+            lambda: c.call(
+                "POST",
+                "/api/v1/squads/acme/targets",
+                {"name": "own-model", "kind": "local", "base_model": "matrix-model"},
+            )
+        ),
+        view=None,
+    ),
+    Action(
+        "basemodel.register",
+        frozenset({"staff"}),
+        api=lambda c: c.call(
+            "POST",
+            "/api/v1/base-models",
+            {"name": "byo", "source_kind": "folder", "source": "byo-model"},
+        ),
+        view=None,
+        hidden_from=frozenset(),
+    ),
+    Action(
+        "basemodel.update",
+        frozenset({"staff"}),
+        api=lambda c: c.call(
+            "PATCH", "/api/v1/base-models/smollm2-135m-instruct", {"notes": "changed"}
+        ),
+        view=None,
+        hidden_from=frozenset(),
+    ),
+    Action(
+        "basemodel.list",
+        EVERYONE,
+        api=lambda c: c.call("GET", "/api/v1/base-models"),
+        view=None,
+        hidden_from=frozenset(),
     ),
     Action(
         "generation.run",
@@ -746,6 +793,7 @@ def _start_finetune(call):
 
 def _adapter() -> int:
     """An adapter from a job the 'author' (none of the matrix's roles) started."""
+    from apps.basemodels.models import BaseModel
     from apps.finetune.models import Adapter, FineTuneJob
     from apps.generation.models import ModelTarget
 
@@ -766,7 +814,7 @@ def _adapter() -> int:
         sha256="a" * 64,
         size_bytes=1,
         base_model=job.base_model,
-        base_model_sha256="b" * 64,
+        base_model_sha256=BaseModel.objects.get(name=job.base_model).current.manifest_sha256,
     )
     return adapter.pk
 

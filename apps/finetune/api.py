@@ -371,6 +371,7 @@ def finetune_job_create(request: HttpRequest, squad: str, payload: FineTuneJobCr
         actor=request.auth,
         dataset_version=version,
         target_name=payload.target,
+        base_model=payload.base_model,
         lora=payload.lora.dict(exclude_none=True),
         train=payload.train.dict(exclude_none=True),
         request=request,

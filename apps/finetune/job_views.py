@@ -13,6 +13,7 @@ from django.http import FileResponse, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from apps.basemodels.selectors import ready_names
 from apps.core.exceptions import ApplicationError, ValidationFailed
 from apps.core.http import parse_id
 from apps.core.views import form_error
@@ -29,7 +30,17 @@ from apps.squads.selectors import squad_get_for_user
 LORA_FIELDS = ("r", "alpha", "dropout")
 TRAIN_FIELDS = ("learning_rate", "epochs", "max_steps", "batch_size", "grad_accum")
 TRAIN_FIELDS += ("max_seq_len", "seed", "eval_every")
-FORM_FIELDS = ("dataset", "version", "target", "target_modules", *LORA_FIELDS, *TRAIN_FIELDS)
+FLAG_FIELDS = ("gradient_checkpointing",)
+FORM_FIELDS = (
+    "dataset",
+    "version",
+    "target",
+    "base_model",
+    "target_modules",
+    *LORA_FIELDS,
+    *TRAIN_FIELDS,
+    *FLAG_FIELDS,
+)
 INTEGER_FIELDS = {
     "r",
     "alpha",
@@ -77,6 +88,7 @@ def _list_context(
         **_plan_context(plan, plan_error),
     }
     if can_run:
+        context["base_models"] = ready_names()
         context["datasets"] = selectors.dataset_list_for_user(
             user=request.user, squad=squad
         ).filter(latest_version__isnull=False)
@@ -97,6 +109,8 @@ def _settings(
     lora: dict[str, Any] = {name: _value(form, name) for name in LORA_FIELDS}
     lora["target_modules"] = modules or None
     train = {name: _value(form, name) for name in TRAIN_FIELDS}
+    for name in FLAG_FIELDS:
+        train[name] = True if form.get(name) else None
     return (
         version,
         {k: v for k, v in lora.items() if v is not None},
@@ -110,6 +124,7 @@ def _create(request: HttpRequest, squad: Squad, form: dict[str, str]) -> FineTun
         actor=request.user,
         dataset_version=version,
         target_name=form["target"] or None,
+        base_model=form.get("base_model") or None,
         lora=lora,
         train=train,
         request=request,
@@ -128,6 +143,7 @@ def _plan(
             actor=request.user,
             dataset_version=version,
             target_name=form["target"] or None,
+            base_model=form.get("base_model") or None,
             lora=lora,
             train=train,
         )
@@ -155,6 +171,10 @@ def _form_from_job(job: FineTuneJob) -> dict[str, str]:
     chosen = {k: v for k, v in {**job.lora, **job.train}.items() if v != defaults.get(k)}
     form = {name: "" if chosen.get(name) is None else str(chosen[name]) for name in FORM_FIELDS}
     modules = job.lora.get("target_modules") or []
+    if job.base_model != job.target.base_model:
+        form["base_model"] = job.base_model
+    if form.get("gradient_checkpointing") == "False":
+        form["gradient_checkpointing"] = ""
     return form | {
         "dataset": job.dataset_version.dataset.slug,
         "version": str(job.dataset_version.number),

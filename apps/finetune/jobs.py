@@ -29,6 +29,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from apps.audit.services import audit_log
+from apps.basemodels.models import BaseModelVersion
+from apps.basemodels.selectors import DEFAULT_BASE_MODEL, base_model_ready
 from apps.core import jobs, queues
 from apps.core.exceptions import Conflict, NotFound, ValidationFailed
 from apps.core.validation import clean_number
@@ -91,6 +93,9 @@ def clean_settings(
                     values[name], field=f"{section}.{name}", kind=kind, low=low, high=high
                 )
         out[section] = values
+    for name in ("gradient_checkpointing", "qlora"):
+        if not isinstance(out["train"][name], bool):
+            raise ValidationFailed(f"train.{name} must be true or false.", field=f"train.{name}")
     modules = out["lora"]["target_modules"]
     if modules is not None:
         if (
@@ -154,6 +159,22 @@ def _local_target(squad_id: int, name: str | None) -> ModelTarget:
     return target
 
 
+def job_base_model(target: ModelTarget, base_model: str | None) -> BaseModelVersion:
+    """The registered, ready version a job trains: `base_model` when given, else the
+    target's."""
+    if base_model is not None and not isinstance(base_model, str):
+        raise ValidationFailed("base_model must be a registered model's name.", field="base_model")
+    return base_model_ready(base_model or target.base_model or DEFAULT_BASE_MODEL)
+
+
+def job_context(target: ModelTarget, base: BaseModelVersion) -> int:
+    """The longest sequence a job may train on: the target's context when it runs this
+    base model, else the model's own."""
+    if target.base_model == base.model.name:
+        return target.context_length
+    return base.context_length or target.context_length
+
+
 def _job_dir(job: FineTuneJob) -> Path:
     return Path(settings.DATA_DIR) / "finetune" / str(job.squad_id) / str(job.pk)
 
@@ -164,18 +185,21 @@ def finetune_job_create(
     actor: User,
     dataset_version: DatasetVersion,
     target_name: str | None = None,
+    base_model: str | None = None,
     lora: dict[str, Any] | None = None,
     train: dict[str, Any] | None = None,
     request: HttpRequest | None = None,
 ) -> FineTuneJob:
-    """Validate and queue a LoRA fine-tune of a local target's base model on a dataset
-    version (its train rows; its eval rows for the eval loss)."""
+    """Validate and queue a LoRA fine-tune on a dataset version (its train rows; its eval
+    rows for the eval loss) of a registered base model: `base_model`, else the local
+    target's. The memory plan (apps.finetune.preflight) refuses what cannot fit."""
     dataset = dataset_version.dataset
     squad = dataset.squad
     require_squad_permission(actor, squad, RUN_FINETUNE)
     target = _local_target(squad.pk, target_name)
+    base = job_base_model(target, base_model)
     lora_clean, train_clean = clean_settings(
-        lora or {}, train or {}, context_length=target.context_length
+        lora or {}, train or {}, context_length=job_context(target, base)
     )
     if dataset_version.train_count == 0:
         raise ValidationFailed(
@@ -188,14 +212,17 @@ def finetune_job_create(
 
     check_runnable(
         dataset_version=dataset_version,
-        base_model=target.base_model,
+        base_model=base.model.name,
         train=train_clean,
         asked=train or {},
     )
-    problems = settings_problems(target.base_model, lora_clean, train_clean)
+    from apps.finetune.preflight import check_memory
+
+    check_memory(base=base, lora=lora_clean, train=train_clean)
+    problems = settings_problems(base.model.name, lora_clean, train_clean)
     if problems:
         raise ValidationFailed(
-            f"Model '{target.base_model}' refuses these settings: {'; '.join(problems)}",
+            f"Model '{base.model.name}' refuses these settings: {'; '.join(problems)}",
             field="lora.target_modules",
             extra=[{"message": p} for p in problems],
         )
@@ -203,7 +230,7 @@ def finetune_job_create(
         squad=squad,
         dataset_version=dataset_version,
         target=target,
-        base_model=target.base_model,
+        base_model=base.model.name,
         lora=lora_clean,
         train=train_clean,
         created_by=actor,
@@ -220,7 +247,9 @@ def finetune_job_create(
             "version": dataset_version.number,
             "dataset_sha256": dataset_version.sha256,
             "target": target.name,
-            "base_model": target.base_model,
+            "base_model": base.model.name,
+            "base_model_version": base.number,
+            "base_model_sha256": base.manifest_sha256,
             "lora": lora_clean,
             "train": train_clean,
         },
@@ -363,7 +392,9 @@ def finetune_job_run(*, job_id: int) -> FineTuneJob | None:
 def _run_finetune(lease: jobs.Lease) -> None:
     """Resumable: train() continues from the work dir's last checkpoint, so a job whose
     worker was killed goes on from there on the next run."""
+    from apps.generation.pipeline import report_changed_models
     from workers.runtime import training
+    from workers.runtime.registry import ModelFilesChanged
 
     job: FineTuneJob = lease.job
     run = _Run(lease)
@@ -378,8 +409,15 @@ def _run_finetune(lease: jobs.Lease) -> None:
             run.log(message)
             lease.finish(FineTuneJob.Status.FAILED, message, failure_kind="invalid_settings")
             return
+        try:
+            base = base_model_ready(job.base_model)
+        except ValidationFailed as exc:
+            run.log(exc.message)
+            lease.finish(FineTuneJob.Status.FAILED, exc.message, failure_kind="invalid_settings")
+            return
         lora, train = _runtime_settings(job.lora, job.train)
         result = training.train(
+            base_model_sha256=base.manifest_sha256,
             base_model=job.base_model,
             rows_path=rows_path,
             lora=lora,
@@ -389,6 +427,11 @@ def _run_finetune(lease: jobs.Lease) -> None:
             should_cancel=lease.should_stop,
             log=run.log,
         )
+    except ModelFilesChanged as exc:
+        run.log(f"stopped: {exc}")
+        report_changed_models([exc])
+        lease.finish(FineTuneJob.Status.FAILED, str(exc), failure_kind="model_changed")
+        return
     except training.TrainingError as exc:
         run.log(f"stopped: {exc.kind}: {exc}")
         if exc.kind != "cancelled":
@@ -493,10 +536,14 @@ def model_target_set_adapter(
                 "adapter_id on the serving side (TGI multi-LoRA).",
                 field="target",
             )
-        if adapter.base_model != target.base_model:
+        base = base_model_ready(target.base_model or DEFAULT_BASE_MODEL, field="target")
+        if adapter.base_model_sha256 != base.manifest_sha256:
             raise ValidationFailed(
-                f"Adapter {adapter.pk} was trained on '{adapter.base_model}'; target "
-                f"'{target.name}' runs '{target.base_model}'.",
+                f"Adapter {adapter.pk} was trained on '{adapter.base_model}' (manifest "
+                f"{adapter.base_model_sha256[:12]}); target '{target.name}' runs "
+                f"'{base.model.name}' v{base.number} (manifest "
+                f"{base.manifest_sha256[:12]}): an adapter only goes on the base model it "
+                "was trained on.",
                 field="adapter",
             )
         if not adapter.approved:

@@ -30,9 +30,13 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.cache import cache
 
+from apps.basemodels import memory
+from apps.basemodels.memory import MemoryPlan
+from apps.basemodels.models import BaseModelVersion
 from apps.core.exceptions import ValidationFailed
 from apps.finetune import jobs
 from apps.finetune.models import DatasetVersion, FineTuneJob
@@ -79,6 +83,8 @@ class Plan:
     longest_answer: int
     truncated_rows: int
     warnings: list[dict[str, str]] = field(default_factory=list)
+    # apps.basemodels.memory.MemoryPlan.as_dict() of the job on the workers' device
+    memory: dict[str, Any] | None = None
 
     @property
     def approximate_counts(self) -> bool:
@@ -175,6 +181,72 @@ def _refusals(
         )
 
 
+def worker_budget() -> tuple[str, int]:
+    """(device, bytes) the pre-flight plans a job against: STUDIO_WORKER_DEVICE and
+    STUDIO_WORKER_MEMORY_MB (else STUDIO_WORKER_MEMORY_DEFAULT_MB)."""
+    megabytes = settings.STUDIO_WORKER_MEMORY_MB or settings.STUDIO_WORKER_MEMORY_DEFAULT_MB
+    return settings.STUDIO_WORKER_DEVICE, megabytes * 1024 * 1024
+
+
+def memory_plan(
+    *, base: BaseModelVersion, lora: dict[str, Any], train: dict[str, Any]
+) -> MemoryPlan | None:
+    """The memory the job needs on the workers' device (None when the registry does not
+    know the model's shape)."""
+    from workers.runtime.training import default_target_modules
+
+    if not (base.parameters and base.hidden_size and base.num_layers and base.vocab_size):
+        return None
+    device, budget = worker_budget()
+    modules = lora.get("target_modules")
+    if not modules:
+        try:
+            modules = default_target_modules(base.model_type)
+        except ValueError:
+            modules = ("q_proj", "k_proj", "v_proj", "o_proj")
+    return memory.estimate(
+        memory.ModelShape(
+            parameters=base.parameters,
+            hidden_size=base.hidden_size,
+            num_layers=base.num_layers,
+            vocab_size=base.vocab_size,
+            model_type=base.model_type,
+        ),
+        device=device,
+        budget_bytes=budget,
+        r=lora.get("r") or 8,
+        target_modules=max(len(modules), 1),
+        batch_size=train["batch_size"],
+        max_seq_len=train["max_seq_len"],
+        gradient_checkpointing=bool(train.get("gradient_checkpointing")),
+        qlora=bool(train.get("qlora")),
+    )
+
+
+def check_memory(
+    *, base: BaseModelVersion, lora: dict[str, Any], train: dict[str, Any]
+) -> MemoryPlan | None:
+    """Refuse QLoRA on a CPU worker, and a job whose memory estimate exceeds the worker's
+    budget, naming the setting that would make it fit."""
+    device, _ = worker_budget()
+    if train.get("qlora") and device != "cuda":
+        raise ValidationFailed(
+            "QLoRA needs a CUDA GPU; the workers here run on the CPU. Turn train.qlora off.",
+            field="train.qlora",
+        )
+    plan = memory_plan(base=base, lora=lora, train=train)
+    if plan is not None and not plan.fits:
+        first = plan.advice[0]
+        raise ValidationFailed(
+            f"Fine-tuning '{base.model.name}' needs about {plan.total_bytes / memory.MIB:,.0f} "
+            f"MiB on the {device} worker, which has {plan.budget_bytes / memory.MIB:,.0f} MiB: "
+            f"it cannot fit. To make it fit, {first['message']}.",
+            field=first["field"],
+            extra={"memory": plan.as_dict()},
+        )
+    return plan
+
+
 def check_runnable(
     *, dataset_version: DatasetVersion, base_model: str, train: dict[str, Any], asked: dict
 ) -> list[RowTokens]:
@@ -265,11 +337,13 @@ def finetune_plan(
     actor: AbstractBaseUser,
     dataset_version: DatasetVersion,
     target_name: str | None = None,
+    base_model: str | None = None,
     lora: dict[str, Any] | None = None,
     train: dict[str, Any] | None = None,
 ) -> Plan:
     """The pre-flight of the job `finetune_job_create` would queue with these arguments:
-    the same permission and checks, nothing written."""
+    the same permission and checks, nothing written. A job that cannot fit the worker's
+    memory is refused here as there (ValidationFailed naming the setting to change)."""
     squad = dataset_version.dataset.squad
     require_squad_permission(actor, squad, RUN_FINETUNE)
     target = target_resolve(squad_id=squad.pk, name=target_name or jobs.DEFAULT_TARGET)
@@ -278,8 +352,9 @@ def finetune_plan(
             f"Target '{target.name}' is remote; fine-tuning trains a local target's base model.",
             field="target",
         )
-    _, train_clean = jobs.clean_settings(
-        lora or {}, train or {}, context_length=target.context_length
+    base = jobs.job_base_model(target, base_model)
+    lora_clean, train_clean = jobs.clean_settings(
+        lora or {}, train or {}, context_length=jobs.job_context(target, base)
     )
     if dataset_version.train_count == 0:
         raise ValidationFailed(
@@ -287,9 +362,12 @@ def finetune_plan(
             "rows.",
             field="dataset_version",
         )
-    return plan_for(
+    plan = plan_for(
         dataset_version=dataset_version,
-        base_model=target.base_model,
+        base_model=base.model.name,
         train=train_clean,
         asked=train or {},
     )
+    estimate = check_memory(base=base, lora=lora_clean, train=train_clean)
+    plan.memory = estimate.as_dict() if estimate is not None else None
+    return plan

@@ -113,12 +113,19 @@ class TrainIn(Schema):
     eval_every: int | None = None
     checkpoint_every: int | None = None
     warmup_steps: int | None = None
+    gradient_checkpointing: bool | None = Field(
+        None, description="Recompute activations in the backward pass (less memory)"
+    )
+    qlora: bool | None = Field(None, description="4-bit base model (needs a CUDA GPU)")
 
 
 class FineTuneJobCreateIn(Schema):
     dataset: str = Field(..., description="The dataset's slug")
     version: int | None = Field(None, description="Its version number (default: the latest)")
     target: str = Field("local", description="A local model target: its base model is trained")
+    base_model: str | None = Field(
+        None, description="A registered base model to train (default: the target's)"
+    )
     lora: LoraIn = Field(default_factory=LoraIn)
     train: TrainIn = Field(default_factory=TrainIn)
 

@@ -25,7 +25,7 @@ from apps.finetune import rows as rowlib
 from apps.finetune.models import Dataset, DatasetFormat, DatasetVersion
 from apps.finetune.tokens import token_counter, token_stats
 from apps.generation.models import BatchJob, Generation, ModelTarget
-from apps.generation.targets import LOCAL_MODELS, target_resolve
+from apps.generation.targets import target_resolve
 from apps.prompts.contracts import render_messages
 from apps.prompts.models import PromptVersion
 from apps.reviews.models import ReviewExport
@@ -155,9 +155,7 @@ def _check(
     target: ModelTarget,
 ) -> tuple[rowlib.CheckedRows, dict[str, Any]]:
     counter = token_counter(target.base_model)
-    context = target.context_length or LOCAL_MODELS.get(target.base_model, {}).get(
-        "context_length", 8192
-    )
+    context = target.context_length or 8192
     checked = rowlib.check_rows(
         values,
         errors,

@@ -1,8 +1,9 @@
 """Token counts for dataset rows, without torch or transformers in the web process.
 
 With the `tokenizers` library installed (it comes with transformers in the `ml` extra)
-and the local model's converted directory present (`DATA_DIR/models/<base_model>`, written
-by workers.runtime.local on first load), rows are counted with the model's own tokenizer.
+and the model's folder readable here (its registered folder, or the converted directory
+`DATA_DIR/models/<base_model>` written by workers.runtime.local on first load), rows are
+counted with the model's own tokenizer.
 Otherwise the count is ceil(characters / 4), the usual estimate for English text with
 BPE vocabularies; token_stats names the counter used, so a reader knows which it was.
 """
@@ -30,7 +31,9 @@ def _approximate(text: str) -> int:
 
 def token_counter(base_model: str) -> TokenCounter:
     """The model's tokenizer when available, else the documented approximation."""
-    path = Path(settings.DATA_DIR) / "models" / base_model / "tokenizer.json"
+    from workers.runtime.registry import load_dir_of
+
+    path = (load_dir_of(base_model) if base_model else Path(settings.DATA_DIR)) / "tokenizer.json"
     if base_model and path.is_file() and importlib.util.find_spec("tokenizers") is not None:
         from tokenizers import Tokenizer
 

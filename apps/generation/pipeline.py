@@ -15,6 +15,8 @@ from typing import Any
 
 from django.utils import timezone
 
+from apps.basemodels.selectors import DEFAULT_BASE_MODEL
+from apps.core.exceptions import ApplicationError
 from apps.generation import structured
 from apps.generation.models import Generation, ModelTarget
 from apps.generation.targets import target_resolve
@@ -27,18 +29,43 @@ from apps.prompts.models import PromptVersion
 
 
 def target_spec(target: ModelTarget):  # -> TargetSpec (imported lazily: workers.runtime)
+    """What the runtime needs of `target`. A local target's base model must be ready in
+    the registry (ValidationFailed otherwise); the runtime is given its registration's
+    manifest hash, which it checks the files and any adapter against."""
+    from apps.basemodels.selectors import base_model_ready
     from workers.runtime.backends import TargetSpec
 
+    base_sha256 = ""
+    if target.kind == ModelTarget.Kind.LOCAL:
+        base_sha256 = base_model_ready(target.base_model or DEFAULT_BASE_MODEL).manifest_sha256
     return TargetSpec(
         name=target.name,
         kind=target.kind,
         base_model=target.base_model,
+        base_model_sha256=base_sha256,
         base_url=target.base_url,
         remote_model=target.remote_model,
         token_env=target.token_env,
         adapter_id=target.adapter_id,
         adapter_dir=target.lora_adapter.path if target.lora_adapter_id else "",
     )
+
+
+def report_changed_models(outcomes: list[Any]) -> None:
+    """A base model whose files changed since registration refused to load: record it
+    in the registry (the version becomes `changed`, audited) once per call."""
+    from apps.basemodels.services import base_model_files_changed
+    from workers.runtime.registry import ModelFilesChanged
+
+    seen = set()
+    for outcome in outcomes:
+        if isinstance(outcome, ModelFilesChanged) and outcome.model not in seen:
+            seen.add(outcome.model)
+            base_model_files_changed(
+                name=outcome.model,
+                manifest_sha256=outcome.manifest_sha256,
+                problems=outcome.problems,
+            )
 
 
 def param_values(
@@ -118,13 +145,18 @@ def execute_rows(
 
     def run(t: ModelTarget, convs: list[list[dict[str, str]]], progress=None) -> list[Any]:
         started = time.monotonic()
+        try:
+            spec = target_spec(t)
+        except ApplicationError as exc:
+            return [(BackendError(exc.message), 0) for _ in convs]
         results = run_conversations(
-            target_spec(t),
+            spec,
             convs,
             _params(version, t, max_new_tokens_cap, overrides),
             batch_size=batch_size,
             on_progress=progress,
         )
+        report_changed_models(results)
         per_row_ms = int((time.monotonic() - started) * 1000 / max(len(convs), 1))
         return [(r, per_row_ms) for r in results]
 

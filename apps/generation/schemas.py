@@ -11,13 +11,17 @@ class TargetCreateIn(Schema):
     name: str = Field(..., max_length=100)
     kind: Literal["local", "remote"]
     description: str = Field("", max_length=500)
-    base_model: str = ""
+    base_model: str = Field(
+        "", description="local: a registered base model (GET /api/v1/base-models); default SmolLM2"
+    )
     base_url: str = ""
     remote_model: str = ""
     token_env: str = Field("", description="NAME of the environment variable with the token")
     adapter_id: str = ""
     default_params: dict[str, Any] = {}
-    context_length: int = 8192
+    context_length: int | None = Field(
+        None, description="Default: the base model's context (local), else 8192"
+    )
     price_input_per_1k: Decimal = Decimal(0)
     price_output_per_1k: Decimal = Decimal(0)
     global_target: bool = Field(False, description="Staff: make it available to every squad")

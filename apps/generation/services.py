@@ -80,7 +80,12 @@ def model_target_create(
         action="generation.target_created",
         squad=squad,
         target=target,
-        data={"name": name, "kind": target.kind, "base_url": target.base_url},
+        data={
+            "name": name,
+            "kind": target.kind,
+            "base_url": target.base_url,
+            "base_model": target.base_model,
+        },
         request=request,
     )
     return target

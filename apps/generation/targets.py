@@ -5,10 +5,10 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import urlparse
 
+from apps.basemodels.selectors import DEFAULT_BASE_MODEL, base_model_ready
 from apps.core.exceptions import NotFound, ValidationFailed
 from apps.generation.models import ModelTarget
 
-LOCAL_MODELS = {"smollm2-135m-instruct": {"context_length": 8192}}
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
 
@@ -26,13 +26,15 @@ def clean_target_fields(data: dict[str, Any]) -> dict[str, Any]:
     kind = data.get("kind")
     if kind not in ModelTarget.Kind.values:
         raise ValidationFailed("kind must be 'local' or 'remote'.", field="kind")
+    model_context = None
     if kind == ModelTarget.Kind.LOCAL:
-        base_model = data.get("base_model") or "smollm2-135m-instruct"
-        if base_model not in LOCAL_MODELS:
+        base_model = data.get("base_model") or DEFAULT_BASE_MODEL
+        if not isinstance(base_model, str):
             raise ValidationFailed(
-                f"Unknown local model '{base_model}'; available: {', '.join(LOCAL_MODELS)}.",
-                field="base_model",
+                "base_model must be a registered model's name.", field="base_model"
             )
+        # A registered model whose current version is ready (apps.basemodels).
+        model_context = base_model_ready(base_model).context_length
         data["base_model"] = base_model
         for field in ("base_url", "token_env", "adapter_id", "remote_model"):
             if data.get(field):
@@ -58,9 +60,15 @@ def clean_target_fields(data: dict[str, Any]) -> dict[str, Any]:
         if value < 0:
             raise ValidationFailed(f"{field} must not be negative.", field=field)
         data[field] = value
-    context_length = data.get("context_length") or 8192
+    context_length = data.get("context_length") or model_context or 8192
     if not isinstance(context_length, int) or not 256 <= context_length <= 1_048_576:
         raise ValidationFailed("context_length must be 256 to 1048576.", field="context_length")
+    if model_context and context_length > model_context:
+        raise ValidationFailed(
+            f"context_length {context_length} is longer than base model "
+            f"'{data['base_model']}''s context of {model_context} tokens.",
+            field="context_length",
+        )
     data["context_length"] = context_length
     if not isinstance(data.get("default_params") or {}, dict):
         raise ValidationFailed("default_params must be an object.", field="default_params")

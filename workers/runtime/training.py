@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.runtime import BackendError
-from workers.runtime.local import DEFAULT_MODEL_ID, LocalModel, model_dir
+from workers.runtime.local import DEFAULT_MODEL_ID, LocalModel
 
 LENGTH_WINDOW_BATCHES = 50
 KEEP_CHECKPOINTS = 2
@@ -124,6 +124,10 @@ class TrainSettings:
     eval_every: int = 20
     checkpoint_every: int = 20
     warmup_steps: int = 0
+    # recompute activations in the backward pass: slower steps, far less memory
+    gradient_checkpointing: bool = False
+    # LoRA on a 4-bit (bitsandbytes NF4) base model; needs a CUDA GPU
+    qlora: bool = False
 
 
 @dataclass(frozen=True)
@@ -183,8 +187,10 @@ def check_settings(*, base_model: str, lora: LoraSettings, train: TrainSettings)
     Reads the converted model's config.json (and, for an architecture not in
     ARCHITECTURES, the tensor names in its safetensors headers); never imports torch.
     """
+    from workers.runtime.registry import load_dir_of
+
     problems = _range_problems(lora, train)
-    config_path = model_dir(base_model) / "config.json"
+    config_path = load_dir_of(base_model) / "config.json"
     try:
         config = json.loads(config_path.read_text())
     except (OSError, ValueError) as exc:
@@ -417,6 +423,7 @@ def train(
     on_progress: Callable[[Progress], None],
     should_cancel: Callable[[], bool],
     log: Callable[[str], None] = print,
+    base_model_sha256: str = "",
 ) -> TrainResult:
     """Train a LoRA adapter of `base_model` on the rows at `rows_path`; see the module
     docstring. `on_progress` is called after every optimizer step; `should_cancel` before
@@ -426,11 +433,11 @@ def train(
     work_dir = Path(work_dir)
     rows_path = Path(rows_path)
     work_dir.mkdir(parents=True, exist_ok=True)
-    directory = _converted_model(base_model)
+    directory = _converted_model(base_model, base_model_sha256)
     problems = check_settings(base_model=base_model, lora=lora, train=train)
     if problems:
         raise TrainingError("; ".join(problems), kind="invalid_settings")
-    run = _fingerprint(base_model, rows_path, lora, train)
+    run = _fingerprint(base_model, rows_path, lora, train, base_model_sha256)
     finished = _finished(work_dir, run)
     if finished is not None:
         log(f"adapter already trained in {finished.adapter_dir}")
@@ -442,8 +449,14 @@ def train(
 
     from workers.runtime.local import load_directory
 
-    loaded = load_directory(directory)
-    model, tokenizer = loaded.model, loaded.tokenizer
+    if train.qlora:
+        model, tokenizer = _load_quantized(directory)
+    else:
+        loaded = load_directory(directory)
+        model, tokenizer = loaded.model, loaded.tokenizer
+    if train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
     train_rows, eval_rows = read_examples(rows_path, tokenizer, train.max_seq_len)
     truncated = sum(e.truncated for e in train_rows + eval_rows)
     log(
@@ -585,25 +598,64 @@ def train(
         "eval_rows": len(eval_rows),
         "trainable_parameters": sum(p.numel() for p in params),
     }
-    result = _save_adapter(work_dir, peft_model, base_model, directory, lora, targets, metrics, run)
+    base_sha256 = base_model_sha256 or _registration_sha256(base_model, directory)
+    result = _save_adapter(
+        work_dir, peft_model, base_model, base_sha256, lora, targets, metrics, run
+    )
     shutil.rmtree(checkpoints, ignore_errors=True)
     log(f"adapter saved: {result.adapter_dir} ({result.size_bytes} bytes)")
     return result
 
 
-def _converted_model(base_model: str) -> Path:
-    """The model's safetensors directory; the default model is converted on first use."""
-    directory = model_dir(base_model)
+def _load_quantized(directory: Path) -> tuple[Any, Any]:
+    """QLoRA: the base model in 4-bit NF4 (bitsandbytes) with bf16 compute, prepared for
+    k-bit training. Only on a CUDA GPU: TrainingError("QLoRA needs a CUDA GPU") elsewhere.
+    This branch runs only on a GPU machine (see docs/architecture.md)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise TrainingError("QLoRA needs a CUDA GPU", kind="invalid_settings")
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(
+        directory, quantization_config=quantization, device_map={"": 0}, dtype=torch.bfloat16
+    )
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False), tokenizer
+
+
+def _converted_model(base_model: str, manifest_sha256: str = "") -> Path:
+    """The model's safetensors directory, its files checked against its registration
+    (ModelFilesChanged, a BackendError, passes through: the apps audit it); the default
+    model is converted on first use."""
+    from workers.runtime.local import load_local_model
+    from workers.runtime.registry import ModelFilesChanged, resolve
+
+    try:
+        directory = resolve(base_model, manifest_sha256)
+    except ModelFilesChanged:
+        raise
+    except BackendError as exc:
+        raise TrainingError(str(exc), kind="invalid_settings") from exc
     if not (directory / "config.json").exists():
         if base_model != DEFAULT_MODEL_ID:
             raise TrainingError(
                 f"base model {base_model!r} is not available: {directory} does not exist",
                 kind="invalid_settings",
             )
-        from workers.runtime.local import load_local_model
-
         try:
-            load_local_model(base_model)
+            load_local_model(base_model, manifest_sha256)
+        except ModelFilesChanged:
+            raise
         except BackendError as exc:
             raise TrainingError(str(exc), kind="invalid_settings") from exc
     return directory
@@ -703,7 +755,13 @@ def _out_of_memory_as_error(batch: list[Example], device: Any, where: str) -> It
 # --- checkpoints and the adapter ---------------------------------------------------------
 
 
-def _fingerprint(base_model: str, rows_path: Path, lora: LoraSettings, train: TrainSettings):
+def _fingerprint(
+    base_model: str,
+    rows_path: Path,
+    lora: LoraSettings,
+    train: TrainSettings,
+    base_model_sha256: str = "",
+):
     rows_sha = hashlib.sha256(rows_path.read_bytes()).hexdigest()
     payload = {
         "base_model": base_model,
@@ -711,6 +769,8 @@ def _fingerprint(base_model: str, rows_path: Path, lora: LoraSettings, train: Tr
         "lora": asdict(lora),
         "train": asdict(train),
     }
+    if base_model_sha256:
+        payload["base_model_sha256"] = base_model_sha256
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()
 
 
@@ -788,7 +848,7 @@ def _restore(path: Path, peft_model, optimizer, scheduler, run: str) -> _State:
 
 
 def _save_adapter(
-    work_dir: Path, peft_model, base_model: str, directory: Path, lora, targets, metrics, run
+    work_dir: Path, peft_model, base_model: str, base_sha256: str, lora, targets, metrics, run
 ) -> TrainResult:
     import peft
 
@@ -802,7 +862,7 @@ def _save_adapter(
             "sha256": _files_sha256(staging),
             "size_bytes": sum((staging / name).stat().st_size for name in ARTIFACT_FILES),
             "base_model": base_model,
-            "base_model_sha256": _model_sha256(directory),
+            "base_model_sha256": base_sha256,
             "lora_config": {
                 "r": lora.r,
                 "alpha": lora.alpha,
@@ -858,6 +918,15 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _registration_sha256(base_model: str, directory: Path) -> str:
+    """The manifest hash of the model's registration on this worker; for an unregistered
+    folder (tests building a model by hand), the hash of its safetensors files."""
+    from workers.runtime.registry import read_record
+
+    record = read_record(base_model)
+    return record.manifest_sha256 if record else _model_sha256(directory)
+
+
 _model_hashes: dict[tuple[str, int, int], str] = {}
 
 
@@ -877,17 +946,20 @@ def _model_sha256(directory: Path) -> str:
 
 # --- generation with an adapter ----------------------------------------------------------
 
-_adapter_models: dict[tuple[Path, Path], LocalModel] = {}
+_adapter_models: dict[tuple[Path, Path, str], LocalModel] = {}
 _adapter_lock = threading.Lock()
 KEEP_ADAPTER_MODELS = 2
 
 
-def load_adapter_model(base_model: str, adapter_dir: Path) -> LocalModel:
+def load_adapter_model(
+    base_model: str, adapter_dir: Path, base_model_sha256: str = ""
+) -> LocalModel:
     """A LocalModel of `base_model` with the adapter's LoRA weights merged in, loaded from
     disk into its own copy (the shared base model of `load_local_model` is left as is).
     The last KEEP_ADAPTER_MODELS are kept per process. BackendError (not retryable) when
     the base model or the adapter is missing, or the adapter was trained on another
-    base model."""
+    base model (by name, and by registration hash when `base_model_sha256` is given);
+    ModelFilesChanged when the base model's files differ from its registration."""
     from peft import PeftModel
 
     from workers.runtime.local import load_directory
@@ -895,17 +967,24 @@ def load_adapter_model(base_model: str, adapter_dir: Path) -> LocalModel:
     adapter_dir = Path(adapter_dir).resolve()
     if not (adapter_dir / "adapter_config.json").exists():
         raise BackendError(f"no adapter in {adapter_dir}")
-    record = adapter_dir / RECORD_FILE
-    trained_on = json.loads(record.read_text())["base_model"] if record.exists() else base_model
+    record_path = adapter_dir / RECORD_FILE
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    trained_on = record.get("base_model", base_model)
     if trained_on != base_model:
         raise BackendError(
             f"the adapter in {adapter_dir} was trained on {trained_on!r}, not {base_model!r}"
         )
+    trained_hash = record.get("base_model_sha256", "")
+    if base_model_sha256 and trained_hash and trained_hash != base_model_sha256:
+        raise BackendError(
+            f"the adapter in {adapter_dir} was trained on registration {trained_hash[:12]} of "
+            f"{base_model!r}, not on {base_model_sha256[:12]}: train it again on this base"
+        )
     try:
-        directory = _converted_model(base_model).resolve()
+        directory = _converted_model(base_model, base_model_sha256).resolve()
     except TrainingError as exc:
         raise BackendError(str(exc)) from exc
-    key = (directory, adapter_dir)
+    key = (directory, adapter_dir, base_model_sha256)
     with _adapter_lock:
         model = _adapter_models.pop(key, None)
         if model is None:
@@ -958,6 +1037,7 @@ def evaluate(
     batch_size: int = 4,
     split: str = "eval",
     should_cancel: Callable[[], bool] | None = None,
+    base_model_sha256: str = "",
 ) -> EvalResult:
     """Loss and perplexity of `base_model` (with the adapter in `adapter_dir` merged in,
     when given) on the `split` rows of `rows_path`: the same tokenization, answer-only
@@ -968,17 +1048,23 @@ def evaluate(
     `bad_data` naming a row, `out_of_memory`, `cancelled` (checked per batch)."""
     import torch
 
+    from workers.runtime.registry import ModelFilesChanged
+
     if adapter_dir is None:
         from workers.runtime.local import load_local_model
 
-        _converted_model(base_model)
+        _converted_model(base_model, base_model_sha256)
         try:
-            loaded = load_local_model(base_model)
+            loaded = load_local_model(base_model, base_model_sha256)
+        except ModelFilesChanged:
+            raise
         except BackendError as exc:
             raise TrainingError(str(exc), kind="invalid_settings") from exc
     else:
         try:
-            loaded = load_adapter_model(base_model, Path(adapter_dir))
+            loaded = load_adapter_model(base_model, Path(adapter_dir), base_model_sha256)
+        except ModelFilesChanged:
+            raise
         except BackendError as exc:
             raise TrainingError(str(exc), kind="invalid_settings") from exc
     examples = read_split(Path(rows_path), loaded.tokenizer, max_seq_len, split)

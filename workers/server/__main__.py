@@ -1,6 +1,7 @@
 """`python -m workers.server`: run the local inference server (see workers/server/app.py).
 
     python -m workers.server [--host 127.0.0.1] [--port 8001] [--model smollm2-135m-instruct]
+                             [--model another-registered-model ...] [--memory-budget-mb N]
                              [--adapters-dir DIR] [--max-rows N] [--supervise]
 
 With --supervise (what `make run` uses) this process only supervises: it runs the server
@@ -29,7 +30,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workers.server", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
-    parser.add_argument("--model", default=None, help="a model id under DATA_DIR/models")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help="a registered model (DATA_DIR/models/<id>); repeat to serve several",
+    )
+    parser.add_argument(
+        "--memory-budget-mb",
+        type=int,
+        default=0,
+        help="refuse to start when the models' weights exceed this (0: no check)",
+    )
     parser.add_argument(
         "--adapters-dir", default=None, help="adapter_id root (default DATA_DIR/finetune)"
     )
@@ -48,20 +60,32 @@ def serve(args: argparse.Namespace) -> int:
     from workers.runtime.local import DEFAULT_MODEL_ID, data_dir, load_local_model
     from workers.server.app import InferenceHTTPServer, InferenceService
 
-    model_id = args.model or DEFAULT_MODEL_ID
-    try:
-        local = load_local_model(model_id)
-    except BackendError as exc:
-        logging.critical("cannot serve %s: %s", model_id, exc)
-        return 2
-    service = InferenceService(
-        local,
-        model_id,
-        Path(args.adapters_dir) if args.adapters_dir else data_dir() / "finetune",
-        max_rows=args.max_rows,
-    )
-    service.start()
-    server = InferenceHTTPServer((args.host, args.port), service)
+    model_ids = args.model or [DEFAULT_MODEL_ID]
+    adapters_dir = Path(args.adapters_dir) if args.adapters_dir else data_dir() / "finetune"
+    services = []
+    used = 0
+    for model_id in model_ids:
+        try:
+            local = load_local_model(model_id)
+        except BackendError as exc:
+            logging.critical("cannot serve %s: %s", model_id, exc)
+            return 2
+        used += sum(p.numel() * p.element_size() for p in local.model.parameters())
+        if args.memory_budget_mb and used > args.memory_budget_mb * 2**20:
+            logging.critical(
+                "cannot serve %s: the models' weights need %d MiB, over the budget of %d MiB; "
+                "run another server process for it",
+                ", ".join(model_ids),
+                used // 2**20,
+                args.memory_budget_mb,
+            )
+            return 2
+        services.append(InferenceService(local, model_id, adapters_dir, max_rows=args.max_rows))
+    for service in services:
+        service.start()
+    service = services[0]
+    model_id = ", ".join(model_ids)
+    server = InferenceHTTPServer((args.host, args.port), services)
 
     def stop(signum, frame):
         threading.Thread(target=server.shutdown, daemon=True).start()
@@ -83,7 +107,8 @@ def serve(args: argparse.Namespace) -> int:
     )
     server.serve_forever()
     server.server_close()
-    service.engine.stop()
+    for each in services:
+        each.engine.stop()
     return 0
 
 

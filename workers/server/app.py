@@ -1,8 +1,13 @@
-"""The local OpenAI-compatible inference server: one model, its LoRA adapters, one
-continuous-batching decode loop (`workers.runtime.engine.Engine`) shared by every request.
+"""The local OpenAI-compatible inference server: one or several registered models, their
+LoRA adapters, one continuous-batching decode loop (`workers.runtime.engine.Engine`) per
+model shared by every request for it. Several models share one process when they fit its
+memory budget (`python -m workers.server --model a --model b --memory-budget-mb N`; the
+budget is checked at start-up from the weights' sizes); a request names its model in
+`model` (default: the first).
 
-    GET  /health                 {"status": "ok", "model", "pid", "running", "waiting", ...}
-    GET  /v1/models              the served model, then each adapter under the adapters root
+    GET  /health                 {"status": "ok", "model", "models", "pid", "running", ...}
+    GET  /v1/models              each served model, then each adapter under the adapters
+                                 root trained on it (`parent`)
     POST /v1/chat/completions    OpenAI's chat completions, streaming (SSE) or not, plus
                                  `adapter_id`: an adapter directory relative to the
                                  adapters root (TGI's field of that name)
@@ -52,9 +57,13 @@ class InferenceService:
     def start(self) -> None:
         self.engine.start()
 
-    def adapters(self) -> list[str]:
+    def adapters(self, *, only_own: bool = False) -> list[str]:
+        """Adapter ids under the adapters root; with `only_own`, those whose training
+        record names this model (several models in one server)."""
         if not self.adapters_dir.is_dir():
             return []
+        if only_own:
+            return [a for a in self.adapters() if self.trained_on(a) in (None, self.model_id)]
         found = (
             config.parent.relative_to(self.adapters_dir)
             for config in self.adapters_dir.rglob("adapter_config.json")
@@ -65,6 +74,13 @@ class InferenceService:
             for path in found
             if not any(part == "checkpoints" or part.startswith(".") for part in path.parts)
         )
+
+    def trained_on(self, adapter_id: str) -> str | None:
+        record = self.adapters_dir / adapter_id / "studio_training.json"
+        try:
+            return json.loads(record.read_text()).get("base_model")
+        except (OSError, ValueError, AttributeError):
+            return None
 
     def adapter(self, adapter_id: str) -> str:
         """The engine's name for `adapter_id`, loading it on first use."""
@@ -113,7 +129,7 @@ class InferenceService:
             "adapters_loaded": sorted(self.adapter_names),
         }
 
-    def models(self) -> dict[str, Any]:
+    def models(self, *, only_own: bool = False) -> dict[str, Any]:
         data = [{"id": self.model_id, "object": "model", "created": 0, "owned_by": "studio"}]
         data += [
             {
@@ -123,7 +139,7 @@ class InferenceService:
                 "owned_by": "studio",
                 "parent": self.model_id,
             }
-            for adapter in self.adapters()
+            for adapter in self.adapters(only_own=only_own)
         ]
         return {"object": "list", "data": data}
 
@@ -140,9 +156,15 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         service = self.server.service
         if self.path == "/health":
-            self._json(200, service.health())
+            self._json(200, {**service.health(), "models": list(self.server.services)})
         elif self.path == "/v1/models":
-            self._json(200, service.models())
+            several = len(self.server.services) > 1
+            data = [
+                entry
+                for each in self.server.services.values()
+                for entry in each.models(only_own=several)["data"]
+            ]
+            self._json(200, {"object": "list", "data": data})
         elif self.path == "/v1/chat/completions":
             self._error(RequestError("Use POST.", code="method_not_allowed", status=405))
         else:
@@ -163,8 +185,9 @@ class Handler(BaseHTTPRequestHandler):
     def _chat_completion(self) -> None:
         from workers.runtime.engine import Sequence
 
-        service = self.server.service
-        request = parse_chat_request(self._body(), served_models=[service.model_id])
+        services = self.server.services
+        request = parse_chat_request(self._body(), served_models=list(services))
+        service = services[request.model] if request.model else self.server.service
         adapter = service.adapter(request.adapter_id) if request.adapter_id else None
         sequence = Sequence(
             service.local.prompt_ids(request.messages),
@@ -258,6 +281,10 @@ class Handler(BaseHTTPRequestHandler):
 class InferenceHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], service: InferenceService) -> None:
-        self.service = service
+    def __init__(
+        self, address: tuple[str, int], service: InferenceService | list[InferenceService]
+    ) -> None:
+        services = service if isinstance(service, list) else [service]
+        self.services = {each.model_id: each for each in services}
+        self.service = services[0]  # the default model
         super().__init__(address, Handler)

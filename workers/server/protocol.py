@@ -58,6 +58,7 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     adapter_id: str | None = None
+    model: str | None = None  # one of the served models; None: the first
 
 
 def parse_chat_request(body: Any, *, served_models: list[str]) -> ChatRequest:
@@ -71,7 +72,8 @@ def parse_chat_request(body: Any, *, served_models: list[str]) -> ChatRequest:
     model = body.get("model")
     if model is not None and model not in served_models:
         raise RequestError(
-            f"The model {model!r} does not exist; this server serves {served_models[0]!r}.",
+            f"The model {model!r} does not exist; this server serves "
+            f"{', '.join(map(repr, served_models))}.",
             param="model",
             code="model_not_found",
             status=404,
@@ -114,6 +116,7 @@ def parse_chat_request(body: Any, *, served_models: list[str]) -> ChatRequest:
     if adapter_id is not None and (not isinstance(adapter_id, str) or not adapter_id.strip()):
         raise RequestError("adapter_id must be a non-empty string.", param="adapter_id")
     return ChatRequest(
+        model=model,
         messages=messages,
         params=GenerationParams(
             max_new_tokens=max_tokens,
