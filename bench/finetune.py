@@ -31,7 +31,7 @@ progress reports it; baseline: `trainer.train()`); "mean loss" is the mean train
 over the steps (different rows, so only a sanity check). The rows drawn in
 `--steps` steps differ between the two (each shuffles its own way), which is why the
 comparison is per token. The last line is `ratio=<ours tok/s / baseline tok/s>`; the
-target is >= 1.2 with no more peak memory.
+target is >= 1.5 with no more peak memory.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-TARGET_RATIO = 1.2
+TARGET_RATIO = 1.5
 
 _SENTENCES = (
     "The committee met on Tuesday to review the budget.",
