@@ -442,7 +442,7 @@ def train(
 
     from workers.runtime.local import load_directory
 
-    loaded = load_directory(directory)
+    loaded = load_directory(directory, precision="fp32")  # LoRA trains on fp32 weights
     model, tokenizer = loaded.model, loaded.tokenizer
     train_rows, eval_rows = read_examples(rows_path, tokenizer, train.max_seq_len)
     truncated = sum(e.truncated for e in train_rows + eval_rows)
@@ -966,7 +966,7 @@ def load_adapter_model(base_model: str, adapter_dir: Path) -> LocalModel:
     base model."""
     from peft import PeftModel
 
-    from workers.runtime.local import load_directory
+    from workers.runtime.local import cpu_precision, load_directory, with_precision
 
     adapter_dir = Path(adapter_dir).resolve()
     if not (adapter_dir / "adapter_config.json").exists():
@@ -985,8 +985,10 @@ def load_adapter_model(base_model: str, adapter_dir: Path) -> LocalModel:
     with _adapter_lock:
         model = _adapter_models.pop(key, None)
         if model is None:
-            base = load_directory(directory)
+            base = load_directory(directory, precision="fp32")
             merged = PeftModel.from_pretrained(base.model, adapter_dir).merge_and_unload()
+            if merged.device.type == "cpu":  # merged in fp32, then as the base model runs
+                merged = with_precision(merged, cpu_precision())
             model = LocalModel(merged, base.tokenizer)
         _adapter_models[key] = model  # newest last
         while len(_adapter_models) > KEEP_ADAPTER_MODELS:
