@@ -88,7 +88,38 @@ def load_local_model(model_id: str = DEFAULT_MODEL_ID) -> LocalModel:
         return model
 
 
-def load_directory(directory: Path) -> LocalModel:
+PRECISIONS = ("fp32", "bf16", "int8")
+DEFAULT_CPU_PRECISION = "fp32"
+
+
+def cpu_precision() -> str:
+    """The weights' precision for generation on a CPU: STUDIO_LOCAL_PRECISION, else
+    DEFAULT_CPU_PRECISION (docs/benchmarks.md has the measurements behind the default)."""
+    value = os.environ.get("STUDIO_LOCAL_PRECISION", "").strip().lower() or DEFAULT_CPU_PRECISION
+    if value not in PRECISIONS:
+        raise BackendError(
+            f"STUDIO_LOCAL_PRECISION must be one of {', '.join(PRECISIONS)} (got {value!r})"
+        )
+    return value
+
+
+def bf16_supported() -> bool:
+    """Whether this CPU has bf16 arithmetic (AVX512-BF16 or AMX) for oneDNN to use;
+    without it bf16 weights are converted back to fp32 for every product."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def load_directory(directory: Path, precision: str | None = None) -> LocalModel:
+    """The model and tokenizer in `directory`. On CUDA: bf16. On a CPU: `precision`
+    (default `cpu_precision()`): fp32; bf16 weights and activations (only where the
+    CPU has bf16 arithmetic, else fp32); or int8, dynamically quantized linear layers
+    (`torch.ao.quantization.quantize_dynamic`: int8 weights, activations quantized per
+    call, fp32 everywhere else). Training always asks for fp32."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -99,7 +130,35 @@ def load_directory(directory: Path) -> LocalModel:
         limit_cpu_threads()
     tokenizer = AutoTokenizer.from_pretrained(directory)
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).to(device)
+    if device == "cpu":
+        model = with_precision(model, precision or cpu_precision())
     return LocalModel(model, tokenizer)
+
+
+def with_precision(model: Any, precision: str) -> Any:
+    """An fp32 CPU `model` in `precision`: as is (fp32), cast to bf16 (when the CPU has
+    bf16 arithmetic, else left fp32), or with every nn.Linear (the output head included)
+    replaced by a dynamically quantized int8 one (int8; embeddings, norms and attention
+    stay fp32). LoRA adapters cannot be loaded on an int8 model (peft wraps nn.Linear)."""
+    import torch
+
+    if precision == "bf16" and bf16_supported():
+        return model.to(torch.bfloat16)
+    if precision == "int8":
+        model = torch.ao.quantization.quantize_dynamic(
+            model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True
+        )
+        model.studio_precision = "int8"
+    return model
+
+
+def precision_of(model: Any) -> str:
+    """What `load_directory` made of the weights: fp32, bf16 or int8."""
+    import torch
+
+    if getattr(model, "studio_precision", None) == "int8":
+        return "int8"
+    return "bf16" if model.dtype == torch.bfloat16 else "fp32"
 
 
 def limit_cpu_threads() -> None:

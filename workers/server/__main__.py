@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -34,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
         "--adapters-dir", default=None, help="adapter_id root (default DATA_DIR/finetune)"
     )
     parser.add_argument("--max-rows", type=int, default=None, help="cap on rows per batch")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "int8"),
+        default=None,
+        help="weights on a CPU (default: STUDIO_LOCAL_PRECISION, else fp32)",
+    )
     parser.add_argument("--supervise", action="store_true", help="restart the server if it dies")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="local-server %(levelname)s %(message)s")
@@ -49,6 +56,8 @@ def serve(args: argparse.Namespace) -> int:
     from workers.server.app import InferenceHTTPServer, InferenceService
 
     model_id = args.model or DEFAULT_MODEL_ID
+    if args.precision:  # read by load_directory, here and by adapters merged later
+        os.environ["STUDIO_LOCAL_PRECISION"] = args.precision
     try:
         local = load_local_model(model_id)
     except BackendError as exc:
