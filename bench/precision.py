@@ -1,4 +1,4 @@
-"""Reduced precision on the CPU: the local runtime with fp32, bf16 and dynamic int8 weights,
+"""Reduced precision on the CPU: the local runtime with fp32, fp16, bf16 and dynamic int8 weights,
 same prompts, same decode loop, in the same run.
 
     .venv/bin/python bench/precision.py [--prompts 16] [--max-new-tokens 32]
@@ -6,9 +6,9 @@ same prompts, same decode loop, in the same run.
 
 Each precision runs in its own child process (so its peak resident memory is its own):
 `workers.runtime.local.load_directory(directory, precision=...)` — fp32 as converted;
-bf16 (`model.to(torch.bfloat16)`, only when the CPU has bf16 arithmetic: AVX512-BF16 or
-AMX); int8 (`torch.ao.quantization.quantize_dynamic` over every nn.Linear, the output head
-included). Then, after a short warm-up, greedy (temperature 0) generation of the
+fp16 and bf16 (loaded in that dtype, only when the CPU has the arithmetic: AVX512-FP16,
+AVX512-BF16 or AMX); int8 (`torch.ao.quantization.quantize_dynamic` over every nn.Linear,
+the output head included). Then, after a short warm-up, greedy (temperature 0) generation of the
 benchmark prompts of `bench/batch_generation.py` through the continuous-batching loop:
 all prompts together (up to 64 rows), and the first four one at a time (batch 1).
 
@@ -79,19 +79,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--precisions", default="fp32,bf16,int8")
+    parser.add_argument("--precisions", default="fp32,fp16,bf16,int8")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print("BENCH-RESULT " + json.dumps(child(args)))
         return 0
 
-    from workers.runtime.local import bf16_supported, load_local_model
+    from workers.runtime.local import bf16_supported, fp16_supported, load_local_model
 
     load_local_model()  # converts the GGUF once, before any timing
     print(f"date: {datetime.now(UTC).isoformat(timespec='seconds')}")
     print(f"load average at start: {os.getloadavg()}  (cores: {os.cpu_count()})")
-    print(f"bf16 arithmetic on this CPU: {bf16_supported()}")
+    print(f"bf16 / fp16 arithmetic on this CPU: {bf16_supported()} / {fp16_supported()}")
     print(f"{args.prompts} prompts, {args.max_new_tokens} new tokens, greedy")
     results: dict[str, dict] = {}
     for precision in args.precisions.split(","):

@@ -318,27 +318,34 @@ def test_real_model_output_is_cut_at_a_stop_sequence(smollm2):
     assert result.output_tokens < plain.output_tokens
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "int8"])
 def test_precision_setting_loads_the_weights_as_asked(
     precision, tiny_model, settings, tmp_path, monkeypatch
 ):
     import torch
 
-    from workers.runtime.local import bf16_supported, load_directory, precision_of
+    from workers.runtime.local import (
+        bf16_supported,
+        fp16_supported,
+        load_directory,
+        precision_of,
+    )
 
     settings.DATA_DIR = tmp_path
     save_converted(tiny_model.model, tiny_model.tokenizer, model_dir("tiny"))
     monkeypatch.setenv("STUDIO_LOCAL_PRECISION", precision)
     loaded = load_directory(model_dir("tiny"))
 
-    expected = "fp32" if precision == "bf16" and not bf16_supported() else precision
+    supported = {"bf16": bf16_supported(), "fp16": fp16_supported()}.get(precision, True)
+    expected = precision if supported else "fp32"
     assert precision_of(loaded.model) == expected
     linear = loaded.model.model.layers[0].self_attn.q_proj
     if expected == "int8":
         assert isinstance(linear, torch.ao.nn.quantized.dynamic.Linear)
         assert isinstance(loaded.model.lm_head, torch.ao.nn.quantized.dynamic.Linear)
     else:
-        assert linear.weight.dtype == (torch.bfloat16 if expected == "bf16" else torch.float32)
+        dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+        assert linear.weight.dtype == dtypes[expected]
     results = loaded.generate(CONVERSATIONS, GREEDY)
     assert all(r.output_tokens > 0 for r in results)
     # Training always gets fp32 weights, whatever the generation setting.
