@@ -73,7 +73,8 @@ def squad_by_slug(slug: str, user: User | None = None) -> Squad | None:
         cache.set(key, fields, SQUAD_TTL)
         HOT.set(key, fields)
     SQUAD_IDS[slug] = fields["id"]
-    squad = Squad(**fields)
+    # A list of its own: `fields` is shared with every request of this process (HOT).
+    squad = Squad(**{**fields, "protected_labels": list(fields["protected_labels"] or [])})
     squad._state.adding = False
     squad._state.db = "default"
     return squad
