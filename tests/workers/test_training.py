@@ -821,6 +821,8 @@ def test_training_loss_matches_the_models_own_loss(tiny_model):
     """On a LoRA model the training loss (decoder, then the chunked head at answer
     positions) equals the model's own full-logits loss, gradients of the LoRA weights
     included."""
+    import copy
+
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -828,7 +830,7 @@ def test_training_loss_matches_the_models_own_loss(tiny_model):
 
     torch.manual_seed(0)
     model = get_peft_model(
-        tiny_model.model,
+        copy.deepcopy(tiny_model.model),  # the fixture is shared by the session: not in place
         LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]),
     )
     for name, param in model.named_parameters():
