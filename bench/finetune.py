@@ -31,7 +31,7 @@ progress reports it; baseline: `trainer.train()`); "mean loss" is the mean train
 over the steps (different rows, so only a sanity check). The rows drawn in
 `--steps` steps differ between the two (each shuffles its own way), which is why the
 comparison is per token. The last line is `ratio=<ours tok/s / baseline tok/s>`; the
-target is >= 1.2 with no more peak memory.
+target is >= 1.5 with no more peak memory.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-TARGET_RATIO = 1.2
+TARGET_RATIO = 1.5
 
 _SENTENCES = (
     "The committee met on Tuesday to review the budget.",
@@ -108,7 +108,7 @@ def run_ours(args: argparse.Namespace) -> dict:
     from workers.runtime.training import LoraSettings, TrainSettings, train
 
     last = []
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = train(
         base_model=DEFAULT_MODEL_ID,
         rows_path=Path(args.rows_path),
@@ -130,6 +130,7 @@ def run_ours(args: argparse.Namespace) -> dict:
     wall = time.perf_counter() - start
     return {
         "wall_s": wall,
+        "cpu_s": time.process_time() - cpu_start,
         "tokens": result.metrics["tokens"],
         "padded_tokens": None,
         "loop_tps": last[-1].tokens_per_second,
@@ -150,7 +151,7 @@ def run_baseline(args: argparse.Namespace) -> dict:
 
     from workers.runtime.local import limit_cpu_threads, model_dir
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     limit_cpu_threads()
     directory = model_dir()
     tokenizer = AutoTokenizer.from_pretrained(directory)
@@ -215,6 +216,7 @@ def run_baseline(args: argparse.Namespace) -> dict:
     wall = time.perf_counter() - start
     return {
         "wall_s": wall,
+        "cpu_s": time.process_time() - cpu_start,
         "tokens": counted["tokens"],
         "padded_tokens": counted["padded"],
         "loop_tps": counted["tokens"] / loop_s,
@@ -262,6 +264,7 @@ def _run_child(kind: str, args: argparse.Namespace, rows_path: Path, tmp: Path) 
     line = next(x for x in reversed(done.stdout.splitlines()) if x.startswith("RESULT "))
     measured = json.loads(line.removeprefix("RESULT "))
     measured["tps"] = measured["tokens"] / measured["wall_s"]
+    measured["cpu_tps"] = measured["tokens"] / measured["cpu_s"]
     return measured
 
 
@@ -304,14 +307,14 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"\n{'path':<9} {'wall s':>8} {'tokens':>8} {'tok/s':>8} {'padding':>8} "
-        f"{'loop tok/s':>10} {'peak RSS MiB':>13} {'mean loss':>10}"
+        f"{'loop tok/s':>10} {'cpu s':>7} {'tok/cpu-s':>9} {'peak RSS MiB':>13} {'mean loss':>10}"
     )
     for kind, runs in results.items():
         for r in runs:
             padding = f"{1 - r['tokens'] / r['padded_tokens']:.1%}" if r["padded_tokens"] else "-"
             print(
                 f"{kind:<9} {r['wall_s']:>8.1f} {r['tokens']:>8} {r['tps']:>8.1f} {padding:>8} "
-                f"{r['loop_tps']:>10.1f} "
+                f"{r['loop_tps']:>10.1f} {r['cpu_s']:>7.1f} {r['cpu_tps']:>9.1f} "
                 f"{r['peak_rss_mib']:>13.0f} {r['mean_loss']:>10.3f}"
             )
     ours = sorted(r["tps"] for r in results["ours"])[len(results["ours"]) // 2]
@@ -324,6 +327,14 @@ def main(argv: list[str] | None = None) -> int:
         f"\nmedian tok/s: ours {ours:.1f}, baseline {base:.1f}; peak RSS: ours "
         f"{ours_rss:.0f} MiB, baseline {base_rss:.0f} MiB; target >= {TARGET_RATIO} with no "
         f"more memory: {verdict}"
+    )
+    ours_cpu = sorted(r["cpu_tps"] for r in results["ours"])[len(results["ours"]) // 2]
+    base_cpu = sorted(r["cpu_tps"] for r in results["baseline"])[len(results["baseline"]) // 2]
+    # On a shared machine the wall clock counts other people's work too; CPU time of the
+    # child (all its threads) is the steadier comparison. The ratio stays wall-clock.
+    print(
+        f"tokens per CPU second: ours {ours_cpu:.1f}, baseline {base_cpu:.1f} "
+        f"(ratio {ours_cpu / base_cpu:.2f})"
     )
     print(f"ratio={ratio:.2f}")
     return 0

@@ -6,7 +6,8 @@ from django.urls import include, path, re_path
 from django.views.decorators.csrf import csrf_exempt
 from django.views.generic import RedirectView
 
-from apps.prompts import fast
+from apps.prompts import fast as prompts_fast
+from apps.squads import fast as squads_fast
 from apps.telemetry.views import metrics_view
 from studio.api import api
 
@@ -46,8 +47,10 @@ urlpatterns = [
     path("favicon.ico", favicon),
     path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
-    # The runtime fetch, served without ninja's per-request overhead (apps/prompts/fast.py).
-    path("api/v1/squads/<slug:squad>/prompts/<slug:slug>", fast.prompt_fetch),
+    # Hot reads served without ninja's per-request overhead (apps/core/plainapi.py): the
+    # runtime fetch and the squad detail; other methods on these paths go to ninja.
+    path("api/v1/squads/<slug:squad>/prompts/<slug:slug>", prompts_fast.prompt_fetch),
+    path("api/v1/squads/<slug:slug>", squads_fast.squad_detail),
     path("api/v1/", api_home),
     path("api/v1/", api.urls),
     # The OpenAI-compatible gateway (apps/gateway/v1.py): service keys only.

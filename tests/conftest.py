@@ -31,16 +31,19 @@ def _clear_cache():
     (SQLite reuses primary keys after a rollback)."""
     from django.core.cache import cache
 
+    from apps.core import ratelimit
     from apps.core.memo import HOT
     from apps.squads.selectors import SQUAD_IDS
 
     cache.clear()
     SQUAD_IDS.clear()
     HOT.clear()
+    ratelimit.reset()
     yield
     cache.clear()
     SQUAD_IDS.clear()
     HOT.clear()
+    ratelimit.reset()
 
 
 def _restore_default_targets() -> None:

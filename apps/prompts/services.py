@@ -307,7 +307,12 @@ def label_move(
     squad = template.squad
     require_squad_permission(actor, squad, EDIT_PROMPTS)
     name = _clean_slug(name, field="label", limit=LABEL_MAX)
-    protected = name in (squad.protected_labels or [])
+    # Read from the row, not the cached squad (web processes memo it for a second): the
+    # gate must see a label protected the moment the policy change commits.
+    squad.protected_labels = (
+        Squad.objects.filter(pk=squad.pk).values_list("protected_labels", flat=True).first() or []
+    )
+    protected = name in squad.protected_labels
     if protected:
         require_squad_permission(actor, squad, MOVE_PROTECTED_LABELS)
     if version.template_id != template.pk:

@@ -88,7 +88,9 @@ def squad_roles(user: User, squad_id: int) -> list[str]:
     if squad_id in local:
         return local[squad_id]
     key = _roles_key(user.pk, squad_id)
-    roles = cache.get(key)
+    roles = HOT.get(key)
+    if roles is None:
+        roles = cache.get(key)
     if roles is None:
         from apps.squads.models import Membership
 
@@ -100,6 +102,7 @@ def squad_roles(user: User, squad_id: int) -> list[str]:
         )
         roles = list(found or [])
         cache.set(key, roles, PERMISSIONS_TTL)
+    HOT.set(key, roles)
     return roles
 
 
@@ -120,7 +123,7 @@ def forget_permissions_by_key(keys: list[str]) -> None:
     if keys:
         HOT.pop(*keys)
         cache.delete_many(keys)
-        transaction.on_commit(lambda: cache.delete_many(keys))
+        transaction.on_commit(lambda: (HOT.pop(*keys), cache.delete_many(keys)))
 
 
 def forget_squad_permissions(squad_id: int, user_ids: list[int]) -> None:

@@ -2,7 +2,7 @@ from django.http import HttpRequest
 from ninja import Router, Status
 
 from apps.squads import selectors, services
-from apps.squads.access import has_squad_permission, squad_roles
+from apps.squads.access import squad_permissions, squad_roles
 from apps.squads.models import Membership, Squad
 from apps.squads.permissions import REGISTRY
 from apps.squads.schemas import (
@@ -23,17 +23,17 @@ router = Router(tags=["squads"])
 tokens_router = Router(tags=["tokens"])
 
 
-def _squad_out(request: HttpRequest, squad: Squad) -> dict:
+def squad_out(user: object, squad: Squad) -> dict:
+    """The squad detail body (also served by the plain view in apps/squads/fast.py)."""
+    perms = squad_permissions(user, squad.pk)
     return {
         "slug": squad.slug,
         "name": squad.name,
         "description": squad.description,
         "created_at": squad.created_at,
         "protected_labels": squad.protected_labels,
-        "my_roles": squad_roles(request.auth, squad.pk),
-        "my_permissions": [
-            p.codename for p in REGISTRY if has_squad_permission(request.auth, squad, p)
-        ],
+        "my_roles": squad_roles(user, squad.pk),
+        "my_permissions": [p.codename for p in REGISTRY if p.codename in perms],
     }
 
 
@@ -68,13 +68,13 @@ def squad_list(request: HttpRequest) -> list[dict]:
 @router.post("/squads", response={201: SquadOut})
 def squad_create(request: HttpRequest, payload: SquadCreateIn) -> Status:
     squad = services.squad_create(actor=request.auth, request=request, **payload.dict())
-    return Status(201, _squad_out(request, squad))
+    return Status(201, squad_out(request.auth, squad))
 
 
 @router.get("/squads/{slug}", response=SquadOut)
 def squad_detail(request: HttpRequest, slug: str) -> dict:
     squad = selectors.squad_get_for_user(user=request.auth, slug=slug)
-    return _squad_out(request, squad)
+    return squad_out(request.auth, squad)
 
 
 @router.patch("/squads/{slug}", response=SquadOut)
@@ -83,7 +83,7 @@ def squad_update(request: HttpRequest, slug: str, payload: SquadUpdateIn) -> dic
     squad = services.squad_update(
         actor=request.auth, squad=squad, request=request, **payload.dict(exclude_unset=True)
     )
-    return _squad_out(request, squad)
+    return squad_out(request.auth, squad)
 
 
 @router.get("/squads/{slug}/members", response=list[MemberOut])

@@ -1,10 +1,12 @@
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.cache import cache
+from django.db import transaction
 from django.db.models import QuerySet
 from guardian.shortcuts import get_objects_for_user
 
 from apps.core.exceptions import NotFound
+from apps.core.memo import HOT
 from apps.squads.access import (
     permission_cache_key,
     prime_permissions,
@@ -39,32 +41,53 @@ SQUAD_IDS: dict[str, int] = {}
 
 
 def squad_by_slug(slug: str, user: User | None = None) -> Squad | None:
-    """The squad row, from the cache when warm (squad_update drops the entry). With a
-    user whose squad id is known, their permission set and roles come in the same
-    cache round trip."""
+    """The squad row, from this process's memo or the shared cache when warm
+    (`squad_forget` drops both). With a user whose squad id is known, their permission
+    set and roles come from the memo too, or in the same cache round trip."""
     key = squad_cache_key(slug)
     squad_id = SQUAD_IDS.get(slug)
+    fields = HOT.get(key)
     if squad_id is not None and user is not None and user.is_authenticated:
         perm_key = permission_cache_key(user.pk, squad_id)
         roles_key = roles_cache_key(user.pk, squad_id)
-        hit = cache.get_many([key, perm_key, roles_key])
-        if perm_key in hit:
-            prime_permissions(user, squad_id, hit[perm_key])
-        if roles_key in hit:
-            prime_roles(user, squad_id, hit[roles_key])
-        fields = hit.get(key)
-    else:
-        fields = cache.get(key)
+        perms, roles = HOT.get(perm_key), HOT.get(roles_key)
+        wanted = [k for k, v in ((key, fields), (perm_key, perms), (roles_key, roles)) if v is None]
+        if wanted:  # one round trip for whatever the memo lacks
+            hit = cache.get_many(wanted)
+            if fields is None and (fields := hit.get(key)) is not None:
+                HOT.set(key, fields)
+            if perms is None and (perms := hit.get(perm_key)) is not None:
+                HOT.set(perm_key, perms)
+            if roles is None and (roles := hit.get(roles_key)) is not None:
+                HOT.set(roles_key, roles)
+        if perms is not None:
+            prime_permissions(user, squad_id, perms)
+        if roles is not None:
+            prime_roles(user, squad_id, roles)
+    elif fields is None and (fields := cache.get(key)) is not None:
+        HOT.set(key, fields)
     if fields is None:
         fields = Squad.objects.filter(slug=slug).order_by().values(*_SQUAD_FIELDS).first()
         if fields is None:
             return None
         cache.set(key, fields, SQUAD_TTL)
+        HOT.set(key, fields)
     SQUAD_IDS[slug] = fields["id"]
-    squad = Squad(**fields)
+    # A list of its own: `fields` is shared with every request of this process (HOT).
+    squad = Squad(**{**fields, "protected_labels": list(fields["protected_labels"] or [])})
     squad._state.adding = False
     squad._state.db = "default"
     return squad
+
+
+def squad_forget(slug: str) -> None:
+    """Drop the cached squad row after a change: now, and again at commit (a reader may
+    have cached the old row meanwhile). Other web processes drop their memo of it within
+    STUDIO_HOT_MEMO_SECONDS."""
+    key = squad_cache_key(slug)
+    HOT.pop(key)
+    cache.delete(key)
+    transaction.on_commit(lambda: (HOT.pop(key), cache.delete(key)))
 
 
 def squad_get_for_user(*, user: User, slug: str, permission: SquadPermission = VIEW_SQUAD) -> Squad:

@@ -35,7 +35,7 @@ from apps.squads.permissions import (
     role_group_name,
     role_permissions,
 )
-from apps.squads.selectors import squad_cache_key, user_get_by_username
+from apps.squads.selectors import squad_forget, user_get_by_username
 
 User = AbstractBaseUser
 
@@ -192,9 +192,7 @@ def squad_update(
             squad.description = description
     if changes:
         squad.save(update_fields=list(changes))
-        key = squad_cache_key(squad.slug)
-        cache.delete(key)
-        transaction.on_commit(lambda: cache.delete(key))
+        squad_forget(squad.slug)
         audit_log(
             actor=actor,
             action="squad.updated",
@@ -421,7 +419,7 @@ def api_token_forget(*key_hashes: str) -> None:
     HOT.pop(*keys)
     if keys:
         cache.delete_many(keys)
-        transaction.on_commit(lambda: cache.delete_many(keys))
+        transaction.on_commit(lambda: (HOT.pop(*keys), cache.delete_many(keys)))
 
 
 def _token_entry(key_hash: str) -> dict[str, Any] | None:

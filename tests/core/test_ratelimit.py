@@ -122,3 +122,42 @@ def test_file_cache_incr_keeps_the_expiry(tmp_path) -> None:
     with open(path, "rb") as f:
         expiry = pickle.load(f)
     assert expiry > time.time() + 3000  # not reset to the 300 s default
+
+
+def test_counts_are_batched_far_from_the_budget_and_exact_near_it(settings, clock) -> None:
+    """One process decides exactly (its own pending requests plus the shared count) while
+    adding to the shared count only every few requests."""
+    from django.core.cache import cache
+
+    budget = ratelimit.Budget(100, 60)
+    window = int(clock["t"] // 60)
+    key = f"rl:token:t1:{window}"
+    results = [ratelimit.hit("token", "t1", budget) for _ in range(100)]
+    assert results == [None] * 100
+    assert cache.get(key) == 100  # near the budget every request was added at once
+    refused = ratelimit.hit("token", "t1", budget)
+    assert refused is not None and refused.retry_after == 60
+    ratelimit.reset()
+    cache.clear()
+    for _ in range(3):
+        assert ratelimit.hit("token", "t2", budget) is None
+    assert cache.get(f"rl:token:t2:{window}") is None  # a batch pending in this process
+    for _ in range(5):
+        assert ratelimit.hit("token", "t2", budget) is None
+    # Added once the batch outgrew a sixteenth of what is left: 6 > (100 - 6) // 16.
+    assert cache.get(f"rl:token:t2:{window}") == 6
+
+
+def test_other_processes_counts_are_honoured_within_one_batch(settings, clock) -> None:
+    """Requests another web process added to the shared count hold this one too: it
+    admits at most one batch (1/BATCH_SHARE of the budget) before it sees them."""
+    from django.core.cache import cache
+
+    budget = ratelimit.Budget(200, 60)
+    window = int(clock["t"] // 60)
+    cache.set(f"rl:token:busy:{window}", 200, 65)  # another process used the budget
+    admitted = 0
+    while ratelimit.hit("token", "busy", budget) is None:
+        admitted += 1
+        assert admitted <= 200
+    assert admitted <= 200 // ratelimit.BATCH_SHARE

@@ -187,3 +187,23 @@ def test_newly_protected_labels_are_gated_at_once(template):
             name="canary",
             version=template.latest_version,
         )
+
+
+def test_label_move_reads_protection_from_the_row_not_a_stale_squad(template):
+    """Web processes memo squad rows for a second (apps/core/memo.py): a squad object
+    loaded before the policy change must not let the move through."""
+    stale = template.squad
+    assert "canary" not in stale.protected_labels
+    services.approval_policy_update(
+        actor=UserFactory(username="compliance"),
+        squad=template.squad.__class__.objects.get(pk=stale.pk),
+        protected_labels=["production", "canary"],
+    )
+    assert "canary" not in template.squad.protected_labels  # still the stale object
+    with pytest.raises(Conflict, match="Label 'canary' is protected"):
+        prompts.label_move(
+            actor=UserFactory(username="owner"),
+            template=template,
+            name="canary",
+            version=template.latest_version,
+        )

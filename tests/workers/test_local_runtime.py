@@ -316,3 +316,47 @@ def test_real_model_output_is_cut_at_a_stop_sequence(smollm2):
     [plain] = smollm2.generate(question, GenerationParams(max_new_tokens=16, temperature=0))
     assert plain.text.startswith(result.text + "Paris")
     assert result.output_tokens < plain.output_tokens
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "int8"])
+def test_precision_setting_loads_the_weights_as_asked(
+    precision, tiny_model, settings, tmp_path, monkeypatch
+):
+    import torch
+
+    from workers.runtime.local import (
+        bf16_supported,
+        fp16_supported,
+        load_directory,
+        precision_of,
+    )
+
+    settings.DATA_DIR = tmp_path
+    save_converted(tiny_model.model, tiny_model.tokenizer, model_dir("tiny"))
+    monkeypatch.setenv("STUDIO_LOCAL_PRECISION", precision)
+    loaded = load_directory(model_dir("tiny"))
+
+    supported = {"bf16": bf16_supported(), "fp16": fp16_supported()}.get(precision, True)
+    expected = precision if supported else "fp32"
+    assert precision_of(loaded.model) == expected
+    linear = loaded.model.model.layers[0].self_attn.q_proj
+    if expected == "int8":
+        assert isinstance(linear, torch.ao.nn.quantized.dynamic.Linear)
+        assert isinstance(loaded.model.lm_head, torch.ao.nn.quantized.dynamic.Linear)
+    else:
+        dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+        assert linear.weight.dtype == dtypes[expected]
+    results = loaded.generate(CONVERSATIONS, GREEDY)
+    assert all(r.output_tokens > 0 for r in results)
+    # Training always gets fp32 weights, whatever the generation setting.
+    assert precision_of(load_directory(model_dir("tiny"), precision="fp32").model) == "fp32"
+
+
+def test_unknown_precision_is_a_backend_error(monkeypatch):
+    from workers.runtime.local import cpu_precision
+
+    monkeypatch.setenv("STUDIO_LOCAL_PRECISION", "fp8")
+    with pytest.raises(BackendError, match="STUDIO_LOCAL_PRECISION must be one of"):
+        cpu_precision()
+    monkeypatch.setenv("STUDIO_LOCAL_PRECISION", "")
+    assert cpu_precision() == "fp32"

@@ -788,3 +788,70 @@ def test_a_comparison_runs_on_the_real_runtime(tiny, tmp_path, squad):
     assert [o["input"] for o in outputs] == QUESTIONS[:2]
     assert all(o["base"] and o["adapter"] and not o["base_error"] for o in outputs)
     assert [o["base"] for o in outputs] != [o["adapter"] for o in outputs]
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 256])
+def test_chunked_head_loss_equals_the_full_cross_entropy(chunk):
+    """The fused, chunked head + cross-entropy gives the loss and the gradient of
+    F.cross_entropy over the full logits, whatever the chunk size."""
+    import torch
+    import torch.nn.functional as F
+
+    from workers.runtime.training import head_cross_entropy
+
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(1000, 24, generator=generator)  # frozen head: vocabulary x hidden
+    targets = torch.randint(0, 1000, (37,), generator=generator)
+    hidden = torch.randn(37, 24, generator=generator, requires_grad=True)
+    reference = hidden.detach().clone().requires_grad_(True)
+
+    expected = F.cross_entropy(reference @ weight.t(), targets, reduction="sum")
+    (expected / 37).backward()
+    loss, count = head_cross_entropy(hidden, weight, targets, chunk=chunk)
+    (loss / 37).backward()
+
+    assert count == 37
+    assert torch.allclose(loss, expected, rtol=1e-5, atol=1e-4)
+    assert torch.allclose(hidden.grad, reference.grad, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():  # evaluation: the loss alone
+        assert torch.allclose(head_cross_entropy(hidden, weight, targets, chunk)[0], expected)
+
+
+def test_training_loss_matches_the_models_own_loss(tiny_model):
+    """On a LoRA model the training loss (decoder, then the chunked head at answer
+    positions) equals the model's own full-logits loss, gradients of the LoRA weights
+    included."""
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from workers.runtime.training import _loss_function
+
+    torch.manual_seed(0)
+    model = get_peft_model(
+        copy.deepcopy(tiny_model.model),  # the fixture is shared by the session: not in place
+        LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]),
+    )
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.5)  # B starts at zero: give it a gradient path
+    ids = torch.randint(0, 500, (3, 20))
+    mask = torch.ones_like(ids)
+    mask[2, 15:] = 0
+    labels = ids.clone()
+    labels[:, :8] = -100
+    labels[2, 15:] = -100
+
+    loss, count = _loss_function(model, torch)(ids, mask, labels)
+    (loss / count).backward()
+    ours = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    outputs = model(input_ids=ids, attention_mask=mask, labels=labels)
+    outputs.loss.backward()
+    theirs = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    assert count == int((labels[:, 1:] != -100).sum())
+    assert torch.allclose(loss / count, outputs.loss, rtol=1e-5, atol=1e-5)
+    for name, grad in ours.items():
+        assert torch.allclose(grad, theirs[name], rtol=1e-3, atol=1e-5), name

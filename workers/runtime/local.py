@@ -93,7 +93,60 @@ def load_local_model(model_id: str = DEFAULT_MODEL_ID, manifest_sha256: str = ""
         return model
 
 
-def load_directory(directory: Path) -> LocalModel:
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+DEFAULT_CPU_PRECISION = "fp32"
+
+
+def cpu_precision() -> str:
+    """The weights' precision for generation on a CPU: STUDIO_LOCAL_PRECISION, else
+    DEFAULT_CPU_PRECISION (docs/benchmarks.md has the measurements behind the default)."""
+    value = os.environ.get("STUDIO_LOCAL_PRECISION", "").strip().lower() or DEFAULT_CPU_PRECISION
+    if value not in PRECISIONS:
+        raise BackendError(
+            f"STUDIO_LOCAL_PRECISION must be one of {', '.join(PRECISIONS)} (got {value!r})"
+        )
+    return value
+
+
+def bf16_supported() -> bool:
+    """Whether this CPU has bf16 arithmetic (AVX512-BF16 or AMX) for oneDNN to use;
+    without it bf16 weights are converted back to fp32 for every product."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def fp16_supported() -> bool:
+    """Whether this CPU has fp16 arithmetic (AVX512-FP16 or AMX-FP16) for oneDNN."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _half_dtype(precision: str) -> Any:
+    """torch.bfloat16 / torch.float16 when `precision` asks for it and the CPU has the
+    arithmetic, else None (the model stays fp32)."""
+    import torch
+
+    if precision == "bf16" and bf16_supported():
+        return torch.bfloat16
+    if precision == "fp16" and fp16_supported():
+        return torch.float16
+    return None
+
+
+def load_directory(directory: Path, precision: str | None = None) -> LocalModel:
+    """The model and tokenizer in `directory`. On CUDA: bf16. On a CPU: `precision`
+    (default `cpu_precision()`): fp32; bf16 or fp16 weights and activations (only where
+    the CPU has that arithmetic, else fp32); or int8, dynamically quantized linear layers
+    (`torch.ao.quantization.quantize_dynamic`: int8 weights, activations quantized per
+    call, fp32 everywhere else). Training always asks for fp32."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -102,9 +155,41 @@ def load_directory(directory: Path) -> LocalModel:
     )
     if device == "cpu":
         limit_cpu_threads()
+        precision = precision or cpu_precision()
+        dtype = _half_dtype(precision) or dtype  # loaded as such: no fp32 copy at the peak
     tokenizer = AutoTokenizer.from_pretrained(directory)
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).to(device)
+    if device == "cpu" and precision == "int8":
+        model = with_precision(model, precision)
     return LocalModel(model, tokenizer)
+
+
+def with_precision(model: Any, precision: str) -> Any:
+    """An fp32 CPU `model` in `precision`: as is (fp32), cast to bf16 or fp16 (when the
+    CPU has that arithmetic, else left fp32), or with every nn.Linear (the output head
+    included) replaced by a dynamically quantized int8 one (int8; embeddings, norms and
+    attention stay fp32). LoRA adapters cannot be loaded on an int8 model (peft wraps
+    nn.Linear)."""
+    import torch
+
+    half = _half_dtype(precision)
+    if half is not None:
+        return model.to(half)
+    if precision == "int8":
+        model = torch.ao.quantization.quantize_dynamic(
+            model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True
+        )
+        model.studio_precision = "int8"
+    return model
+
+
+def precision_of(model: Any) -> str:
+    """What `load_directory` made of the weights: fp32, bf16 or int8."""
+    import torch
+
+    if getattr(model, "studio_precision", None) == "int8":
+        return "int8"
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(model.dtype, "fp32")
 
 
 def limit_cpu_threads() -> None:

@@ -452,7 +452,7 @@ def train(
     if train.qlora:
         model, tokenizer = _load_quantized(directory)
     else:
-        loaded = load_directory(directory)
+        loaded = load_directory(directory, precision="fp32")  # LoRA trains on fp32 weights
         model, tokenizer = loaded.model, loaded.tokenizer
     if train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -661,13 +661,19 @@ def _converted_model(base_model: str, manifest_sha256: str = "") -> Path:
     return directory
 
 
+LOSS_CHUNK = 256  # answer positions per slice of the output head
+
+
 def _loss_function(peft_model: Any, torch: Any):
     """(input_ids, attention_mask, labels) -> (summed token loss, token count).
 
     Runs the decoder, then the output head only at positions whose next token has a
     label: on answer-only training most positions are prompt or padding, and the head
-    (hidden size x vocabulary) is a large share of a small model's compute. Models
-    whose logits are post-processed (soft-capping, scaling) use the full forward."""
+    (hidden size x vocabulary) is a large share of a small model's compute. With a frozen,
+    bias-free head (LoRA's case) the head and the cross-entropy are fused and chunked
+    (`head_cross_entropy`): the vocabulary-wide logits exist for LOSS_CHUNK positions at
+    a time, never for the whole batch. Models whose logits are post-processed
+    (soft-capping, scaling) use the full forward."""
     import torch.nn.functional as F
 
     inner = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
@@ -680,12 +686,20 @@ def _loss_function(peft_model: Any, torch: Any):
         and getattr(config, "final_logit_softcapping", None) is None
         and getattr(config, "logits_scaling", None) in (None, 1, 1.0)
     )
+    fused = (
+        direct
+        and isinstance(head, torch.nn.Linear)
+        and head.bias is None
+        and not head.weight.requires_grad
+    )
 
     def loss_of(ids, mask, labels):
         targets = labels[:, 1:]
         keep = targets != -100
         if direct:
             hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False)[0]
+            if fused:
+                return head_cross_entropy(hidden[:, :-1][keep], head.weight, targets[keep])
             logits = head(hidden[:, :-1][keep])
         else:
             logits = inner(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1][keep]
@@ -693,6 +707,68 @@ def _loss_function(peft_model: Any, torch: Any):
         return loss, int(keep.sum())
 
     return loss_of
+
+
+def head_cross_entropy(hidden: Any, weight: Any, targets: Any, chunk: int = LOSS_CHUNK):
+    """(summed cross-entropy of `hidden @ weight.T` against `targets`, len(targets)) for a
+    frozen output head, LOSS_CHUNK rows at a time.
+
+    The gradient with respect to `hidden` is computed in the same pass (softmax minus the
+    one-hot target, times the head), so neither the logits nor their softmax are kept for
+    the backward pass: peak memory for the head is one chunk's logits instead of three
+    copies of (answer tokens x vocabulary), and each chunk's logits are read and written
+    a few times fewer. Equal to `F.cross_entropy(hidden @ weight.T, targets, "sum")` and
+    its gradient up to float rounding (tests/workers/test_training.py)."""
+    import torch
+
+    loss = _HeadCrossEntropy.apply(hidden, weight, targets, chunk, torch.is_grad_enabled())
+    return loss, int(targets.numel())
+
+
+def _head_cross_entropy_class():
+    import torch
+
+    class HeadCrossEntropy(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, hidden, weight, targets, chunk, with_grad):  # type: ignore[override]
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad = torch.empty_like(hidden) if with_grad and hidden.requires_grad else None
+            for start in range(0, hidden.shape[0], chunk):
+                h = hidden[start : start + chunk]
+                t = targets[start : start + chunk]
+                logits = (h @ weight.t()).float()
+                lse = torch.logsumexp(logits, dim=-1)
+                total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+                if grad is not None:
+                    probs = logits.sub_(lse[:, None]).exp_()
+                    probs[torch.arange(t.shape[0], device=t.device), t] -= 1.0
+                    grad[start : start + chunk] = probs.to(weight.dtype) @ weight
+            ctx.save_for_backward(grad if grad is not None else hidden.new_empty(0))
+            ctx.with_grad = grad is not None
+            return total
+
+        @staticmethod
+        def backward(ctx, grad_output):  # type: ignore[override]
+            (grad,) = ctx.saved_tensors
+            grad_hidden = grad * grad_output.to(grad.dtype) if ctx.with_grad else None
+            return grad_hidden, None, None, None, None
+
+    return HeadCrossEntropy
+
+
+class _LazyFunction:
+    """The autograd Function, built on first use so that importing this module needs no
+    torch."""
+
+    _cls: Any = None
+
+    def apply(self, *args: Any) -> Any:
+        if _LazyFunction._cls is None:
+            _LazyFunction._cls = _head_cross_entropy_class()
+        return _LazyFunction._cls.apply(*args)
+
+
+_HeadCrossEntropy = _LazyFunction()
 
 
 def _collate(examples: list[Example], pad_id: int, device: Any, torch: Any):
@@ -962,7 +1038,7 @@ def load_adapter_model(
     ModelFilesChanged when the base model's files differ from its registration."""
     from peft import PeftModel
 
-    from workers.runtime.local import load_directory
+    from workers.runtime.local import cpu_precision, load_directory, with_precision
 
     adapter_dir = Path(adapter_dir).resolve()
     if not (adapter_dir / "adapter_config.json").exists():
@@ -988,8 +1064,10 @@ def load_adapter_model(
     with _adapter_lock:
         model = _adapter_models.pop(key, None)
         if model is None:
-            base = load_directory(directory)
+            base = load_directory(directory, precision="fp32")
             merged = PeftModel.from_pretrained(base.model, adapter_dir).merge_and_unload()
+            if merged.device.type == "cpu":  # merged in fp32, then as the base model runs
+                merged = with_precision(merged, cpu_precision())
             model = LocalModel(merged, base.tokenizer)
         _adapter_models[key] = model  # newest last
         while len(_adapter_models) > KEEP_ADAPTER_MODELS:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -46,6 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         "--adapters-dir", default=None, help="adapter_id root (default DATA_DIR/finetune)"
     )
     parser.add_argument("--max-rows", type=int, default=None, help="cap on rows per batch")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "bf16", "int8"),
+        default=None,
+        help="weights on a CPU (default: STUDIO_LOCAL_PRECISION, else fp32)",
+    )
     parser.add_argument("--supervise", action="store_true", help="restart the server if it dies")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="local-server %(levelname)s %(message)s")
@@ -61,6 +68,8 @@ def serve(args: argparse.Namespace) -> int:
     from workers.server.app import InferenceHTTPServer, InferenceService
 
     model_ids = args.model or [DEFAULT_MODEL_ID]
+    if args.precision:  # read by load_directory, here and by adapters merged later
+        os.environ["STUDIO_LOCAL_PRECISION"] = args.precision
     adapters_dir = Path(args.adapters_dir) if args.adapters_dir else data_dir() / "finetune"
     services = []
     used = 0

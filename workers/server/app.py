@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.runtime import BackendError
+from workers.runtime.local import precision_of
 from workers.server.protocol import (
     RequestError,
     chunk,
@@ -119,6 +120,7 @@ class InferenceService:
             "pid": os.getpid(),
             "device": str(engine.device),
             "dtype": str(self.local.dtype).removeprefix("torch."),
+            "precision": precision_of(self.local.model),
             "attention": getattr(self.local.model.config, "_attn_implementation", None),
             "running": len(engine.running),
             "waiting": len(engine.waiting),

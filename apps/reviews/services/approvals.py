@@ -6,7 +6,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.cache import cache
 from django.db import transaction
 from django.http import HttpRequest
 from django.urls import reverse
@@ -33,7 +32,7 @@ from apps.squads.permissions import (
     REQUEST_REVIEW,
     Role,
 )
-from apps.squads.selectors import squad_cache_key
+from apps.squads.selectors import squad_forget
 from apps.webhooks import emitters as webhooks
 
 User = AbstractBaseUser
@@ -285,9 +284,7 @@ def approval_policy_update(
         locked.save(update_fields=["protected_labels"])
         squad.protected_labels = labels
         # Squad rows are cached by slug (squads.selectors.squad_by_slug).
-        key = squad_cache_key(locked.slug)
-        cache.delete(key)
-        transaction.on_commit(lambda: cache.delete(key))
+        squad_forget(locked.slug)
     audit_log(
         actor=actor,
         action="review.policy_updated",

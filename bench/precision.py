@@ -1,0 +1,145 @@
+"""Reduced precision on the CPU: the local runtime with fp32, fp16, bf16 and dynamic int8 weights,
+same prompts, same decode loop, in the same run.
+
+    .venv/bin/python bench/precision.py [--prompts 16] [--max-new-tokens 32]
+        [--precisions fp32,bf16,int8]
+
+Each precision runs in its own child process (so its peak resident memory is its own):
+`workers.runtime.local.load_directory(directory, precision=...)` — fp32 as converted;
+fp16 and bf16 (loaded in that dtype, only when the CPU has the arithmetic: AVX512-FP16,
+AVX512-BF16 or AMX); int8 (`torch.ao.quantization.quantize_dynamic` over every nn.Linear,
+the output head included). Then, after a short warm-up, greedy (temperature 0) generation of the
+benchmark prompts of `bench/batch_generation.py` through the continuous-batching loop:
+all prompts together (up to 64 rows), and the first four one at a time (batch 1).
+
+Agreement: the share of prompts whose output is identical to fp32's, and the mean share
+of each output's tokens that match fp32's before the first difference. The default
+precision is the fastest one with every output identical to fp32's; the last line is
+`ratio=<that precision's batched tok/s / fp32's>` (1.0 when only fp32 agrees).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+def child(args: argparse.Namespace) -> dict:
+    import torch  # noqa: F401
+    from batch_generation import build_prompts
+
+    from workers.runtime import GenerationParams
+    from workers.runtime.local import LocalModel, load_directory, model_dir, precision_of
+
+    loaded = load_directory(model_dir(), precision=args.child)
+    local = LocalModel(loaded.model, loaded.tokenizer)
+    prompts = build_prompts(args.prompts)
+    greedy = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=0)
+    local.generate(prompts[:2], GenerationParams(max_new_tokens=4, temperature=0))
+    start = time.perf_counter()
+    batched = local.generate(prompts, greedy)
+    batched_s = time.perf_counter() - start
+    start = time.perf_counter()
+    single = local.generate(prompts[:4], greedy, batch_size=1)
+    single_s = time.perf_counter() - start
+    encode = local.tokenizer
+    return {
+        "precision": precision_of(local.model),
+        "batched_tokens": sum(r.output_tokens for r in batched),
+        "batched_s": batched_s,
+        "single_tokens": sum(r.output_tokens for r in single),
+        "single_s": single_s,
+        "texts": [r.text for r in batched],
+        "token_ids": [encode(r.text, add_special_tokens=False)["input_ids"] for r in batched],
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def prefix_share(ours: list[int], reference: list[int]) -> float:
+    same = 0
+    for a, b in zip(ours, reference, strict=False):
+        if a != b:
+            break
+        same += 1
+    return same / max(len(ours), len(reference), 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--precisions", default="fp32,fp16,bf16,int8")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print("BENCH-RESULT " + json.dumps(child(args)))
+        return 0
+
+    from workers.runtime.local import bf16_supported, fp16_supported, load_local_model
+
+    load_local_model()  # converts the GGUF once, before any timing
+    print(f"date: {datetime.now(UTC).isoformat(timespec='seconds')}")
+    print(f"load average at start: {os.getloadavg()}  (cores: {os.cpu_count()})")
+    print(f"bf16 / fp16 arithmetic on this CPU: {bf16_supported()} / {fp16_supported()}")
+    print(f"{args.prompts} prompts, {args.max_new_tokens} new tokens, greedy")
+    results: dict[str, dict] = {}
+    for precision in args.precisions.split(","):
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                precision,
+                "--prompts",
+                str(args.prompts),
+                "--max-new-tokens",
+                str(args.max_new_tokens),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        line = next((x for x in out.stdout.splitlines() if x.startswith("BENCH-RESULT ")), None)
+        if line is None:
+            print(out.stdout[-2000:], out.stderr[-4000:], file=sys.stderr)
+            print(f"bench failed: the {precision} child died")
+            return 1
+        results[precision] = json.loads(line.removeprefix("BENCH-RESULT "))
+    reference = results["fp32"]
+    print(
+        f"{'precision':<10} {'ran as':<7} {'batched tok/s':>14} {'batch-1 tok/s':>14} "
+        f"{'peak RSS MiB':>13} {'identical':>10} {'prefix':>7}"
+    )
+    agreeing = []
+    for name, r in results.items():
+        same = sum(a == b for a, b in zip(r["texts"], reference["texts"], strict=True))
+        prefix = sum(
+            prefix_share(a, b) for a, b in zip(r["token_ids"], reference["token_ids"], strict=True)
+        ) / len(r["token_ids"])
+        r["tps"] = r["batched_tokens"] / r["batched_s"]
+        single = r["single_tokens"] / r["single_s"]
+        print(
+            f"{name:<10} {r['precision']:<7} {r['tps']:>14.1f} {single:>14.1f} "
+            f"{r['peak_rss_mib']:>13.0f} {same:>4}/{len(r['texts']):<5} {prefix:>7.1%}"
+        )
+        if same == len(r["texts"]):
+            agreeing.append(name)
+    best = max(agreeing, key=lambda name: results[name]["tps"])
+    print(f"fastest with identical outputs: {best}")
+    print(f"ratio={results[best]['tps'] / reference['tps']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
