@@ -259,7 +259,10 @@ def smollm2():
 
 
 @pytest.mark.model
-def test_converted_model_loads_fast_in_a_fresh_process(smollm2):
+def test_converted_model_loads_in_a_fresh_process_without_converting_again(smollm2):
+    """A later process loads the safetensors copy: the GGUF conversion (~40 s) is never
+    repeated. Checked by making conversion fail in that process, not by a time limit
+    (a loaded machine makes any load slow); the time is printed for the record."""
     from django.conf import settings
 
     # Library imports cost a worker ~3-8 s once whatever it loads; time them apart.
@@ -267,9 +270,12 @@ def test_converted_model_loads_fast_in_a_fresh_process(smollm2):
         "import time\n"
         "start = time.perf_counter()\n"
         "from transformers import AutoTokenizer, LlamaForCausalLM\n"
-        "from workers.runtime.local import load_local_model\n"
+        "from workers.runtime import local\n"
+        "def refuse(*args):\n"
+        "    raise SystemExit('converted the GGUF file again')\n"
+        "local._convert_gguf = refuse\n"
         "imported = time.perf_counter()\n"
-        "load_local_model()\n"
+        "local.load_local_model()\n"
         "print(imported - start, time.perf_counter() - imported)\n"
     )
     env = {**os.environ, "STUDIO_DATA_DIR": str(settings.DATA_DIR)}
@@ -284,8 +290,6 @@ def test_converted_model_loads_fast_in_a_fresh_process(smollm2):
     )
     imports, seconds = map(float, done.stdout.split()[-2:])
     print(f"fresh process: imports {imports:.2f} s, cached load {seconds:.2f} s")
-
-    assert seconds < 5
     config = json.loads((model_dir() / "config.json").read_text())
     assert "quantization_config" not in config
     assert smollm2.context_length == config["max_position_embeddings"] == 8192
