@@ -29,7 +29,7 @@ SERVER=$!
 .venv/bin/celery -A studio worker -Q default,gpu --concurrency 1 --loglevel INFO &
 WORKER=$!
 .venv/bin/gunicorn studio.wsgi:application -c studio/gunicorn.conf.py \
-    --bind "$HOST:$PORT" --workers 2 &
+    --bind "$HOST:$PORT" --workers 2 --threads 16 &
 WEB=$!
 stop() { kill $WORKER $WEB $SERVER 2>/dev/null; wait 2>/dev/null; echo stopped; }
 trap 'stop; exit 0' INT TERM
