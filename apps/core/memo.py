@@ -11,9 +11,11 @@ also in the shared cache, which stays the source every process agrees on.
 """
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import cache
 
 
 class ProcessMemo:
@@ -44,3 +46,19 @@ class ProcessMemo:
 
 
 HOT = ProcessMemo()
+
+
+def read_through(key: str, load: Callable[[], Any], ttl: int) -> Any:
+    """`key` from this process's memo, else the shared cache, else `load()` (stored in
+    both; None — nothing found — is not stored). For entries whose changes drop the key
+    in both places (tokens, service keys)."""
+    entry = HOT.get(key)
+    if entry is None:
+        entry = cache.get(key)
+        if entry is None:
+            entry = load()
+            if entry is None:
+                return None
+            cache.set(key, entry, ttl)
+        HOT.set(key, entry)
+    return entry

@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from apps.audit.services import audit_log
 from apps.core.exceptions import AuthenticationFailed, ValidationFailed
-from apps.core.memo import HOT
+from apps.core.memo import HOT, read_through
 from apps.core.validation import clean_slug
 from apps.gateway import quotas, response_cache
 from apps.gateway.models import NAME_MAX, CacheRule, Quota, ServiceKey
@@ -305,15 +305,9 @@ def service_key_authenticate(*, raw: str) -> KeyGrant:
         raise AuthenticationFailed("Invalid service key.")
     key_hash = ServiceKey.hash_key(raw)
     cache_key = _key_cache_key(key_hash)
-    entry = HOT.get(cache_key)
+    entry = read_through(cache_key, lambda: _key_entry(key_hash), KEY_CACHE_TTL)
     if entry is None:
-        entry = cache.get(cache_key)
-        if entry is None:
-            entry = _key_entry(key_hash)
-            if entry is None:
-                raise AuthenticationFailed("Invalid service key.")
-            cache.set(cache_key, entry, KEY_CACHE_TTL)
-        HOT.set(cache_key, entry)
+        raise AuthenticationFailed("Invalid service key.")
     now = timezone.now()
     if entry["revoked"]:
         raise AuthenticationFailed("Service key revoked.")

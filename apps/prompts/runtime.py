@@ -157,20 +157,7 @@ def fetch(
                 prime_permissions(user, squad_id, perms)
             require_squad_permission(user, Squad(pk=squad_id, slug=squad_slug), VIEW_SQUAD)
             return Fetched(*cached)
-    # One query: the version with its template and squad.
-    if label is not None:
-        row = (
-            Label.objects.select_related("version__template__squad")
-            .filter(template__squad__slug=squad_slug, template__slug=template_slug, name=label)
-            .first()
-        )
-        found = row.version if row else None
-    else:
-        found = (
-            PromptVersion.objects.select_related("template__squad")
-            .filter(template__squad__slug=squad_slug, template__slug=template_slug, number=version)
-            .first()
-        )
+    found = _find_version(squad_slug, template_slug, label, version)
     if found is None:
         raise _not_found(user, squad_slug, template_slug, label, version)
     squad = found.template.squad
@@ -183,6 +170,25 @@ def fetch(
     cache.set(key, entry, LABEL_TTL if label is not None else VERSION_TTL)
     HOT.set(key, entry)
     return fetched
+
+
+def _find_version(
+    squad_slug: str, template_slug: str, label: str | None, version: int | None
+) -> PromptVersion | None:
+    """One query: the version a label points at (or by number), with its template and
+    squad."""
+    if label is not None:
+        row = (
+            Label.objects.select_related("version__template__squad")
+            .filter(template__squad__slug=squad_slug, template__slug=template_slug, name=label)
+            .first()
+        )
+        return row.version if row else None
+    return (
+        PromptVersion.objects.select_related("template__squad")
+        .filter(template__squad__slug=squad_slug, template__slug=template_slug, number=version)
+        .first()
+    )
 
 
 def _fetch_with_grant(
@@ -200,19 +206,7 @@ def _fetch_with_grant(
         if cached is not None:
             HOT.set(key, cached)
             return Fetched(*cached)
-    if label is not None:
-        row = (
-            Label.objects.select_related("version__template__squad")
-            .filter(template__squad__slug=squad_slug, template__slug=template_slug, name=label)
-            .first()
-        )
-        found = row.version if row else None
-    else:
-        found = (
-            PromptVersion.objects.select_related("template__squad")
-            .filter(template__squad__slug=squad_slug, template__slug=template_slug, number=version)
-            .first()
-        )
+    found = _find_version(squad_slug, template_slug, label, version)
     if found is None:
         raise NotFound(f"Prompt '{template_slug}' not found.")
     squad = found.template.squad

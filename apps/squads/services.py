@@ -20,7 +20,7 @@ from apps.core.exceptions import (
     PermissionDenied,
     ValidationFailed,
 )
-from apps.core.memo import HOT
+from apps.core.memo import HOT, read_through
 from apps.core.validation import clean_slug
 from apps.squads.access import (
     forget_permissions,
@@ -454,15 +454,9 @@ def api_token_authenticate(*, raw: str) -> User:
         raise AuthenticationFailed("Invalid token.")
     key_hash = ApiToken.hash_key(raw)
     key = _token_cache_key(key_hash)
-    entry = HOT.get(key)
+    entry = read_through(key, lambda: _token_entry(key_hash), TOKEN_CACHE_TTL)
     if entry is None:
-        entry = cache.get(key)
-        if entry is None:
-            entry = _token_entry(key_hash)
-            if entry is None:
-                raise AuthenticationFailed("Invalid token.")
-            cache.set(key, entry, TOKEN_CACHE_TTL)
-        HOT.set(key, entry)
+        raise AuthenticationFailed("Invalid token.")
     now = timezone.now()
     if entry["revoked"]:
         raise AuthenticationFailed("Token revoked.")
