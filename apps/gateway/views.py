@@ -1,5 +1,6 @@
 """The squad's gateway page: keys, quotas with live usage, recent calls and a snippet."""
 
+from decimal import Decimal
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
@@ -11,6 +12,7 @@ from apps.core.exceptions import ApplicationError
 from apps.core.views import form_error, parse_int
 from apps.gateway import selectors, services
 from apps.gateway.models import Quota
+from apps.gateway.quotas import MICROS
 from apps.generation.models import Generation
 from apps.squads.access import has_squad_permission
 from apps.squads.models import Squad
@@ -41,6 +43,8 @@ def _context(request: HttpRequest, squad: Squad, **extra: Any) -> dict[str, Any]
         "squad_quota": quotas.get(None),
         "cache_rules": selectors.cache_rule_list_for_user(user=request.user, squad=squad),
         "squad_usage": usage[None],
+        # Counters hold cost in millionths; a person reads the amount.
+        "squad_cost": f"{(Decimal(usage[None].get('budget_cost', 0)) / MICROS).normalize():f}",
         "calls": calls,
         "filter": {"key": key_id, "status": status},
         "statuses": Generation.Status.values,

@@ -36,6 +36,7 @@ def test_owner_creates_a_key_and_sees_calls_and_usage(squad, upstream):
     assert secret.encode() not in page.content
     assert len(page.context["calls"]) == 2
     assert page.context["squad_usage"]["requests"] == 2
+    assert b"tokens, cost 0." in page.content  # an amount, not the counter's millionths
     assert b"/v1/chat/completions" in page.content and b"openai.OpenAI" in page.content
     filtered = owner.get(PAGE, {"status": "failed"})
     assert filtered.context["calls"] == []
