@@ -28,8 +28,10 @@ $PY -m workers.server --supervise --host 127.0.0.1 --port "$LOCAL_PORT" "${MODEL
 SERVER=$!
 .venv/bin/celery -A studio worker -Q default,gpu --concurrency 1 --loglevel INFO &
 WORKER=$!
-.venv/bin/gunicorn studio.wsgi:application -c studio/gunicorn.conf.py \
-    --bind "$HOST:$PORT" --workers 2 --threads 16 &
+# ASGI (studio/asgi.py): pages and the API run in threads per request; a gateway stream
+# waits on its upstream without holding a thread, so 200 of them do not exhaust the server.
+.venv/bin/gunicorn studio.asgi:application -c studio/gunicorn.conf.py \
+    -k uvicorn_worker.UvicornWorker --bind "$HOST:$PORT" --workers 2 &
 WEB=$!
 stop() { kill $WORKER $WEB $SERVER 2>/dev/null; wait 2>/dev/null; echo stopped; }
 trap 'stop; exit 0' INT TERM

@@ -13,11 +13,14 @@ local server stops the row) and the record says `cancelled`.
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from django.http import StreamingHttpResponse
+from asgiref.sync import SyncToAsync, sync_to_async
+from django.core.handlers.asgi import ASGIRequest
+from django.db import connections
+from django.http import HttpRequest, StreamingHttpResponse
 from django.utils import timezone
 
 from apps.gateway import protocol, quotas
@@ -27,6 +30,9 @@ from apps.generation.models import Generation
 from apps.governance import checks as governance
 from apps.governance.selectors import rules_of
 from apps.telemetry.recording import generations_finished
+
+if TYPE_CHECKING:
+    from workers.runtime import StreamDelta
 
 HOLD_CHARS = 64  # longer than any PII value the detectors match (cards, IBANs, phones)
 CHECK_EVERY = 16  # characters of new text between checks of the held-back tail
@@ -89,11 +95,18 @@ def _error_event(message: str, code: str, kind: str = "invalid_request_error") -
     return _sse({"error": {"message": message, "type": kind, "param": None, "code": code}})
 
 
-def stream_response(call: Call) -> StreamingHttpResponse:
+def stream_response(call: Call, request: HttpRequest) -> StreamingHttpResponse:
+    """The SSE response. Under ASGI its body is an async generator reading an async
+    upstream connection: a stream waiting for the model holds no thread, so one server
+    process keeps hundreds of streams open (docs/benchmarks.md, "200 concurrent
+    streams"). Under WSGI (Django's test client, a threaded server) the same session runs
+    in a plain generator."""
     generation = call.generation
     generation.status = Generation.Status.RUNNING
     generation.save()
-    response = StreamingHttpResponse(_events(call), content_type="text/event-stream")
+    session = StreamSession(call)
+    content = _async_events(session) if isinstance(request, ASGIRequest) else _sync_events(session)
+    response = _SessionResponse(session, content, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     response["X-Studio-Generation-Id"] = str(generation.pk)
@@ -102,88 +115,209 @@ def stream_response(call: Call) -> StreamingHttpResponse:
     return response
 
 
-def _events(call: Call) -> Iterator[bytes]:
-    req, generation = call.request, call.generation
-    guard = OutputGuard(rules_of(call.policy))
-    cid, created = f"chatcmpl-{generation.pk}", int(time.time())
+class _SessionResponse(StreamingHttpResponse):
+    """Closing the response ends the session: a client that left before the first event
+    (its generator never started, so its `finally` never runs) is recorded `cancelled`
+    and its reservation settled. A no-op once the stream has written its record."""
 
-    def chunk(delta: dict[str, Any] | None, finish: str | None = None, usage=None) -> bytes:
+    def __init__(self, session: "StreamSession", *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.session = session
+
+    def close(self) -> None:
+        try:
+            self.session.finish()
+        finally:
+            super().close()
+
+
+def _release_request_thread() -> None:
+    """Under ASGI, Django runs a request's synchronous code (middleware, the view) in a
+    thread that asgiref keeps for the whole request, streaming included. Once the view
+    has returned the stream needs it no more: its database connections are given back
+    (in that thread, where they live) and the thread ends, so a stream waiting for its
+    upstream holds no thread. Sync work later in the request (closing the response) gets
+    a fresh thread for its moment. This reaches into asgiref's per-request executor; if
+    that ever changes, nothing is released and tests/gateway/test_asgi.py, which counts
+    the server's threads under 200 streams, fails."""
+    context = SyncToAsync.thread_sensitive_context.get(None)
+    executor = SyncToAsync.context_to_thread_executor.pop(context, None) if context else None
+    if executor is not None:
+        executor.submit(connections.close_all)
+        executor.shutdown(wait=False)
+
+
+class StreamSession:
+    """One streamed call from the first event to the record: what each upstream delta
+    becomes on the wire, and how the call ends. Only `finish` touches the database; the
+    sync and async drivers below differ only in how they read the upstream."""
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+        self.rules = rules_of(call.policy)
+        self.guard = OutputGuard(self.rules)
+        self.id, self.created = f"chatcmpl-{call.generation.pk}", int(time.time())
+        self.state: dict[str, Any] = {"finish": "stop", "in": None, "out": None, "pieces": 0}
+        # Until the stream reaches its end, a stop is a client that went away.
+        self.outcome: str = Generation.Status.CANCELLED
+        self.error: tuple[str, str] | None = None
+        self.finished = False
+
+    def chunk(
+        self,
+        delta: dict[str, Any] | None,
+        finish: str | None = None,
+        usage: dict[str, int] | None = None,
+    ) -> bytes:
         return _sse(
             protocol.chunk(
-                id=cid,
-                model=req.model_name,
-                created=created,
+                id=self.id,
+                model=self.call.request.model_name,
+                created=self.created,
                 delta=delta,
                 finish_reason=finish,
                 usage_=usage,
             )
         )
 
+    def opening(self) -> bytes:
+        return self.chunk({"role": "assistant", "content": ""})
+
+    def upstream_kwargs(self) -> dict[str, Any]:
+        return {
+            "max_new_tokens_cap": self.rules["max_output_tokens"],
+            "overrides": self.call.overrides,
+        }
+
+    @property
+    def stopped(self) -> bool:
+        """An output rule blocked: read no further."""
+        return self.guard.blocked is not None
+
+    def feed(self, delta: "StreamDelta") -> bytes | None:
+        """One upstream delta; the chunk to send now, if any."""
+        state = self.state
+        if delta.text:
+            state["pieces"] += 1
+        if delta.finish_reason:
+            state["finish"] = "length" if delta.finish_reason == "length" else "stop"
+        if delta.input_tokens is not None:
+            state["in"], state["out"] = delta.input_tokens, delta.output_tokens
+        text = self.guard.feed(delta.text) if delta.text else ""
+        return self.chunk({"content": text}) if text and not self.stopped else None
+
+    def failed(self, exc: BaseException) -> None:
+        """The backend failed before or during the stream."""
+        self.outcome = Generation.Status.FAILED
+        self.error = (f"The model call failed: {type(exc).__name__}: {exc}", "upstream_error")
+
+    def conclude(self) -> list[bytes]:
+        """The upstream has ended (or a rule stopped it): settle the outcome; the events
+        to send before the record is written."""
+        if self.outcome == Generation.Status.FAILED:
+            return []
+        if self.stopped:
+            self.outcome = Generation.Status.BLOCKED
+            message = pipeline.blocked_message(self.call.policy, self.guard.blocked.findings)
+            self.error = (message, "content_policy_violation")
+            return []
+        tail = self.guard.finish()
+        self.outcome = Generation.Status.OK
+        if self.call.wants_json:
+            _, errors = structured.check_output(self.guard.sent, self.call.version.output_schema)
+            if errors:
+                self.outcome = Generation.Status.INVALID
+                listed = "; ".join(f"{e['path']}: {e['message']}" for e in errors[:5])
+                self.error = (
+                    f"The model's answer does not meet the output contract: {listed}",
+                    "output_contract_violation",
+                )
+        return [self.chunk({"content": tail})] if tail else []
+
+    def finish(self) -> None:
+        """Write the record and settle the quota (once)."""
+        if not self.finished:
+            self.finished = True
+            _finish(self.call, self.guard, self.outcome, self.error, self.state)
+
+    def closing(self) -> list[bytes]:
+        """The last events, sent after the record is written: a client that has read
+        [DONE] finds it."""
+        if self.error is not None:
+            return [_error_event(*self.error)]
+        events = [self.chunk({}, self.state["finish"])]
+        if self.call.request.include_usage:
+            events.append(self.chunk(None, usage=protocol.usage(*_usage(self.call, self.state))))
+        return [*events, b"data: [DONE]\n\n"]
+
+
+def _sync_events(session: StreamSession) -> Iterator[bytes]:
+    call = session.call
     deltas = None
-    state: dict[str, Any] = {"finish": "stop", "in": None, "out": None, "pieces": 0}
-    outcome = Generation.Status.CANCELLED  # until the stream reaches its end
-    error: tuple[str, str] | None = None
-    finished = False
     try:
-        yield chunk({"role": "assistant", "content": ""})
+        yield session.opening()
         try:
             deltas = pipeline.stream_row(
-                call.version,
-                call.target,
-                call.messages,
-                max_new_tokens_cap=rules_of(call.policy)["max_output_tokens"],
-                overrides=call.overrides,
+                call.version, call.target, call.messages, **session.upstream_kwargs()
             )
             for delta in deltas:
-                if delta.text:
-                    state["pieces"] += 1
-                if delta.finish_reason:
-                    state["finish"] = "length" if delta.finish_reason == "length" else "stop"
-                if delta.input_tokens is not None:
-                    state["in"], state["out"] = delta.input_tokens, delta.output_tokens
-                text = guard.feed(delta.text) if delta.text else ""
-                if guard.blocked:
+                if (out := session.feed(delta)) is not None:
+                    yield out
+                if session.stopped:
                     break
-                if text:
-                    yield chunk({"content": text})
-        except Exception as exc:  # the backend failed before or during the stream
-            outcome = Generation.Status.FAILED
-            error = (f"The model call failed: {type(exc).__name__}: {exc}", "upstream_error")
-        else:
-            tail = "" if guard.blocked else guard.finish()
-            if guard.blocked:
-                outcome = Generation.Status.BLOCKED
-                message = pipeline.blocked_message(call.policy, guard.blocked.findings)
-                error = (message, "content_policy_violation")
-            else:
-                if tail:
-                    yield chunk({"content": tail})
-                outcome = Generation.Status.OK
-                if call.wants_json:
-                    _, errors = structured.check_output(guard.sent, call.version.output_schema)
-                    if errors:
-                        outcome = Generation.Status.INVALID
-                        listed = "; ".join(f"{e['path']}: {e['message']}" for e in errors[:5])
-                        error = (
-                            f"The model's answer does not meet the output contract: {listed}",
-                            "output_contract_violation",
-                        )
-        # The record is complete before the last events go out: a client that has read
-        # [DONE] finds it written.
-        finished = True
-        _finish(call, guard, outcome, error, state)
-        if error is not None:
-            yield _error_event(*error)
-        else:
-            yield chunk({}, state["finish"])
-            if req.include_usage:
-                yield chunk(None, usage=protocol.usage(*_usage(call, state)))
-            yield b"data: [DONE]\n\n"
+        except Exception as exc:
+            session.failed(exc)
+        yield from session.conclude()
+        session.finish()
+        yield from session.closing()
     finally:
         if deltas is not None:
             deltas.close()  # a client that left: the upstream connection closes too
-        if not finished:
-            _finish(call, guard, outcome, error, state)
+        session.finish()  # a no-op unless the client left: `cancelled`
+
+
+async def _async_events(session: StreamSession) -> AsyncIterator[bytes]:
+    call = session.call
+    deltas = None
+    _release_request_thread()
+    try:
+        yield session.opening()
+        try:
+            deltas = pipeline.astream_row(
+                call.version, call.target, call.messages, **session.upstream_kwargs()
+            )
+            async for delta in deltas:
+                if (out := session.feed(delta)) is not None:
+                    yield out
+                if session.stopped:
+                    break
+        except Exception as exc:
+            session.failed(exc)
+        for event in session.conclude():
+            yield event
+        await _in_thread(session.finish)
+        for event in session.closing():
+            yield event
+    finally:
+        # A client that left (the ASGI handler cancels us on its disconnect): close the
+        # upstream connection, then record `cancelled`.
+        if deltas is not None:
+            await deltas.aclose()
+        if not session.finished:
+            await _in_thread(session.finish)
+
+
+async def _in_thread(function: Any) -> None:
+    """Database work from a stream: in a thread of the event loop's shared pool, with
+    the connection given back at the end."""
+
+    def run() -> None:
+        try:
+            function()
+        finally:
+            connections.close_all()
+
+    await sync_to_async(run, thread_sensitive=False)()
 
 
 def _usage(call: Call, state: dict[str, Any]) -> tuple[int, int]:

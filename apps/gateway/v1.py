@@ -5,10 +5,12 @@ Each view parses, calls the gateway's services (`completions`), and answers in O
 shapes; every refusal is a `GatewayError` in OpenAI's error shape.
 """
 
+import logging
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
+from django.db import OperationalError
 from django.db.models import Q
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -22,6 +24,7 @@ from apps.generation.models import Generation, ModelTarget
 from apps.prompts.models import Label
 
 MAX_BODY = 4 * 1024 * 1024
+logger = logging.getLogger(__name__)
 
 
 def error_response(exc: GatewayError) -> JsonResponse:
@@ -78,6 +81,17 @@ def openai_view(
                         exc.message,
                         status=400 if exc.status_code == 422 else exc.status_code,
                         param=exc.field,
+                    )
+                )
+            except OperationalError as exc:  # the database is down or its pool is exhausted
+                logger.warning("gateway call refused, database unavailable: %s", exc)
+                return error_response(
+                    GatewayError(
+                        "Studio's database is busy or unavailable; try again shortly.",
+                        status=503,
+                        kind="server_error",
+                        code="service_unavailable",
+                        headers={"Retry-After": "2"},
                     )
                 )
 
@@ -143,7 +157,7 @@ def chat_completions(request: HttpRequest, grant: KeyGrant) -> HttpResponse:
     if req.stream:
         from apps.gateway.streaming import stream_response
 
-        return stream_response(call)
+        return stream_response(call, request)
     slot = completions.cache_slot(call, request)
     cached = completions.cache_hit(call, slot) if slot is not None else None
     generation = cached or completions.complete(call)

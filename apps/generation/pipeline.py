@@ -234,6 +234,22 @@ def stream_row(
     )
 
 
+def astream_row(
+    version: PromptVersion,
+    target: ModelTarget,
+    messages: list[dict[str, str]],
+    *,
+    max_new_tokens_cap: int | None = None,
+    overrides: dict[str, Any] | None = None,
+):  # -> AsyncIterator[StreamDelta]
+    """`stream_row` over an async connection (the gateway under ASGI)."""
+    from workers.runtime.backends import astream_conversation
+
+    return astream_conversation(
+        target_spec(target), messages, _params(version, target, max_new_tokens_cap, overrides)
+    )
+
+
 def render(version: PromptVersion, variables: dict[str, Any]) -> tuple[list[dict], str]:
     messages = render_messages(version.messages, version.input_schema, variables)
     digest = hashlib.sha256(

@@ -101,6 +101,23 @@ DATABASES = {
 }
 DATABASES["default"]["ATOMIC_REQUESTS"] = False
 DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
+if env.bool("STUDIO_ASGI", default=False) and "postgresql" in DATABASES["default"]["ENGINE"]:
+    # Under ASGI every request runs in a new thread, so a connection kept per thread
+    # (CONN_MAX_AGE) would be a new connection per request, left open until collected.
+    # A pool per process instead: a request borrows a connection and gives it back.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # Enough for the page threads and the streams in their synchronous phase (each
+    # STUDIO_ASGI_SYNC_CONCURRENCY) plus the streams writing their records.
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env.int("DATABASE_POOL_MIN", default=2),
+        "max_size": env.int("DATABASE_POOL_MAX", default=40),
+        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=30.0),
+    }
+# Under studio.asgi: the threads of each worker process that run pages, the API and
+# gateway calls that do not stream, and how many gateway streams may be in their
+# synchronous part (up to the first byte) at once; a stream past that point is not
+# counted. 0 leaves the streams unbounded (pages keep 16 threads).
+STUDIO_ASGI_SYNC_CONCURRENCY = env.int("STUDIO_ASGI_SYNC_CONCURRENCY", default=16)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the web server and the worker read while the other writes;
     # IMMEDIATE transactions take the write lock up front instead of failing

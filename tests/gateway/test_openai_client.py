@@ -1,8 +1,9 @@
-"""The official `openai` client against Studio's gateway on a running HTTP server (not a
-mock of either): completion, stream with usage, json_schema, a prompt model with
-extra_body variables, and each error as the client's own exception class. Upstreams: a
-scripted OpenAI-compatible server, then (marked `model`) the local inference server and
-llama.cpp's server with SmolLM2."""
+"""The official `openai` client against Studio's gateway as `make run` serves it
+(gunicorn with a uvicorn worker over studio.asgi; not a mock of either): completion,
+stream with usage, json_schema, a prompt model with extra_body variables, and each
+error as the client's own exception class. Upstreams: a scripted OpenAI-compatible
+server, then (marked `model`) the local inference server and llama.cpp's server with
+SmolLM2."""
 
 import json
 
@@ -40,7 +41,7 @@ def answer(request):
 
 
 @pytest.fixture
-def studio(squad, gateway_server):
+def studio(squad, asgi_server):
     with FakeOpenAI(answer) as upstream:
         remote_target(squad, upstream.url)
         version = text_prompt(squad)
@@ -50,10 +51,8 @@ def studio(squad, gateway_server):
             name="staging",
             version=version,
         )
-        client = openai.OpenAI(
-            base_url=f"{gateway_server}/v1", api_key=make_key(squad), max_retries=0
-        )
-        yield client, upstream, gateway_server
+        client = openai.OpenAI(base_url=f"{asgi_server}/v1", api_key=make_key(squad), max_retries=0)
+        yield client, upstream, asgi_server
 
 
 def test_models_and_a_completion(studio):

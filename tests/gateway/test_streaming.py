@@ -113,7 +113,11 @@ def test_failed_upstream_stream_is_an_error_chunk_and_refunds(squad):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_client_disconnect_cancels_upstream_and_records_cancelled(squad, gateway_server):
+@pytest.mark.parametrize("server", ["gateway_server", "asgi_server"])
+def test_client_disconnect_cancels_upstream_and_records_cancelled(squad, server, request):
+    """On a threaded WSGI server (the generator is closed) and under ASGI (the handler
+    cancels the stream's task on the client's disconnect)."""
+    gateway_server = request.getfixturevalue(server)
     pieces = [f"word{i} " for i in range(200)]
     with FakeOpenAI(scripted(pieces), chunk_delay=0.02) as server:
         remote_target(squad, server.url)

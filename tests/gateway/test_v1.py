@@ -304,3 +304,23 @@ def test_a_target_call_shows_on_the_generation_page_and_api(setup, squad, api_as
         "POST", f"/api/v1/squads/acme/generations/{generation_id}/feedback", {"thumbs": "up"}
     )
     assert feedback.status_code == 409
+
+
+def test_database_unavailable_is_a_503_with_retry_after(squad, upstream, monkeypatch):
+    """A pool that has no connection to give (or a database that is down) is OpenAI's
+    retryable 503, not a 500."""
+    from django.db import OperationalError
+
+    from apps.gateway import completions
+
+    remote_target(squad, upstream.url)
+    client = V1(make_key(squad))
+
+    def unavailable(**kwargs):
+        raise OperationalError("couldn't get a connection after 30.00 sec")
+
+    monkeypatch.setattr(completions, "prepare_call", unavailable)
+    response = client.chat({"model": "fake", "messages": [{"role": "user", "content": "x"}]})
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "service_unavailable"
+    assert response["Retry-After"] == "2"

@@ -18,6 +18,12 @@ def echo_last_user(request: dict[str, Any]) -> str:
     return f"echo: {users[-1] if users else ''}"
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default backlog of 5 resets a burst of hundreds of connections.
+    request_queue_size = 1024
+    daemon_threads = True
+
+
 class FakeOpenAI:
     def __init__(
         self,
@@ -25,13 +31,19 @@ class FakeOpenAI:
         *,
         delay: float = 0.0,
         chunk_delay: float = 0.0,
+        hold: threading.Event | None = None,
     ) -> None:
         self.responder = responder
         self.delay = delay
         # Streams (`stream: true`): seconds between chunks, and what the client did.
         self.chunk_delay = chunk_delay
+        # When set: every stream sends its first piece, then waits for this event.
+        self.hold = hold
         self.chunks_sent = 0
         self.disconnects = 0
+        # Streams being sent right now, and the most at once.
+        self.open_streams = 0
+        self.max_open_streams = 0
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         outer = self
@@ -93,6 +105,9 @@ class FakeOpenAI:
                     self.wfile.write(f"data: {json.dumps(data)}\n\n".encode())
                     self.wfile.flush()
 
+                with outer._lock:
+                    outer.open_streams += 1
+                    outer.max_open_streams = max(outer.max_open_streams, outer.open_streams)
                 base = {
                     "id": "c",
                     "object": "chat.completion.chunk",
@@ -111,6 +126,8 @@ class FakeOpenAI:
                         )
                         with outer._lock:
                             outer.chunks_sent += 1
+                        if outer.hold is not None:
+                            outer.hold.wait(120)
                         if outer.chunk_delay:
                             time.sleep(outer.chunk_delay)
                     event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
@@ -131,8 +148,11 @@ class FakeOpenAI:
                 except (BrokenPipeError, ConnectionResetError):
                     with outer._lock:
                         outer.disconnects += 1
+                finally:
+                    with outer._lock:
+                        outer.open_streams -= 1
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )

@@ -12,7 +12,7 @@ together; the caller's `batch_size` only applies to remote targets.
 """
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +84,18 @@ def stream_conversation(
     a remote target's, or the local inference server for a `local` target. A `local`
     target without STUDIO_LOCAL_SERVER_URL cannot stream from a web process (no torch
     there)."""
+    return _stream_backend(spec).stream(conversation, params)
+
+
+def astream_conversation(
+    spec: TargetSpec, conversation: Conversation, params: GenerationParams
+) -> AsyncIterator[StreamDelta]:
+    """`stream_conversation` over an async connection (the gateway under ASGI): a
+    stream waiting for the model holds no thread."""
+    return _stream_backend(spec).astream(conversation, params)
+
+
+def _stream_backend(spec: TargetSpec):  # -> RemoteBackend
     from workers.runtime.remote import RemoteBackend
 
     if spec.kind == "local":
@@ -94,21 +106,19 @@ def stream_conversation(
                 "(STUDIO_LOCAL_SERVER_URL)",
                 retryable=False,
             )
-        backend = RemoteBackend(
+        return RemoteBackend(
             base_url=server,
             model=spec.base_model or "smollm2-135m-instruct",
             adapter_id=local_adapter_id(spec.adapter_dir) if spec.adapter_dir else None,
             timeout=max(spec.timeout, LOCAL_SERVER_TIMEOUT_S),
         )
-    else:
-        backend = RemoteBackend(
-            base_url=spec.base_url,
-            token_env=spec.token_env or None,
-            model=spec.remote_model or None,
-            adapter_id=spec.adapter_id or None,
-            timeout=spec.timeout,
-        )
-    return backend.stream(conversation, params)
+    return RemoteBackend(
+        base_url=spec.base_url,
+        token_env=spec.token_env or None,
+        model=spec.remote_model or None,
+        adapter_id=spec.adapter_id or None,
+        timeout=spec.timeout,
+    )
 
 
 def local_server_url() -> str:

@@ -20,7 +20,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +73,20 @@ def _config_errors() -> tuple[type[BaseException], ...]:
             continue
         classes += [module.UnsupportedProtocol, module.InvalidURL]
     return tuple(classes)
+
+
+def _stream_delta(chunk: Any) -> StreamDelta:
+    """One chunk of a chat completion stream as a StreamDelta."""
+    choices = getattr(chunk, "choices", None) or []
+    usage = getattr(chunk, "usage", None)
+    delta = StreamDelta()
+    if choices:
+        delta.text = getattr(choices[0].delta, "content", None) or ""
+        delta.finish_reason = choices[0].finish_reason
+    if usage is not None:
+        delta.input_tokens = getattr(usage, "prompt_tokens", None)
+        delta.output_tokens = getattr(usage, "completion_tokens", None)
+    return delta
 
 
 def _parse_retry_after(value: str | None) -> float | None:
@@ -278,43 +292,77 @@ class RemoteBackend:
         text may already be on its way to a caller. Closing the iterator closes the
         connection, which is how a server learns to stop generating."""
         client = self._client()
-        kwargs = {
+        transport_errors = _transport_errors()
+        with client:
+            try:
+                chunks = self._call(
+                    client,
+                    messages,
+                    self._stream_kwargs(params),
+                    transport_errors,
+                    _config_errors(),
+                )
+            except _RetryableFailure as failure:
+                raise self._stream_failed(failure) from None
+            try:
+                for chunk in chunks:
+                    yield _stream_delta(chunk)
+            except (*transport_errors, ValueError) as exc:
+                raise self._stream_broke(exc, transport_errors) from exc
+
+    async def astream(
+        self, messages: list[dict], params: GenerationParams
+    ) -> AsyncIterator[StreamDelta]:
+        """`stream` over huggingface_hub's AsyncInferenceClient: waiting for the next
+        chunk holds no thread. Same errors, same deltas; closing the iterator closes the
+        connection."""
+        client = self._client(asynchronous=True)
+        transport_errors = _transport_errors()
+        async with client:
+            try:
+                try:
+                    chunks = await client.chat_completion(messages, **self._stream_kwargs(params))
+                except Exception as exc:
+                    self._raise_call_error(exc, transport_errors, _config_errors())
+                    raise
+            except _RetryableFailure as failure:
+                raise self._stream_failed(failure) from None
+            try:
+                async for chunk in chunks:
+                    yield _stream_delta(chunk)
+            except (*transport_errors, ValueError) as exc:
+                raise self._stream_broke(exc, transport_errors) from exc
+            finally:
+                close = getattr(chunks, "aclose", None)
+                if close is not None:
+                    await close()
+
+    def _stream_kwargs(self, params: GenerationParams) -> dict[str, Any]:
+        return {
             **self._request_kwargs(params),
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        transport_errors = _transport_errors()
-        with client:
-            try:
-                chunks = self._call(client, messages, kwargs, transport_errors, _config_errors())
-            except _RetryableFailure as failure:
-                raise BackendError(
-                    f"remote streaming at {self.base_url} failed: {failure.description}",
-                    retryable=True,
-                ) from None
-            try:
-                for chunk in chunks:
-                    choices = getattr(chunk, "choices", None) or []
-                    usage = getattr(chunk, "usage", None)
-                    delta = StreamDelta()
-                    if choices:
-                        delta.text = getattr(choices[0].delta, "content", None) or ""
-                        delta.finish_reason = choices[0].finish_reason
-                    if usage is not None:
-                        delta.input_tokens = getattr(usage, "prompt_tokens", None)
-                        delta.output_tokens = getattr(usage, "completion_tokens", None)
-                    yield delta
-            except transport_errors as exc:
-                raise BackendError(
-                    f"remote stream from {self.base_url} broke: {type(exc).__name__}: "
-                    f"{_truncate(str(exc))}",
-                    retryable=True,
-                ) from exc
-            except ValueError as exc:
-                raise BackendError(
-                    f"remote server {self.base_url} sent a malformed stream: {_truncate(str(exc))}",
-                    retryable=False,
-                ) from exc
+
+    def _stream_failed(self, failure: _RetryableFailure) -> BackendError:
+        return BackendError(
+            f"remote streaming at {self.base_url} failed: {failure.description}",
+            retryable=True,
+        )
+
+    def _stream_broke(
+        self, exc: BaseException, transport_errors: tuple[type[BaseException], ...]
+    ) -> BackendError:
+        if isinstance(exc, transport_errors):
+            return BackendError(
+                f"remote stream from {self.base_url} broke: {type(exc).__name__}: "
+                f"{_truncate(str(exc))}",
+                retryable=True,
+            )
+        return BackendError(
+            f"remote server {self.base_url} sent a malformed stream: {_truncate(str(exc))}",
+            retryable=False,
+        )
 
     # -- internals --------------------------------------------------------------------
 
@@ -330,9 +378,9 @@ class RemoteBackend:
             )
         return token
 
-    def _client(self) -> InferenceClient:
+    def _client(self, *, asynchronous: bool = False) -> Any:  # (Async)InferenceClient
         try:
-            from huggingface_hub import InferenceClient
+            from huggingface_hub import AsyncInferenceClient, InferenceClient
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
             raise BackendError(
                 "huggingface_hub is not installed; install the `ml` extra for remote inference",
@@ -342,7 +390,7 @@ class RemoteBackend:
         # An explicit `authorization` header wins over huggingface_hub's default headers;
         # None removes it, so without token_env the cached HF token is never sent.
         authorization = f"Bearer {token}" if token else None
-        return InferenceClient(
+        return (AsyncInferenceClient if asynchronous else InferenceClient)(
             base_url=self.base_url,
             headers={"authorization": authorization},  # type: ignore[dict-item]
             timeout=self.timeout,
@@ -370,10 +418,24 @@ class RemoteBackend:
         transport_errors: tuple[type[BaseException], ...],
         config_errors: tuple[type[BaseException], ...],
     ) -> Any:
+        try:
+            return client.chat_completion(messages, **kwargs)
+        except Exception as exc:
+            self._raise_call_error(exc, transport_errors, config_errors)
+            raise
+
+    def _raise_call_error(
+        self,
+        exc: Exception,
+        transport_errors: tuple[type[BaseException], ...],
+        config_errors: tuple[type[BaseException], ...],
+    ) -> None:
+        """A failed chat_completion call as a retryable failure or a BackendError; other
+        exceptions are left to the caller."""
         from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
         try:
-            return client.chat_completion(messages, **kwargs)
+            raise exc
         except HfHubHTTPError as exc:
             response = getattr(exc, "response", None)
             status = getattr(response, "status_code", None)
