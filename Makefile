@@ -83,7 +83,7 @@ bench-tools: install
 	  echo "installing Debian's wrk for the benchmarks"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 
-# Every benchmark, one after another (about 25 minutes on 2 cores); each prints ratio= last.
-BENCHES ?= api_overhead prompt_fetch review_queue audit_verify batch_generation finetune
+# Every benchmark, one after another (about 40 minutes on 2 cores); each prints ratio= last.
+BENCHES ?= api_overhead prompt_fetch review_queue audit_verify batch_generation finetune local_server precision gateway gateway_streams
 bench: bench-tools
 	@for b in $(BENCHES); do echo "== bench/$$b.py"; $(PY) bench/$$b.py || exit 1; done

@@ -189,11 +189,25 @@ def fetch(port: int, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
         conn.close()
 
 
+def server_command(server: str) -> list[str]:
+    """gunicorn's application and worker class: `asgi` is what `make run` and production
+    serve (uvicorn workers over studio.asgi), `wsgi` the sync workers served before."""
+    if server == "asgi":
+        return [
+            venv_bin("gunicorn"),
+            "studio.asgi:application",
+            "-k",
+            "uvicorn_worker.UvicornWorker",
+        ]
+    return [venv_bin("gunicorn"), "studio.wsgi:application"]
+
+
 @contextlib.contextmanager
-def gunicorn(env: dict[str, str], port: int, workers: int, log: Path) -> Iterator[None]:
+def gunicorn(
+    env: dict[str, str], port: int, workers: int, log: Path, server: str = "asgi"
+) -> Iterator[None]:
     args = [
-        venv_bin("gunicorn"),
-        "studio.wsgi:application",
+        *server_command(server),
         "--bind",
         f"{HOST}:{port}",
         "--workers",
@@ -364,6 +378,13 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
     parser.add_argument(
+        "--server",
+        choices=("asgi", "wsgi"),
+        default="asgi",
+        help="asgi: uvicorn workers over studio.asgi, as `make run` serves (default); "
+        "wsgi: gunicorn's sync workers",
+    )
+    parser.add_argument(
         "--duration", type=int, default=10, help="seconds per measured run (default 10)"
     )
     parser.add_argument("--connections", type=int, default=16, help="open connections (default 16)")
@@ -439,7 +460,7 @@ def main() -> int:
         sys.stdout.flush()
 
         results: dict[str, list[Result]] = {"baseline": [], "api": []}
-        with gunicorn(env, port, args.workers, data_dir / "gunicorn.log"):
+        with gunicorn(env, port, args.workers, data_dir / "gunicorn.log", args.server):
             check_endpoint(port, BASELINE_PATH, {}, {"status": "ok"})
             check_endpoint(port, api_path, auth, {"slug": setup["slug"]})
             if args.warmup:

@@ -6,7 +6,8 @@ One OpenAI-compatible mock upstream (stdlib, HTTP/1.1 keep-alive, answers at onc
 both sides. LiteLLM's proxy runs from a virtual environment of its own
 (`$STUDIO_DATA_DIR/bench/litellm-venv`, made with `pip install 'litellm[proxy]'` on the
 first run; or --litellm PATH), with the mock as its only model and no database. Studio
-runs under gunicorn (--workers, 8 threads each) with governance (the squad's default
+runs under gunicorn (--workers; --server asgi, the default, as `make run` serves it, or
+wsgi: gthread with 8 threads each) with governance (the squad's default
 policy), quotas (a squad and a key quota, counted in the configured cache: set CACHE_URL
 to Redis) and a Generation record per call (the configured DATABASE_URL, migrated).
 LiteLLM runs its default single uvicorn worker (--litellm-workers).
@@ -106,11 +107,16 @@ class Mock(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+class _MockServer(ThreadingHTTPServer):
+    # The listen backlog is set when the server is made (socketserver's default of 5
+    # resets a burst of connections); a class attribute, not one set afterwards.
+    request_queue_size = 512
+    daemon_threads = True
+
+
 @contextlib.contextmanager
 def mock_upstream() -> Iterator[str]:
-    server = ThreadingHTTPServer((HOST, 0), Mock)
-    server.daemon_threads = True
-    server.request_queue_size = 512
+    server = _MockServer((HOST, 0), Mock)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -231,6 +237,13 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--server",
+        choices=("asgi", "wsgi"),
+        default="asgi",
+        help="asgi: uvicorn workers over studio.asgi, as `make run` serves (default); "
+        "wsgi: gthread workers with 8 threads each",
+    )
     parser.add_argument("--litellm", help="path of the litellm executable")
     # With --num_workers 2 the proxy's worker processes died at start on this machine (the
     # server never answered); one uvicorn worker is LiteLLM's default.
@@ -297,16 +310,14 @@ def main() -> None:
         key = json.loads(out.split("BENCH-SETUP ", 1)[1].splitlines()[0])["key"]
         port = common.free_port()
         studio_args = [
-            common.venv_bin("gunicorn"),
-            "studio.wsgi:application",
+            *common.server_command(args.server),
             "-c",
             "studio/gunicorn.conf.py",
             "--bind",
             f"{HOST}:{port}",
             "--workers",
             str(args.workers),
-            "--threads",
-            "8",
+            *(["--threads", "8"] if args.server == "wsgi" else []),
         ]
         with process(studio_args, env, data_dir / "gunicorn.log", f"http://{HOST}:{port}/healthz"):
             studio = measure("studio", f"http://{HOST}:{port}/v1/chat/completions", key, args)

@@ -310,6 +310,13 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
     parser.add_argument(
+        "--server",
+        choices=("asgi", "wsgi"),
+        default="asgi",
+        help="asgi: uvicorn workers over studio.asgi, as `make run` serves (default); "
+        "wsgi: gunicorn's sync workers",
+    )
+    parser.add_argument(
         "--duration", type=int, default=10, help="seconds per measured run (default 10)"
     )
     parser.add_argument(
@@ -407,7 +414,7 @@ def main() -> int:
         baseline: list[Run] = []
         fetched: list[Run] = []
         latency: dict[str, list[Run]] = {"baseline": [], "fetch": []}
-        with gunicorn(env, port, args.workers, data_dir / "gunicorn.log"):
+        with gunicorn(env, port, args.workers, data_dir / "gunicorn.log", args.server):
             check_baseline(port)
             etag = check_fetch(port, fetch_path, auth, setup)
             # Warm every worker's path and the shared cache: sequential requests, then wrk.
