@@ -228,10 +228,18 @@ def stream_row(
     """One conversation streamed from the target with the same parameters `execute_rows`
     would use; no repair or fallback (text is already on its way to the caller)."""
     from workers.runtime.backends import stream_conversation
+    from workers.runtime.registry import ModelFilesChanged
 
-    return stream_conversation(
+    deltas = stream_conversation(
         target_spec(target), messages, _params(version, target, max_new_tokens_cap, overrides)
     )
+    try:
+        yield from deltas
+    except ModelFilesChanged as exc:
+        report_changed_models([exc])
+        raise
+    finally:
+        deltas.close()
 
 
 def render(version: PromptVersion, variables: dict[str, Any]) -> tuple[list[dict], str]:

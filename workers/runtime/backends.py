@@ -94,20 +94,14 @@ def stream_conversation(
                 "(STUDIO_LOCAL_SERVER_URL)",
                 retryable=False,
             )
-        backend = RemoteBackend(
-            base_url=server,
-            model=spec.base_model or "smollm2-135m-instruct",
-            adapter_id=local_adapter_id(spec.adapter_dir) if spec.adapter_dir else None,
-            timeout=max(spec.timeout, LOCAL_SERVER_TIMEOUT_S),
-        )
-    else:
-        backend = RemoteBackend(
-            base_url=spec.base_url,
-            token_env=spec.token_env or None,
-            model=spec.remote_model or None,
-            adapter_id=spec.adapter_id or None,
-            timeout=spec.timeout,
-        )
+        return _refusals_mapped(local_server_backend(spec, server).stream(conversation, params))
+    backend = RemoteBackend(
+        base_url=spec.base_url,
+        token_env=spec.token_env or None,
+        model=spec.remote_model or None,
+        adapter_id=spec.adapter_id or None,
+        timeout=spec.timeout,
+    )
     return backend.stream(conversation, params)
 
 
@@ -139,6 +133,58 @@ def local_adapter_id(adapter_dir: str) -> str:
     return str(directory.relative_to(root))
 
 
+def local_server_backend(spec: TargetSpec, server: str, **retries: float):  # -> RemoteBackend
+    """The local inference server as a remote backend for a `local` target: the model by
+    its registered name, the adapter by its id under the server's adapters root, and the
+    registration the apps expect (`base_model_sha256`), which the server loads the model
+    on (first use) and checks the files and the adapter against."""
+    from workers.runtime.remote import RemoteBackend
+
+    return RemoteBackend(
+        base_url=server,
+        model=spec.base_model or "smollm2-135m-instruct",
+        adapter_id=local_adapter_id(spec.adapter_dir) if spec.adapter_dir else None,
+        extra_body={"base_model_sha256": spec.base_model_sha256}
+        if spec.base_model_sha256
+        else None,
+        # a row may wait in the server's queue behind the rest of its chunk
+        timeout=max(spec.timeout, LOCAL_SERVER_TIMEOUT_S),
+        **retries,
+    )
+
+
+def local_server_refusal(outcome: Outcome) -> Outcome:
+    """The local server's refusal to load a model whose files changed since registration
+    (`model_files_changed`) as the ModelFilesChanged an in-process load raises, so the
+    apps record it the same way (apps.generation.pipeline.report_changed_models).
+    Only for the local server: a remote target's server is not trusted to say so."""
+    from workers.runtime.registry import ModelFilesChanged
+
+    detail = getattr(outcome, "detail", None) or {}
+    if detail.get("code") != "model_files_changed":
+        return outcome
+    problems = detail.get("problems")
+    if not isinstance(problems, list):
+        problems = [str(detail.get("message") or "its files changed")]
+    return ModelFilesChanged(
+        str(detail.get("model") or ""),
+        str(detail.get("manifest_sha256") or ""),
+        [str(problem) for problem in problems[:50]],
+    )
+
+
+def _refusals_mapped(deltas: Iterator[StreamDelta]) -> Iterator[StreamDelta]:
+    try:
+        yield from deltas
+    except BackendError as exc:
+        mapped = local_server_refusal(exc)
+        if mapped is exc:
+            raise
+        raise mapped from exc
+    finally:
+        deltas.close()
+
+
 def _run_local(
     spec: TargetSpec,
     conversations: list[Conversation],
@@ -149,18 +195,10 @@ def _run_local(
     server = local_server_url()
     try:
         if server:
-            from workers.runtime.remote import RemoteBackend
-
-            backend = RemoteBackend(
-                base_url=server,
-                model=base_model,
-                adapter_id=local_adapter_id(spec.adapter_dir) if spec.adapter_dir else None,
-                # a row may wait in the server's queue behind the rest of its chunk
-                timeout=max(spec.timeout, LOCAL_SERVER_TIMEOUT_S),
-                # ride out a restart of the server by its supervisor (about a minute)
-                max_retries=6,
-                backoff_base=1.0,
-                backoff_max=20.0,
+            # ride out a restart of the server by its supervisor (about a minute), or a
+            # memory budget held by busy models
+            backend = local_server_backend(
+                spec, server, max_retries=6, backoff_base=1.0, backoff_max=20.0
             )
         elif spec.adapter_dir:
             from workers.runtime.training import load_adapter_model
@@ -183,6 +221,7 @@ def _run_local(
             concurrency=min(len(conversations), LOCAL_SERVER_CONCURRENCY),
             return_exceptions=True,
         )
+        outcomes = [local_server_refusal(outcome) for outcome in outcomes]
         if on_progress is not None:
             on_progress(len(outcomes))
         return outcomes
