@@ -338,7 +338,11 @@ ACTIONS = [
     Action(
         "target.update",
         frozenset({"owner"}),
-        api=None,
+        api=lambda c: _with_own_target(
+            lambda: c.call(
+                "PUT", "/api/v1/squads/acme/targets/own", {"description": "x", "enabled": True}
+            )
+        ),
         view=lambda c: _with_own_target(
             lambda: c.post(
                 "/squads/acme/targets/own/edit",

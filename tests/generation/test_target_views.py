@@ -199,3 +199,27 @@ def test_only_those_who_manage_targets_get_the_forms(squad):
     assert outsider.get(NEW).status_code == 404
     assert client("owner").get("/squads/acme/targets/local/edit").status_code == 404  # global
     assert not ModelTarget.objects.filter(name="mine").exists()
+
+
+def test_the_api_changes_a_target_through_the_same_service(squad, api_as):
+    ready_model("other-model")
+    tuned = adapter_on(squad, DEFAULT)
+    ModelTarget.objects.create(squad=squad, name="own", kind="local", base_model=DEFAULT)
+    owner = api_as("owner")
+    url = "/api/v1/squads/acme/targets/own"
+    response = owner.call("PUT", url, {"adapter": tuned.pk, "description": "Tuned"})
+    assert response.status_code == 200, response.content
+    assert response.json()["description"] == "Tuned"
+    assert ModelTarget.objects.get(name="own").lora_adapter_id == tuned.pk
+    response = owner.call("PUT", url, {"base_model": "other-model", "adapter": tuned.pk})
+    assert response.status_code == 422
+    assert response.json()["field"] == "adapter"
+    for body, field in (
+        ({"adapter": 999999}, "adapter"),
+        ({"price_input_per_1k": "1e30"}, "price_input_per_1k"),
+        ({"context_length": 10**12}, "context_length"),
+        ({"base_url": "http://x"}, "base_url"),
+    ):
+        response = owner.call("PUT", url, body)
+        assert 400 <= response.status_code < 500 and response.json()["field"] == field, body
+    assert owner.call("PUT", "/api/v1/squads/acme/targets/local", {}).status_code == 404
