@@ -209,5 +209,10 @@ def test_a_busy_model_is_not_evicted_and_the_least_recently_used_idle_one_is(
         with pytest.raises(RequestError) as unknown:
             pool.acquire("../etc")
         assert (unknown.value.status, unknown.value.code) == (404, "model_not_found")
+        # a registration the apps expect that this worker does not hold: not loaded
+        with pytest.raises(RequestError) as other:
+            pool.acquire("c", "f" * 64)
+        assert (other.value.status, other.value.code) == (409, "model_not_loadable")
+        assert "not registered on this worker" in other.value.message
     finally:
         pool.stop()

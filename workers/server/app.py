@@ -314,7 +314,9 @@ class ModelPool:
                     "problems": exc.problems,
                 },
             ) from exc
-        except BackendError as exc:
+        except (BackendError, OSError, ValueError, RuntimeError, KeyError) as exc:
+            # not registered on this worker, another registration, unreadable files
+            logger.error("cannot load %s: %s", name, exc)
             raise RequestError(
                 f"The model {name!r} cannot be loaded: {exc}",
                 param="model",
