@@ -90,27 +90,6 @@ class InferenceService:
     def start(self) -> None:
         self.engine.start()
 
-    def adapters(self, *, only_own: bool = False) -> list[str]:
-        """Adapter ids under the adapters root; with `only_own`, those whose training
-        record names this model (several models in one server)."""
-        if not self.adapters_dir.is_dir():
-            return []
-        if only_own:
-            return [a for a in self.adapters() if self.trained_on(a) in (None, self.model_id)]
-        found = (
-            config.parent.relative_to(self.adapters_dir)
-            for config in self.adapters_dir.rglob("adapter_config.json")
-        )
-        # not a training run's checkpoints, nor a half-written (staging) directory
-        return sorted(
-            str(path)
-            for path in found
-            if not any(part == "checkpoints" or part.startswith(".") for part in path.parts)
-        )
-
-    def trained_on(self, adapter_id: str) -> str | None:
-        return _training_record(self.adapters_dir / adapter_id).get("base_model")
-
     def adapter(self, adapter_id: str) -> str:
         """The engine's name for `adapter_id`, loading it on first use."""
         with self.adapter_lock:
@@ -169,25 +148,24 @@ class InferenceService:
             "adapters_loaded": sorted(self.adapter_names),
         }
 
-    def models(self, *, only_own: bool = False) -> dict[str, Any]:
-        data = [{"id": self.model_id, "object": "model", "created": 0, "owned_by": "studio"}]
-        data += [
-            {
-                "id": adapter,
-                "object": "model",
-                "created": 0,
-                "owned_by": "studio",
-                "parent": self.model_id,
-            }
-            for adapter in self.adapters(only_own=only_own)
-        ]
-        return {"object": "list", "data": data}
-
     def stop(self) -> None:
         from workers.runtime.local import unload_local_model
 
         self.engine.stop()
         unload_local_model(self.local)
+
+
+def adapter_ids(root: Path) -> list[str]:
+    """The adapter ids (directories relative to `root`) under the adapters root: not a
+    training run's checkpoints, nor a half-written (staging) directory."""
+    if not root.is_dir():
+        return []
+    found = (config.parent.relative_to(root) for config in root.rglob("adapter_config.json"))
+    return sorted(
+        str(path)
+        for path in found
+        if not any(part == "checkpoints" or part.startswith(".") for part in path.parts)
+    )
 
 
 def _model_entry(name: str, **more: Any) -> dict[str, Any]:
@@ -427,10 +405,9 @@ class ModelPool:
                 continue
             data.append(_model_entry(name, loaded=False))
         names = {entry["id"] for entry in data}
-        some = next(iter(self.services.values()), None)
-        adapters = some.adapters() if some is not None else []
-        for adapter in adapters:
-            parent = _training_record(self.adapters_dir / adapter).get("base_model")
+        root = self.adapters_dir.resolve()
+        for adapter in adapter_ids(root):
+            parent = _training_record(root / adapter).get("base_model")
             parent = parent or self.default_model
             if parent in names:
                 data.append(_model_entry(adapter, parent=parent))
