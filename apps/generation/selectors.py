@@ -1,5 +1,5 @@
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import F, Q, QuerySet
@@ -9,6 +9,10 @@ from apps.generation.models import BatchJob, Generation, ModelTarget
 from apps.squads.access import require_squad_permission
 from apps.squads.models import Squad
 from apps.squads.permissions import MANAGE_TARGETS, VIEW_SQUAD
+
+if TYPE_CHECKING:
+    from apps.basemodels.models import BaseModelVersion
+    from apps.finetune.models import Adapter
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -40,10 +44,10 @@ class TargetFormOptions:
     context and licence) and the squad's approved adapters by the manifest hash of the
     base they were trained on (an adapter is offered only with that base)."""
 
-    bases: list[Any]  # BaseModelVersion
-    adapters: dict[str, list[Any]]  # manifest_sha256 -> [Adapter]
+    bases: list["BaseModelVersion"]
+    adapters: dict[str, list["Adapter"]]  # by the manifest_sha256 of their base
 
-    def adapters_for(self, base_model: str) -> list[Any]:
+    def adapters_for(self, base_model: str) -> list["Adapter"]:
         base = next((b for b in self.bases if b.model.name == base_model), None)
         return self.adapters.get(base.manifest_sha256, []) if base is not None else []
 
@@ -62,7 +66,7 @@ def target_form_options(*, user: User, squad: Squad) -> TargetFormOptions:
         .select_related("model")
         .order_by("model__name")
     )
-    adapters: dict[str, list[Any]] = {}
+    adapters: dict[str, list[Adapter]] = {}
     for adapter in Adapter.objects.filter(squad=squad, approved_at__isnull=False).select_related(
         "dataset_version__dataset"
     ):

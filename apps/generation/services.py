@@ -14,7 +14,7 @@ import json
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -44,6 +44,9 @@ from apps.squads.permissions import MANAGE_TARGETS, RUN_GENERATION
 from apps.telemetry.context import request_context
 from apps.telemetry.recording import bind_generation, generations_finished
 
+if TYPE_CHECKING:
+    from apps.finetune.models import Adapter
+
 User = AbstractBaseUser
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 MAX_ROWS = 100_000
@@ -61,7 +64,7 @@ def model_target_create(
     actor: User,
     squad: Squad | None,
     name: str,
-    adapter: Any = None,
+    adapter: "Adapter | None" = None,
     request: HttpRequest | None = None,
     **fields: Any,
 ) -> ModelTarget:
@@ -116,7 +119,7 @@ def model_target_update(
     *,
     actor: User,
     target: ModelTarget,
-    adapter: Any = None,
+    adapter: "Adapter | None" = None,
     enabled: bool = True,
     request: HttpRequest | None = None,
     **fields: Any,
@@ -175,7 +178,7 @@ def model_target_update(
 
 
 def _set_adapter(
-    actor: User, target: ModelTarget, adapter: Any, request: HttpRequest | None
+    actor: User, target: ModelTarget, adapter: "Adapter | None", request: HttpRequest | None
 ) -> None:
     from apps.finetune.jobs import model_target_set_adapter
 
