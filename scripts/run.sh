@@ -21,7 +21,8 @@ find "$PROMETHEUS_MULTIPROC_DIR" -maxdepth 1 -name '*.db' -delete
 LOCAL_PORT=${STUDIO_LOCAL_SERVER_PORT:-8001}
 export STUDIO_LOCAL_SERVER_URL=${STUDIO_LOCAL_SERVER_URL:-http://127.0.0.1:$LOCAL_PORT}
 # STUDIO_LOCAL_SERVER_MODELS="smollm2-135m-instruct other-model": the registered models it
-# serves (default: the packaged default only).
+# loads at start-up (default: the packaged default only); any other registered model loads on
+# its first request.
 MODEL_ARGS=()
 for model in ${STUDIO_LOCAL_SERVER_MODELS:-}; do MODEL_ARGS+=(--model "$model"); done
 $PY -m workers.server --supervise --host 127.0.0.1 --port "$LOCAL_PORT" "${MODEL_ARGS[@]}" &

@@ -51,6 +51,19 @@ def _with_registered(call: Callable[[], object]) -> object:
     return call()
 
 
+def _with_own_target(call: Callable[[], object]) -> object:
+    """The squad's own local target 'own', then the call."""
+    from apps.generation.models import ModelTarget
+    from apps.squads.models import Squad
+
+    ModelTarget.objects.get_or_create(
+        squad=Squad.objects.get(slug="acme"),
+        name="own",
+        defaults={"kind": "local", "base_model": "smollm2-135m-instruct"},
+    )
+    return call()
+
+
 def _other_token_id() -> int:
     other = UserFactory(username="token-owner")
     token, _ = services.api_token_create(actor=other, name="theirs")
@@ -284,7 +297,7 @@ ACTIONS = [
         "target.list",
         frozenset(MEMBERS),
         api=lambda c: c.call("GET", "/api/v1/squads/acme/targets"),
-        view=None,
+        view=lambda c: c.get("/squads/acme/targets/"),
     ),
     Action(
         "target.create",
@@ -294,7 +307,16 @@ ACTIONS = [
             "/api/v1/squads/acme/targets",
             {"name": "tgi", "kind": "remote", "base_url": "http://127.0.0.1:9"},
         ),
-        view=None,
+        view=lambda c: c.post(
+            "/squads/acme/targets/new",
+            {"name": "tgi", "kind": "remote", "base_url": "http://127.0.0.1:9"},
+        ),
+    ),
+    Action(
+        "target.form",
+        frozenset({"owner"}),
+        api=None,
+        view=lambda c: c.get("/squads/acme/targets/new"),
     ),
     Action(
         "target.choose_base_model",
@@ -306,7 +328,33 @@ ACTIONS = [
                 {"name": "own-model", "kind": "local", "base_model": "matrix-model"},
             )
         ),
-        view=None,
+        view=lambda c: _with_registered(
+            lambda: c.post(
+                "/squads/acme/targets/new",
+                {"name": "own-model", "kind": "local", "base_model": "matrix-model"},
+            )
+        ),
+    ),
+    Action(
+        "target.update",
+        frozenset({"owner"}),
+        api=lambda c: _with_own_target(
+            lambda: c.call(
+                "PUT", "/api/v1/squads/acme/targets/own", {"description": "x", "enabled": True}
+            )
+        ),
+        view=lambda c: _with_own_target(
+            lambda: c.post(
+                "/squads/acme/targets/own/edit",
+                {"kind": "local", "base_model": "smollm2-135m-instruct", "description": "x"},
+            )
+        ),
+    ),
+    Action(
+        "target.update_form",
+        frozenset({"owner"}),
+        api=None,
+        view=lambda c: _with_own_target(lambda: c.get("/squads/acme/targets/own/edit")),
     ),
     Action(
         "basemodel.register",

@@ -28,10 +28,11 @@ from django.http import HttpRequest
 from django.urls import reverse
 
 from apps.audit.services import audit_log
+from apps.basemodels.selectors import base_model_ready
 from apps.core import jobs, queues
 from apps.core.exceptions import ValidationFailed
 from apps.core.validation import clean_number
-from apps.finetune.jobs import training_row, write_rows
+from apps.finetune.jobs import adapter_fits_base, training_row, write_rows
 from apps.finetune.models import Adapter, AdapterComparison
 from apps.squads.access import require_squad_permission
 from apps.squads.permissions import RUN_FINETUNE
@@ -172,6 +173,8 @@ def adapter_comparison_create(
     rows. At most MAX_INPUTS in all."""
     squad = adapter.squad
     require_squad_permission(actor, squad, RUN_FINETUNE)
+    base = base_model_ready(adapter.base_model, field="adapter")
+    adapter_fits_base(adapter, base, where="its base model is now")
     clean = clean_params(params or {})
     inputs = _prompt_inputs(prompts or [])
     if eval_rows or not inputs:
@@ -237,10 +240,20 @@ def adapter_comparison_run(*, comparison_id: int) -> AdapterComparison | None:
 
 def _run_comparison(lease: jobs.Lease) -> None:
     """See the module docstring."""
+    from apps.generation.pipeline import report_changed_models
     from workers.runtime import GenerationParams, backends, training
+    from workers.runtime.registry import ModelFilesChanged
 
     comparison: AdapterComparison = lease.job
     adapter = comparison.adapter
+    try:
+        # the base may have been registered again (or its files changed) since the
+        # comparison was queued: both models run on the registration the adapter records
+        base = base_model_ready(adapter.base_model, field="adapter")
+        adapter_fits_base(adapter, base, where="its base model is now")
+    except ValidationFailed as exc:
+        lease.finish(AdapterComparison.Status.FAILED, exc.message)
+        return
     max_seq_len = int(adapter.job.train.get("max_seq_len") or 512)
     batch_size = int(adapter.job.train.get("batch_size") or 4)
     work_dir = _work_dir(comparison)
@@ -255,10 +268,16 @@ def _run_comparison(lease: jobs.Lease) -> None:
                 max_seq_len=max_seq_len,
                 batch_size=batch_size,
                 should_cancel=lease.should_stop,
+                base_model_sha256=base.manifest_sha256,
             )
         params = GenerationParams(**comparison.params)
         conversations = [i["messages"] for i in comparison.inputs]
-        base_spec = backends.TargetSpec(name="base", kind="local", base_model=adapter.base_model)
+        base_spec = backends.TargetSpec(
+            name="base",
+            kind="local",
+            base_model=adapter.base_model,
+            base_model_sha256=base.manifest_sha256,
+        )
         adapter_spec = dataclasses.replace(
             base_spec, name=f"adapter-{adapter.pk}", adapter_dir=adapter.path
         )
@@ -267,6 +286,11 @@ def _run_comparison(lease: jobs.Lease) -> None:
         if lease.should_stop():
             return
         tuned_out = backends.run_conversations(adapter_spec, conversations, params, batch_size=size)
+        report_changed_models([*base_out, *tuned_out])
+    except ModelFilesChanged as exc:
+        report_changed_models([exc])
+        lease.finish(AdapterComparison.Status.FAILED, str(exc))
+        return
     except training.TrainingError as exc:
         if not lease.should_stop():
             lease.finish(AdapterComparison.Status.FAILED, f"{exc.kind}: {exc}")

@@ -510,6 +510,22 @@ def adapter_approve(
     return adapter
 
 
+def adapter_fits_base(
+    adapter: Adapter, base: BaseModelVersion, *, where: str, field: str = "adapter"
+) -> None:
+    """ValidationFailed unless `adapter` was trained on `base` (by manifest hash, not
+    name): what attaching to a target, the target form and a comparison all check.
+    `where` says what runs `base` ("target 'x' runs")."""
+    if adapter.base_model_sha256 != base.manifest_sha256:
+        raise ValidationFailed(
+            f"Adapter {adapter.pk} was trained on '{adapter.base_model}' (manifest "
+            f"{adapter.base_model_sha256[:12]}); {where} '{base.model.name}' v{base.number} "
+            f"(manifest {base.manifest_sha256[:12]}): an adapter only goes on the base model "
+            "it was trained on.",
+            field=field,
+        )
+
+
 @transaction.atomic
 def model_target_set_adapter(
     *,
@@ -537,15 +553,7 @@ def model_target_set_adapter(
                 field="target",
             )
         base = base_model_ready(target.base_model or DEFAULT_BASE_MODEL, field="target")
-        if adapter.base_model_sha256 != base.manifest_sha256:
-            raise ValidationFailed(
-                f"Adapter {adapter.pk} was trained on '{adapter.base_model}' (manifest "
-                f"{adapter.base_model_sha256[:12]}); target '{target.name}' runs "
-                f"'{base.model.name}' v{base.number} (manifest "
-                f"{base.manifest_sha256[:12]}): an adapter only goes on the base model it "
-                "was trained on.",
-                field="adapter",
-            )
+        adapter_fits_base(adapter, base, where=f"target '{target.name}' runs")
         if not adapter.approved:
             raise Conflict(f"adapter {adapter.pk} is not approved", field="adapter")
     previous = target.lora_adapter_id

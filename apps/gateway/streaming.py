@@ -105,7 +105,17 @@ def stream_response(call: Call, request: HttpRequest) -> StreamingHttpResponse:
     generation.status = Generation.Status.RUNNING
     generation.save()
     session = StreamSession(call)
-    content = _async_events(session) if isinstance(request, ASGIRequest) else _sync_events(session)
+    if isinstance(request, ASGIRequest):
+        try:
+            # Resolved here, in the request's thread: the async stream reads no database.
+            session.plan = pipeline.stream_plan(
+                call.version, call.target, **session.upstream_kwargs()
+            )
+        except Exception as exc:
+            session.failed(exc)
+        content = _async_events(session)
+    else:
+        content = _sync_events(session)
     response = _SessionResponse(session, content, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
@@ -162,6 +172,7 @@ class StreamSession:
         self.outcome: str = Generation.Status.CANCELLED
         self.error: tuple[str, str] | None = None
         self.finished = False
+        self.plan: tuple[Any, Any] | None = None  # (spec, params) for the async path
 
     def chunk(
         self,
@@ -282,17 +293,16 @@ async def _async_events(session: StreamSession) -> AsyncIterator[bytes]:
     _release_request_thread()
     try:
         yield session.opening()
-        try:
-            deltas = pipeline.astream_row(
-                call.version, call.target, call.messages, **session.upstream_kwargs()
-            )
-            async for delta in deltas:
-                if (out := session.feed(delta)) is not None:
-                    yield out
-                if session.stopped:
-                    break
-        except Exception as exc:
-            session.failed(exc)
+        if session.plan is not None:  # else resolving it failed, and `failed` says why
+            try:
+                deltas = pipeline.astream_row(*session.plan, call.messages)
+                async for delta in deltas:
+                    if (out := session.feed(delta)) is not None:
+                        yield out
+                    if session.stopped:
+                        break
+            except Exception as exc:
+                session.failed(exc)
         for event in session.conclude():
             yield event
         await _in_thread(session.finish)

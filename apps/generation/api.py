@@ -18,6 +18,7 @@ from apps.generation.schemas import (
     GenerationOut,
     TargetCreateIn,
     TargetOut,
+    TargetUpdateIn,
 )
 from apps.prompts import selectors as prompt_selectors
 from apps.prompts.models import PromptTemplate, PromptVersion
@@ -128,6 +129,35 @@ def target_create(request: HttpRequest, squad: str, payload: TargetCreateIn) -> 
         actor=request.auth, squad=None if is_global else squad_obj, request=request, **data
     )
     return Status(201, target_out(target))
+
+
+@router.put("/squads/{squad}/targets/{name}", response=TargetOut)
+def target_update(request: HttpRequest, squad: str, name: str, payload: TargetUpdateIn) -> dict:
+    """Change one of the squad's own targets (the same service as the target form): a
+    base model its adapter was not trained on is refused (422 on `adapter`)."""
+    from apps.finetune import selectors as finetune_selectors
+
+    squad_obj = squad_get_for_user(user=request.auth, slug=squad)
+    target = selectors.model_target_get_for_user(user=request.auth, squad=squad_obj, name=name)
+    data = payload.dict()
+    adapter_id, enabled = data.pop("adapter"), data.pop("enabled")
+    adapter = None
+    if adapter_id is not None:
+        try:
+            adapter = finetune_selectors.adapter_get_for_user(
+                user=request.auth, squad=squad_obj, adapter_id=adapter_id
+            )
+        except NotFound as exc:
+            raise NotFound(exc.message, field="adapter") from exc
+    target = services.model_target_update(
+        actor=request.auth,
+        target=target,
+        adapter=adapter,
+        enabled=enabled,
+        request=request,
+        **data,
+    )
+    return target_out(target)
 
 
 @router.post(

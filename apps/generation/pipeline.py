@@ -228,26 +228,59 @@ def stream_row(
     """One conversation streamed from the target with the same parameters `execute_rows`
     would use; no repair or fallback (text is already on its way to the caller)."""
     from workers.runtime.backends import stream_conversation
+    from workers.runtime.registry import ModelFilesChanged
 
-    return stream_conversation(
+    deltas = stream_conversation(
         target_spec(target), messages, _params(version, target, max_new_tokens_cap, overrides)
     )
+    try:
+        yield from deltas
+    except ModelFilesChanged as exc:
+        report_changed_models([exc])
+        raise
+    finally:
+        deltas.close()
 
 
-def astream_row(
+def stream_plan(
     version: PromptVersion,
     target: ModelTarget,
-    messages: list[dict[str, str]],
     *,
     max_new_tokens_cap: int | None = None,
     overrides: dict[str, Any] | None = None,
-):  # -> AsyncIterator[StreamDelta]
-    """`stream_row` over an async connection (the gateway under ASGI)."""
-    from workers.runtime.backends import astream_conversation
+) -> tuple[Any, Any]:  # (TargetSpec, GenerationParams)
+    """What `astream_row` needs, resolved here (database reads) before an async stream
+    starts: the target's spec and the generation parameters `stream_row` would use."""
+    return target_spec(target), _params(version, target, max_new_tokens_cap, overrides)
 
-    return astream_conversation(
-        target_spec(target), messages, _params(version, target, max_new_tokens_cap, overrides)
-    )
+
+async def astream_row(spec: Any, params: Any, messages: list[dict[str, str]]):
+    """`stream_row` over an async connection (the gateway under ASGI), from a
+    `stream_plan`; a model whose files changed is recorded from a thread (database
+    work). -> AsyncIterator[StreamDelta]"""
+    from asgiref.sync import sync_to_async
+
+    from workers.runtime.backends import astream_conversation
+    from workers.runtime.registry import ModelFilesChanged
+
+    deltas = astream_conversation(spec, messages, params)
+    try:
+        async for delta in deltas:
+            yield delta
+    except ModelFilesChanged as exc:
+        await sync_to_async(_report_changed_closing, thread_sensitive=False)(exc)
+        raise
+    finally:
+        await deltas.aclose()
+
+
+def _report_changed_closing(exc: Exception) -> None:
+    from django.db import connections
+
+    try:
+        report_changed_models([exc])
+    finally:
+        connections.close_all()
 
 
 def render(version: PromptVersion, variables: dict[str, Any]) -> tuple[list[dict], str]:

@@ -27,6 +27,28 @@ class TargetCreateIn(Schema):
     global_target: bool = Field(False, description="Staff: make it available to every squad")
 
 
+class TargetUpdateIn(Schema):
+    """Every field as it should be (missing ones take their defaults): name and kind stay."""
+
+    description: str = Field("", max_length=500)
+    base_model: str = Field("", description="local: a registered base model; default SmolLM2")
+    adapter: int | None = Field(
+        None,
+        description="local: an approved adapter's id trained on the base model; null: none",
+    )
+    base_url: str = ""
+    remote_model: str = ""
+    token_env: str = Field("", description="NAME of the environment variable with the token")
+    adapter_id: str = ""
+    default_params: dict[str, Any] = {}
+    context_length: int | None = Field(
+        None, description="Default: the base model's context (local), else 8192"
+    )
+    price_input_per_1k: Decimal = Decimal(0)
+    price_output_per_1k: Decimal = Decimal(0)
+    enabled: bool = True
+
+
 class TargetOut(Schema):
     name: str
     kind: str

@@ -1,13 +1,18 @@
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import Q, QuerySet
+from django.db.models import F, Q, QuerySet
 
 from apps.core.exceptions import NotFound, ValidationFailed
 from apps.generation.models import BatchJob, Generation, ModelTarget
 from apps.squads.access import require_squad_permission
 from apps.squads.models import Squad
-from apps.squads.permissions import VIEW_SQUAD
+from apps.squads.permissions import MANAGE_TARGETS, VIEW_SQUAD
+
+if TYPE_CHECKING:
+    from apps.basemodels.models import BaseModelVersion
+    from apps.finetune.models import Adapter
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -18,6 +23,55 @@ def model_target_list_for_user(*, user: User, squad: Squad) -> QuerySet[ModelTar
     return ModelTarget.objects.filter(Q(squad=squad) | Q(squad__isnull=True)).order_by(
         "name", "squad_id"
     )
+
+
+def model_target_get_for_user(*, user: User, squad: Squad, name: str) -> ModelTarget:
+    """One of the squad's own targets (global ones are staff's, in the admin)."""
+    require_squad_permission(user, squad, VIEW_SQUAD)
+    target = (
+        ModelTarget.objects.select_related("squad", "lora_adapter")
+        .filter(squad=squad, name=name)
+        .first()
+    )
+    if target is None:
+        raise NotFound(f"Model target '{name}' not found in squad '{squad.slug}'.")
+    return target
+
+
+@dataclass
+class TargetFormOptions:
+    """What the target form offers: the ready base models (current versions, with size,
+    context and licence) and the squad's approved adapters by the manifest hash of the
+    base they were trained on (an adapter is offered only with that base)."""
+
+    bases: list["BaseModelVersion"]
+    adapters: dict[str, list["Adapter"]]  # by the manifest_sha256 of their base
+
+    def adapters_for(self, base_model: str) -> list["Adapter"]:
+        base = next((b for b in self.bases if b.model.name == base_model), None)
+        return self.adapters.get(base.manifest_sha256, []) if base is not None else []
+
+
+def target_form_options(*, user: User, squad: Squad) -> TargetFormOptions:
+    """The target form's choices, for those who may manage the squad's targets
+    (PermissionDenied otherwise: the form is not theirs)."""
+    from apps.basemodels.models import BaseModelVersion
+    from apps.finetune.models import Adapter
+
+    require_squad_permission(user, squad, MANAGE_TARGETS)
+    bases = list(
+        BaseModelVersion.objects.filter(
+            status=BaseModelVersion.Status.READY, model__current_id=F("pk")
+        )
+        .select_related("model")
+        .order_by("model__name")
+    )
+    adapters: dict[str, list[Adapter]] = {}
+    for adapter in Adapter.objects.filter(squad=squad, approved_at__isnull=False).select_related(
+        "dataset_version__dataset"
+    ):
+        adapters.setdefault(adapter.base_model_sha256, []).append(adapter)
+    return TargetFormOptions(bases=bases, adapters=adapters)
 
 
 def generation_get_for_user(*, user: User, squad: Squad, generation_id: int) -> Generation:

@@ -14,7 +14,7 @@ import json
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -44,6 +44,9 @@ from apps.squads.permissions import MANAGE_TARGETS, RUN_GENERATION
 from apps.telemetry.context import request_context
 from apps.telemetry.recording import bind_generation, generations_finished
 
+if TYPE_CHECKING:
+    from apps.finetune.models import Adapter
+
 User = AbstractBaseUser
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 MAX_ROWS = 100_000
@@ -61,10 +64,13 @@ def model_target_create(
     actor: User,
     squad: Squad | None,
     name: str,
+    adapter: "Adapter | None" = None,
     request: HttpRequest | None = None,
     **fields: Any,
 ) -> ModelTarget:
-    """A squad's target (owners) or a global one (staff)."""
+    """A squad's target (MANAGE_TARGETS) or a global one (staff). `adapter`: an approved
+    Adapter of the squad trained on the target's base model (by manifest hash), attached
+    through `apps.finetune.jobs.model_target_set_adapter` (its checks, its audit)."""
     if squad is None:
         if not actor.is_staff:
             raise ValidationFailed("Only staff can create global model targets.", field="squad")
@@ -75,6 +81,9 @@ def model_target_create(
     if ModelTarget.objects.filter(squad=squad, name=name).exists():
         raise Conflict(f"A model target named '{name}' already exists here.", field="name")
     target = ModelTarget.objects.create(squad=squad, name=name, **data)
+    if adapter is not None:
+        _set_adapter(actor, target, adapter, request)
+        target.refresh_from_db(fields=["lora_adapter"])
     audit_log(
         actor=actor,
         action="generation.target_created",
@@ -89,6 +98,91 @@ def model_target_create(
         request=request,
     )
     return target
+
+
+TARGET_FIELDS = (
+    "description",
+    "base_model",
+    "base_url",
+    "remote_model",
+    "token_env",
+    "adapter_id",
+    "default_params",
+    "context_length",
+    "price_input_per_1k",
+    "price_output_per_1k",
+)
+
+
+@transaction.atomic
+def model_target_update(
+    *,
+    actor: User,
+    target: ModelTarget,
+    adapter: "Adapter | None" = None,
+    enabled: bool = True,
+    request: HttpRequest | None = None,
+    **fields: Any,
+) -> ModelTarget:
+    """Change one of a squad's own targets (MANAGE_TARGETS; its name and kind stay):
+    every field of TARGET_FIELDS as given (missing ones are emptied, as a form sends
+    them), checked as at creation, and its adapter (`adapter`, None to detach). A base
+    model the attached adapter was not trained on is refused unless the adapter changes
+    too. Audited with the fields that changed."""
+    if target.squad is None:
+        raise ValidationFailed(
+            f"Target '{target.name}' is global; staff change it in the admin.", field="target"
+        )
+    require_squad_permission(actor, target.squad, MANAGE_TARGETS)
+    target = ModelTarget.objects.select_for_update().select_related("squad").get(pk=target.pk)
+    unknown = sorted(set(fields) - set(TARGET_FIELDS))
+    if unknown:
+        raise ValidationFailed(f"Unknown target field '{unknown[0]}'.", field=unknown[0])
+    data = clean_target_fields({"kind": target.kind, **fields})
+    data.pop("kind")
+    data.setdefault("base_model", "")
+    data["default_params"] = data.get("default_params") or {}
+    if not isinstance(enabled, bool):
+        raise ValidationFailed("enabled must be true or false.", field="enabled")
+    data["enabled"] = enabled
+    changed = sorted(
+        name
+        for name, value in data.items()
+        if getattr(target, name) != (value if value is not None else "")
+    )
+    for name, value in data.items():
+        setattr(target, name, value if value is not None else "")
+    target.save()
+    if adapter is not None and adapter.pk != target.lora_adapter_id:
+        _set_adapter(actor, target, adapter, request)
+    elif adapter is None and target.lora_adapter_id is not None:
+        _set_adapter(actor, target, None, request)
+    elif adapter is not None and "base_model" in changed:
+        _set_adapter(actor, target, adapter, request)  # checked again on the new base
+    target.refresh_from_db(fields=["lora_adapter"])
+    audit_log(
+        actor=actor,
+        action="generation.target_updated",
+        squad=target.squad,
+        target=target,
+        data={
+            "name": target.name,
+            "changed": changed,
+            "base_model": target.base_model,
+            "base_url": target.base_url,
+            "adapter": target.lora_adapter_id,
+        },
+        request=request,
+    )
+    return target
+
+
+def _set_adapter(
+    actor: User, target: ModelTarget, adapter: "Adapter | None", request: HttpRequest | None
+) -> None:
+    from apps.finetune.jobs import model_target_set_adapter
+
+    model_target_set_adapter(actor=actor, target=target, adapter=adapter, request=request)
 
 
 # --- single generations -----------------------------------------------------------------

@@ -10,6 +10,15 @@ from apps.core.exceptions import NotFound, ValidationFailed
 from apps.generation.models import ModelTarget
 
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+TEXT_LIMITS = {
+    "description": 500,
+    "base_model": 200,
+    "base_url": 500,
+    "remote_model": 200,
+    "token_env": 100,
+    "adapter_id": 200,
+}
+PRICE_LIMIT = Decimal(1_000_000)  # the column holds 12 digits, 6 after the point
 
 
 def target_resolve(*, squad_id: int, name: str) -> ModelTarget:
@@ -26,6 +35,17 @@ def clean_target_fields(data: dict[str, Any]) -> dict[str, Any]:
     kind = data.get("kind")
     if kind not in ModelTarget.Kind.values:
         raise ValidationFailed("kind must be 'local' or 'remote'.", field="kind")
+    for field, limit in TEXT_LIMITS.items():
+        value = data.get(field)
+        if value is None:
+            continue
+        if not isinstance(value, str) or "\x00" in value:
+            raise ValidationFailed(f"{field} must be text.", field=field)
+        if len(value) > limit:
+            raise ValidationFailed(
+                f"{field} is {len(value)} characters long; the limit is {limit}.", field=field
+            )
+        data[field] = value.strip()
     model_context = None
     if kind == ModelTarget.Kind.LOCAL:
         base_model = data.get("base_model") or DEFAULT_BASE_MODEL
@@ -54,11 +74,18 @@ def clean_target_fields(data: dict[str, Any]) -> dict[str, Any]:
             )
     for field in ("price_input_per_1k", "price_output_per_1k"):
         try:
-            value = Decimal(str(data.get(field) or 0))
+            value = Decimal(str(data.get(field) or 0).strip())
         except InvalidOperation as exc:
             raise ValidationFailed(f"{field} must be a number.", field=field) from exc
+        if not value.is_finite():
+            raise ValidationFailed(f"{field} must be a number.", field=field)
         if value < 0:
             raise ValidationFailed(f"{field} must not be negative.", field=field)
+        if value >= PRICE_LIMIT or value != value.quantize(Decimal("0.000001")):
+            raise ValidationFailed(
+                f"{field} must be below {PRICE_LIMIT} with at most 6 decimal places.",
+                field=field,
+            )
         data[field] = value
     context_length = data.get("context_length") or model_context or 8192
     if not isinstance(context_length, int) or not 256 <= context_length <= 1_048_576:

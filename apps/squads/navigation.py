@@ -48,6 +48,7 @@ AREAS: tuple[Area, ...] = (
     Area("Review queues", "reviews:queues"),
     Area("Generations", "generation:generation_list"),
     Area("Batch jobs", "generation:batch_list", count="batches"),
+    Area("Model targets", "generation:target_list", group="Models"),
     Area("Datasets", "finetune:list", group="Models"),
     Area("Fine-tuning", "finetune_jobs:list", count="finetune", group="Models"),
     Area("Adapters", "finetune_jobs:list", anchor="adapters-title", group="Models"),

@@ -29,6 +29,7 @@ EVERYONE = {
     "/squads/demo/review-queues/",
     "/squads/demo/generations/",
     "/squads/demo/batches/",
+    "/squads/demo/targets/",
     "/squads/demo/datasets/",
     "/squads/demo/finetune/",
     "/squads/demo/evals/",
@@ -42,14 +43,18 @@ EVERYONE = {
 }
 # The areas each demo user must reach from the squad page (and only these of the
 # role-limited ones: the audit log, webhooks and the gateway).
+# Owners manage the squad's targets: the new-target and edit forms.
+TARGET_FORMS = {"/squads/demo/targets/new", "/squads/demo/targets/support-local/edit"}
 ROLES = {
-    "olivia": EVERYONE | {"/audit/demo/", "/squads/demo/webhooks/", "/squads/demo/gateway/"},
+    "olivia": EVERYONE
+    | TARGET_FORMS
+    | {"/audit/demo/", "/squads/demo/webhooks/", "/squads/demo/gateway/"},
     "priya": EVERYONE | {"/squads/demo/gateway/"},
     "sam": EVERYONE,
     "carmen": EVERYONE | {"/audit/demo/", "/squads/demo/gateway/"},
     "victor": EVERYONE,
 }
-LIMITED = {"/audit/demo/", "/squads/demo/webhooks/", "/squads/demo/gateway/"}
+LIMITED = {"/audit/demo/", "/squads/demo/webhooks/", "/squads/demo/gateway/"} | TARGET_FORMS
 PER_PATTERN = 1
 # A page answers in well under a second; a loaded test machine may stall one for a while.
 GOTO_TIMEOUT_MS = 30_000

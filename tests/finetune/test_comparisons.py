@@ -137,6 +137,9 @@ def test_a_comparison_scores_both_models_and_generates_side_by_side(
     )
     assert base_spec.adapter_dir == "" and tuned_spec.adapter_dir == adapter.path
     assert base_spec.base_model == tuned_spec.base_model == adapter.base_model
+    # both run on the registration the adapter was trained on, which the runtime checks
+    assert base_spec.base_model_sha256 == tuned_spec.base_model_sha256
+    assert base_spec.base_model_sha256 == adapter.base_model_sha256 != ""
     assert base_convs == tuned_convs == [i["messages"] for i in comparison.inputs]
     assert base_params == tuned_params and base_params.seed == 42
     first = comparison.outputs[0]
@@ -292,3 +295,23 @@ def test_a_live_lease_keeps_a_second_worker_out_and_a_stale_one_is_recovered(
     assert core_jobs.recover() == {"comparison": ([], [comparison.pk])}
     comparison.refresh_from_db()
     assert comparison.status == "failed" and comparison.error.startswith("worker_lost")
+
+
+def test_an_adapter_of_another_registration_of_its_base_is_refused(
+    adapter, script, generations, django_capture_on_commit_callbacks
+):
+    """By manifest hash, as attaching to a target: refused when the comparison is asked
+    for, and failed with the reason when the base changed while it waited."""
+    from apps.basemodels.models import BaseModelVersion
+
+    queued = comparisons.adapter_comparison_create(actor=user("engineer"), adapter=adapter)
+    current = BaseModelVersion.objects.get(model__name=adapter.base_model, status="ready")
+    BaseModelVersion.objects.filter(pk=current.pk).update(manifest_sha256="f" * 64)
+    with pytest.raises(ValidationFailed, match="only goes on the base model it was") as e:
+        comparisons.adapter_comparison_create(actor=user("engineer"), adapter=adapter)
+    assert e.value.field == "adapter"
+    comparisons.adapter_comparison_run(comparison_id=queued.pk)
+    queued.refresh_from_db()
+    assert queued.status == "failed"
+    assert "only goes on the base model it was trained on" in queued.error
+    assert generations.calls == [] and script.evaluations == []

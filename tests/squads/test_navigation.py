@@ -22,6 +22,7 @@ EVERYONE = [
     "Review queues",
     "Generations",
     "Batch jobs",
+    "Model targets",
     "Datasets",
     "Fine-tuning",
     "Adapters",

@@ -48,3 +48,12 @@ def tiny_model(smollm2_tokenizer):
     )
     torch.manual_seed(0)
     return LocalModel(LlamaForCausalLM(config), tokenizer)
+
+
+@pytest.fixture
+def store(settings, tmp_path):
+    """STUDIO_MODELS_DIR (returned) and DATA_DIR under tmp_path, for registering models."""
+    settings.DATA_DIR = tmp_path / "data"
+    settings.STUDIO_MODELS_DIR = str(tmp_path / "store")
+    (tmp_path / "store").mkdir()
+    return tmp_path / "store"

@@ -24,22 +24,16 @@ from tests.finetune.conftest import chat, jsonl, make_dataset, upload
 from tests.generation.conftest import text_prompt
 
 
-@pytest.fixture
-def store(settings, tmp_path):
-    settings.DATA_DIR = tmp_path / "data"
-    settings.STUDIO_MODELS_DIR = str(tmp_path / "store")
-    (tmp_path / "store").mkdir()
-    return tmp_path / "store"
-
-
-def save_tiny(store: Path, name: str, architecture: str, tokenizer) -> Path:
+def save_tiny(
+    store: Path, name: str, architecture: str, tokenizer, *, hidden_size: int = 32
+) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     common = {
         "vocab_size": len(tokenizer),
-        "hidden_size": 32,
-        "intermediate_size": 64,
+        "hidden_size": hidden_size,
+        "intermediate_size": hidden_size * 2,
         "num_hidden_layers": 2,
         "num_attention_heads": 2,
         "num_key_value_heads": 2,

@@ -267,7 +267,7 @@ def test_a_server_that_keeps_dying_stops_its_supervisor_loudly(tmp_path):
         output = supervisor.output_tail(60)
     finally:
         supervisor.stop()
-    assert "cannot serve missing: no local model 'missing'" in output
+    assert "cannot serve missing: The model 'missing' does not exist" in output
     assert "died 6 times within 60 s" in output and "giving up" in output
 
 

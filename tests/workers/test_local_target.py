@@ -110,4 +110,10 @@ def test_the_server_lists_trained_adapters_only(served, tmp_path):
         (tmp_path / "finetune" / where).mkdir(parents=True)
         (tmp_path / "finetune" / where / "adapter_config.json").write_text("{}")
 
-    assert [m["id"] for m in served.models()["data"]] == ["tiny", "3/17/adapter"]
+    import httpx
+    from django.conf import settings
+
+    listed = httpx.get(f"{settings.STUDIO_LOCAL_SERVER_URL}/v1/models", timeout=30).json()
+    assert listed["data"][0]["id"] == "tiny" and listed["data"][0]["loaded"] is True
+    adapters = [(m["id"], m["parent"]) for m in listed["data"] if "parent" in m]
+    assert adapters == [("3/17/adapter", "tiny")]

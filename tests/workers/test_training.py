@@ -735,9 +735,14 @@ def test_evaluate_errors_are_training_errors(tiny, rows_path, tmp_path):
 
 
 @pytest.mark.django_db
-def test_a_comparison_runs_on_the_real_runtime(tiny, tmp_path, squad):
-    """apps.finetune.comparisons end to end on the tiny model: rows written from the
-    dataset version, both models scored and both generating, no fake in between."""
+def test_a_comparison_runs_on_the_real_runtime(tiny, tiny_data_dir, tmp_path, squad, settings):
+    """apps.finetune.comparisons end to end on the tiny model, registered in the base-model
+    registry (a comparison runs on the registration the adapter was trained on): rows
+    written from the dataset version, both models scored and both generating, no fake in
+    between."""
+    import shutil
+
+    from apps.basemodels import services as registry
     from apps.finetune import comparisons
     from apps.finetune.models import Adapter, FineTuneJob
     from apps.generation.models import ModelTarget
@@ -745,6 +750,17 @@ def test_a_comparison_runs_on_the_real_runtime(tiny, tmp_path, squad):
     from tests.finetune.conftest import jsonl, make_dataset, upload
     from workers.runtime.training import evaluate
 
+    settings.DATA_DIR = tmp_path / "data"
+    settings.STUDIO_MODELS_DIR = str(tmp_path / "store")
+    shutil.copytree(tiny_data_dir / "models" / tiny, tmp_path / "store" / tiny)
+    registration = registry.base_model_register(
+        actor=UserFactory(username="staffer", is_staff=True),
+        name=tiny,
+        source_kind="folder",
+        source=tiny,
+    )
+    registration = registry.base_model_registration_run(version_id=registration.pk)
+    assert registration.status == "ready", registration.refusal
     rows = [{"messages": row["messages"]} for row in ROWS]
     version = upload(make_dataset(squad), jsonl(*rows), eval_fraction=0.25)
     engineer = UserFactory(username="engineer")
@@ -771,6 +787,7 @@ def test_a_comparison_runs_on_the_real_runtime(tiny, tmp_path, squad):
         base_model=tiny,
         base_model_sha256=result.base_model_sha256,
     )
+    assert adapter.base_model_sha256 == registration.manifest_sha256
     comparison = comparisons.adapter_comparison_create(
         actor=engineer,
         adapter=adapter,

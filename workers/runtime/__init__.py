@@ -35,8 +35,10 @@ class StreamDelta:
 
 
 class BackendError(Exception):
-    """A model call failed; `retryable` says whether trying again may help."""
+    """A model call failed; `retryable` says whether trying again may help; `detail` is
+    the server's OpenAI-shaped `error` object when a server refused the request."""
 
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
+    def __init__(self, message: str, *, retryable: bool = False, detail: dict | None = None):
         super().__init__(message)
         self.retryable = retryable
+        self.detail = detail

@@ -84,7 +84,9 @@ def stream_conversation(
     a remote target's, or the local inference server for a `local` target. A `local`
     target without STUDIO_LOCAL_SERVER_URL cannot stream from a web process (no torch
     there)."""
-    return _stream_backend(spec).stream(conversation, params)
+    backend = _stream_backend(spec)
+    deltas = backend.stream(conversation, params)
+    return _refusals_mapped(deltas) if spec.kind == "local" else deltas
 
 
 def astream_conversation(
@@ -92,7 +94,9 @@ def astream_conversation(
 ) -> AsyncIterator[StreamDelta]:
     """`stream_conversation` over an async connection (the gateway under ASGI): a
     stream waiting for the model holds no thread."""
-    return _stream_backend(spec).astream(conversation, params)
+    backend = _stream_backend(spec)
+    deltas = backend.astream(conversation, params)
+    return _arefusals_mapped(deltas) if spec.kind == "local" else deltas
 
 
 def _stream_backend(spec: TargetSpec):  # -> RemoteBackend
@@ -106,12 +110,7 @@ def _stream_backend(spec: TargetSpec):  # -> RemoteBackend
                 "(STUDIO_LOCAL_SERVER_URL)",
                 retryable=False,
             )
-        return RemoteBackend(
-            base_url=server,
-            model=spec.base_model or "smollm2-135m-instruct",
-            adapter_id=local_adapter_id(spec.adapter_dir) if spec.adapter_dir else None,
-            timeout=max(spec.timeout, LOCAL_SERVER_TIMEOUT_S),
-        )
+        return local_server_backend(spec, server)
     return RemoteBackend(
         base_url=spec.base_url,
         token_env=spec.token_env or None,
@@ -149,6 +148,71 @@ def local_adapter_id(adapter_dir: str) -> str:
     return str(directory.relative_to(root))
 
 
+def local_server_backend(spec: TargetSpec, server: str, **retries: float):  # -> RemoteBackend
+    """The local inference server as a remote backend for a `local` target: the model by
+    its registered name, the adapter by its id under the server's adapters root, and the
+    registration the apps expect (`base_model_sha256`), which the server loads the model
+    on (first use) and checks the files and the adapter against."""
+    from workers.runtime.remote import RemoteBackend
+
+    return RemoteBackend(
+        base_url=server,
+        model=spec.base_model or "smollm2-135m-instruct",
+        adapter_id=local_adapter_id(spec.adapter_dir) if spec.adapter_dir else None,
+        extra_body={"base_model_sha256": spec.base_model_sha256}
+        if spec.base_model_sha256
+        else None,
+        # a row may wait in the server's queue behind the rest of its chunk
+        timeout=max(spec.timeout, LOCAL_SERVER_TIMEOUT_S),
+        **retries,
+    )
+
+
+def local_server_refusal(outcome: Outcome) -> Outcome:
+    """The local server's refusal to load a model whose files changed since registration
+    (`model_files_changed`) as the ModelFilesChanged an in-process load raises, so the
+    apps record it the same way (apps.generation.pipeline.report_changed_models).
+    Only for the local server: a remote target's server is not trusted to say so."""
+    from workers.runtime.registry import ModelFilesChanged
+
+    detail = getattr(outcome, "detail", None) or {}
+    if detail.get("code") != "model_files_changed":
+        return outcome
+    problems = detail.get("problems")
+    if not isinstance(problems, list):
+        problems = [str(detail.get("message") or "its files changed")]
+    return ModelFilesChanged(
+        str(detail.get("model") or ""),
+        str(detail.get("manifest_sha256") or ""),
+        [str(problem) for problem in problems[:50]],
+    )
+
+
+def _refusals_mapped(deltas: Iterator[StreamDelta]) -> Iterator[StreamDelta]:
+    try:
+        yield from deltas
+    except BackendError as exc:
+        mapped = local_server_refusal(exc)
+        if mapped is exc:
+            raise
+        raise mapped from exc
+    finally:
+        deltas.close()
+
+
+async def _arefusals_mapped(deltas: AsyncIterator[StreamDelta]) -> AsyncIterator[StreamDelta]:
+    try:
+        async for delta in deltas:
+            yield delta
+    except BackendError as exc:
+        mapped = local_server_refusal(exc)
+        if mapped is exc:
+            raise
+        raise mapped from exc
+    finally:
+        await deltas.aclose()  # type: ignore[attr-defined]
+
+
 def _run_local(
     spec: TargetSpec,
     conversations: list[Conversation],
@@ -159,18 +223,10 @@ def _run_local(
     server = local_server_url()
     try:
         if server:
-            from workers.runtime.remote import RemoteBackend
-
-            backend = RemoteBackend(
-                base_url=server,
-                model=base_model,
-                adapter_id=local_adapter_id(spec.adapter_dir) if spec.adapter_dir else None,
-                # a row may wait in the server's queue behind the rest of its chunk
-                timeout=max(spec.timeout, LOCAL_SERVER_TIMEOUT_S),
-                # ride out a restart of the server by its supervisor (about a minute)
-                max_retries=6,
-                backoff_base=1.0,
-                backoff_max=20.0,
+            # ride out a restart of the server by its supervisor (about a minute), or a
+            # memory budget held by busy models
+            backend = local_server_backend(
+                spec, server, max_retries=6, backoff_base=1.0, backoff_max=20.0
             )
         elif spec.adapter_dir:
             from workers.runtime.training import load_adapter_model
@@ -193,6 +249,7 @@ def _run_local(
             concurrency=min(len(conversations), LOCAL_SERVER_CONCURRENCY),
             return_exceptions=True,
         )
+        outcomes = [local_server_refusal(outcome) for outcome in outcomes]
         if on_progress is not None:
             on_progress(len(outcomes))
         return outcomes

@@ -93,6 +93,14 @@ def load_local_model(model_id: str = DEFAULT_MODEL_ID, manifest_sha256: str = ""
         return model
 
 
+def unload_local_model(model: LocalModel) -> None:
+    """Forget `model` in this process's cache (the local server evicting it to make room
+    for another); its memory is freed once nothing else holds it."""
+    with _models_lock:
+        for key in [key for key, each in _models.items() if each is model]:
+            del _models[key]
+
+
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 DEFAULT_CPU_PRECISION = "fp32"
 

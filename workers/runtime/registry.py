@@ -617,6 +617,41 @@ def config_of(name: str) -> dict[str, Any] | None:
         return None
 
 
+def served_names() -> list[str]:
+    """The models this worker can load (what the local server lists as loadable): each
+    registered model's runtime directory with a record, a converted folder of an
+    unregistered one (CLI and runtime tests), and the packaged default."""
+    root = _data_dir() / "models"
+    names = {DEFAULT_MODEL_ID}
+    if root.is_dir():
+        for directory in root.iterdir():
+            if directory.name.startswith(".") or not directory.is_dir():
+                continue
+            if (directory / RECORD).is_file() or (directory / "config.json").is_file():
+                names.add(directory.name)
+    return sorted(names)
+
+
+def parameter_count(name: str) -> int:
+    """The parameters of model `name` from its safetensors headers (no torch, no
+    hashing); 0 when its weights are not there yet (the default before conversion)."""
+    directory = load_dir_of(name)
+    total = 0
+    try:
+        weights = sorted(directory.glob("*.safetensors"))
+        for path in weights:
+            for tensor, meta in safetensors_header(path).items():
+                if tensor == "__metadata__":
+                    continue
+                count = 1
+                for dim in meta.get("shape", []):
+                    count *= int(dim)
+                total += count
+    except (OSError, RegistrationRefused):
+        return 0
+    return total
+
+
 def load_dir_of(name: str) -> Path:
     record = read_record(name)
     return Path(record.load_path) if record else runtime_dir(name)

@@ -124,6 +124,15 @@ def _response_text(exc: Any) -> str:
     return _truncate(text)
 
 
+def _error_object(response: Any) -> dict | None:
+    """The `error` object of an OpenAI-shaped error body, else None."""
+    try:
+        error = response.json().get("error")
+    except Exception:  # no body, not JSON, not an object
+        return None
+    return error if isinstance(error, dict) else None
+
+
 class _RetryableFailure(Exception):
     """Internal: one attempt failed in a way that retrying may fix."""
 
@@ -143,6 +152,7 @@ class RemoteBackend:
         is sent at all (the locally stored Hugging Face token is never forwarded).
     model: sent as the request's ``model`` (vLLM and routers need it; TGI ignores it).
     adapter_id: TGI multi-LoRA adapter, sent in the request body as ``adapter_id``.
+    extra_body: more fields of the request body (the local server's ``base_model_sha256``).
     timeout: seconds per attempt (connect and read).
     max_retries: retries after the first attempt, so at most ``max_retries + 1`` requests.
     backoff_base / backoff_max: the n-th retry waits ``min(backoff_max,
@@ -157,6 +167,7 @@ class RemoteBackend:
         token_env: str | None = None,
         model: str | None = None,
         adapter_id: str | None = None,
+        extra_body: dict[str, Any] | None = None,
         timeout: float = 60.0,
         max_retries: int = 3,
         backoff_base: float = 0.5,
@@ -180,6 +191,7 @@ class RemoteBackend:
         self.token_env = token_env or None
         self.model = model or None
         self.adapter_id = adapter_id or None
+        self.extra_body = dict(extra_body or {})
         self.timeout = float(timeout)
         self.max_retries = int(max_retries)
         self.backoff_base = float(backoff_base)
@@ -406,8 +418,9 @@ class RemoteBackend:
         }
         if self.model:
             kwargs["model"] = self.model
-        if self.adapter_id:
-            kwargs["extra_body"] = {"adapter_id": self.adapter_id}
+        extra = {**self.extra_body, **({"adapter_id": self.adapter_id} if self.adapter_id else {})}
+        if extra:
+            kwargs["extra_body"] = extra
         return kwargs
 
     def _call(
@@ -448,6 +461,7 @@ class RemoteBackend:
             raise BackendError(
                 f"remote server {self.base_url} rejected the request with HTTP {status}: {text}",
                 retryable=False,
+                detail=_error_object(response),
             ) from exc
         except OfflineModeIsEnabled as exc:
             raise BackendError(

@@ -35,13 +35,16 @@ def main(argv: list[str] | None = None) -> int:
         "--model",
         action="append",
         default=None,
-        help="a registered model (DATA_DIR/models/<id>); repeat to serve several",
+        help="a registered model (DATA_DIR/models/<id>) loaded at start-up; repeat to "
+        "load several. Other registered models load on their first request",
     )
     parser.add_argument(
         "--memory-budget-mb",
         type=int,
         default=0,
-        help="refuse to start when the models' weights exceed this (0: no check)",
+        help="the weights' budget: the --models must fit it at start-up; a registered "
+        "model loaded on first request evicts the least recently used idle ones to fit "
+        "(0: no limit)",
     )
     parser.add_argument(
         "--adapters-dir", default=None, help="adapter_id root (default DATA_DIR/finetune)"
@@ -63,38 +66,30 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from workers.runtime import BackendError
-    from workers.runtime.local import DEFAULT_MODEL_ID, data_dir, load_local_model
-    from workers.server.app import InferenceHTTPServer, InferenceService
+    from workers.runtime.local import DEFAULT_MODEL_ID, data_dir
+    from workers.server.app import InferenceHTTPServer, ModelPool
+    from workers.server.protocol import RequestError
 
     model_ids = args.model or [DEFAULT_MODEL_ID]
     if args.precision:  # read by load_directory, here and by adapters merged later
         os.environ["STUDIO_LOCAL_PRECISION"] = args.precision
     adapters_dir = Path(args.adapters_dir) if args.adapters_dir else data_dir() / "finetune"
-    services = []
-    used = 0
+    pool = ModelPool(
+        adapters_dir,
+        budget_bytes=args.memory_budget_mb * 2**20,
+        default_model=model_ids[0],
+        max_rows=args.max_rows,
+    )
     for model_id in model_ids:
         try:
-            local = load_local_model(model_id)
-        except BackendError as exc:
-            logging.critical("cannot serve %s: %s", model_id, exc)
+            pool.load(model_id, evict=False)  # the --models must fit together
+        except RequestError as exc:
+            logging.critical("cannot serve %s: %s", model_id, exc.message)
+            pool.stop()
             return 2
-        used += sum(p.numel() * p.element_size() for p in local.model.parameters())
-        if args.memory_budget_mb and used > args.memory_budget_mb * 2**20:
-            logging.critical(
-                "cannot serve %s: the models' weights need %d MiB, over the budget of %d MiB; "
-                "run another server process for it",
-                ", ".join(model_ids),
-                used // 2**20,
-                args.memory_budget_mb,
-            )
-            return 2
-        services.append(InferenceService(local, model_id, adapters_dir, max_rows=args.max_rows))
-    for service in services:
-        service.start()
-    service = services[0]
+    service = pool.services[model_ids[0]]
     model_id = ", ".join(model_ids)
-    server = InferenceHTTPServer((args.host, args.port), services)
+    server = InferenceHTTPServer((args.host, args.port), pool)
 
     def stop(signum, frame):
         threading.Thread(target=server.shutdown, daemon=True).start()
@@ -116,8 +111,7 @@ def serve(args: argparse.Namespace) -> int:
     )
     server.serve_forever()
     server.server_close()
-    for each in services:
-        each.engine.stop()
+    pool.stop()
     return 0
 
 

@@ -7,6 +7,7 @@ No torch here: parsing a request and shaping a response are pure, and a bad requ
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import Any
 
 from workers.runtime import GenerationParams, GenerationResult
 
+SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 ROLES = ("system", "developer", "user", "assistant")
 MAX_STOPS = 4
 DEFAULT_MAX_TOKENS = 256
@@ -30,6 +32,8 @@ class RequestError(Exception):
         code: str | None = None,
         status: int = 400,
         kind: str = "invalid_request_error",
+        extra: dict[str, Any] | None = None,
+        retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
         self.message, self.param, self.code, self.status, self.kind = (
@@ -39,6 +43,8 @@ class RequestError(Exception):
             status,
             kind,
         )
+        self.extra = extra or {}  # more fields of the error object (e.g. `problems`)
+        self.retry_after = retry_after  # seconds, sent as Retry-After
 
     def body(self) -> dict[str, Any]:
         return {
@@ -47,6 +53,7 @@ class RequestError(Exception):
                 "type": self.kind,
                 "param": self.param,
                 "code": self.code,
+                **self.extra,
             }
         }
 
@@ -59,18 +66,28 @@ class ChatRequest:
     include_usage: bool = False
     adapter_id: str | None = None
     model: str | None = None  # one of the served models; None: the first
+    base_model_sha256: str = ""  # the registration the caller expects ("": any)
 
 
-def parse_chat_request(body: Any, *, served_models: list[str]) -> ChatRequest:
+def parse_chat_request(body: Any, *, served_models: list[str] | None = None) -> ChatRequest:
     """Check a /v1/chat/completions body; RequestError names the first bad field.
 
     `adapter_id` (a string, optional) selects a LoRA adapter per request, as TGI's field
-    of that name does; `model` must be one of `served_models` when given.
+    of that name does; `model` must be one of `served_models` when given (None: the
+    server decides, loading a registered model on first use). `base_model_sha256`
+    (optional) is the registration's manifest hash the caller expects the model to have.
     """
     if not isinstance(body, dict):
         raise RequestError("The request body must be a JSON object.", code="invalid_body")
     model = body.get("model")
-    if model is not None and model not in served_models:
+    if model is not None and not isinstance(model, str):
+        raise RequestError("model must be a string.", param="model")
+    expected = body.get("base_model_sha256") or ""
+    if not isinstance(expected, str) or (expected and not SHA256.match(expected)):
+        raise RequestError(
+            "base_model_sha256 must be 64 hexadecimal characters.", param="base_model_sha256"
+        )
+    if model is not None and served_models is not None and model not in served_models:
         raise RequestError(
             f"The model {model!r} does not exist; this server serves "
             f"{', '.join(map(repr, served_models))}.",
@@ -128,6 +145,7 @@ def parse_chat_request(body: Any, *, served_models: list[str]) -> ChatRequest:
         stream=stream,
         include_usage=bool(options.get("include_usage", False)),
         adapter_id=adapter_id or None,
+        base_model_sha256=expected.lower(),
     )
 
 

@@ -62,6 +62,7 @@ class Command(BaseCommand):
             _seed_review_queue(squad, users)
             _seed_feedback(squad, users)
             _seed_test_cases(squad, users)
+            _seed_target(squad, users)
         self.stdout.write(
             f"Demo squad '{DEMO_SLUG}' is ready. Logins (password '{DEMO_PASSWORD}'):"
         )
@@ -136,6 +137,23 @@ DEMO_OUTPUTS = [
         "Suppliers are late and the backlog will never clear.",
     ),
 ]
+
+
+def _seed_target(squad: Squad, users: dict[str, object]) -> None:
+    """The squad's own local target on the default base model (only when missing)."""
+    from apps.generation.models import ModelTarget
+    from apps.generation.services import model_target_create
+
+    if ModelTarget.objects.filter(squad=squad, name="support-local").exists():
+        return
+    model_target_create(
+        actor=users["olivia"],
+        squad=squad,
+        name="support-local",
+        kind="local",
+        description="The default local model, answers capped at 200 tokens",
+        default_params={"max_new_tokens": 200},
+    )
 
 
 def _seed_review_queue(squad: Squad, users: dict[str, object]) -> None:
