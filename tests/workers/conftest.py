@@ -48,3 +48,22 @@ def tiny_model(smollm2_tokenizer):
     )
     torch.manual_seed(0)
     return LocalModel(LlamaForCausalLM(config), tokenizer)
+
+
+TINY = "tiny-llama"
+
+
+@pytest.fixture(scope="module")
+def tiny_data_dir(tiny_model, tmp_path_factory):
+    """A data dir holding the tiny random Llama as a converted model named TINY."""
+    from workers.runtime.local import save_converted
+
+    data_dir = tmp_path_factory.mktemp("data")
+    save_converted(tiny_model.model, tiny_model.tokenizer, data_dir / "models" / TINY)
+    return data_dir
+
+
+@pytest.fixture
+def tiny(settings, tiny_data_dir):
+    settings.DATA_DIR = tiny_data_dir
+    return TINY

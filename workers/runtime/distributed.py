@@ -170,6 +170,8 @@ def launch(
                     result = event
                 elif kind == "error":
                     errors.append(event)
+                elif kind == "started":
+                    log(f"training process {event['rank']}: pid {event['pid']} on {event['host']}")
             if code is not None:
                 break
             if time.monotonic() >= next_cancel_check:
@@ -194,7 +196,7 @@ def launch(
     if errors and not killed:  # a process crashed, the others lost it: a bug
         first = errors[0]
         raise RuntimeError(f"training process {first['rank']} failed: {first['message']}")
-    raise TrainingError(lost_message(code, killed or failures, run_dir), kind="process_lost")
+    raise TrainingError(lost_message(code, failures, run_dir), kind="process_lost")
 
 
 def kill_group(process: subprocess.Popen, grace: float = KILL_GRACE_SECONDS) -> None:
@@ -223,7 +225,8 @@ _FAILURE = re.compile(r"rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", re.S)
 
 def launcher_failures(launch_log: Path) -> list[tuple[int, int]]:
     """(rank, exit code) of each process the elastic agent reported failed in its last
-    report (negative: killed by that signal)."""
+    report, the first observed failure (its "root cause") first; a negative code is the
+    signal that killed the process."""
     try:
         tail = launch_log.read_bytes()[-20000:].decode("utf-8", "replace")
     except OSError:
@@ -231,7 +234,8 @@ def launcher_failures(launch_log: Path) -> list[tuple[int, int]]:
     report = tail.rsplit("Failures:", 1)
     if len(report) < 2:
         return []
-    return [(int(rank), int(status)) for rank, status in _FAILURE.findall(report[1])]
+    others, _, root = report[1].partition("Root Cause")
+    return [(int(rank), int(status)) for rank, status in _FAILURE.findall(root + others)]
 
 
 def lost_message(code: int, failures: list[tuple[int, int]], run_dir: Path) -> str:
@@ -314,6 +318,7 @@ def run_process(spec_path: Path) -> int:
     spec = RunSpec(**json.loads(Path(spec_path).read_text()))
     rank = int(os.environ.get("RANK", "0"))
     emit = _Writer(Path(spec_path).parent / EVENTS_FILE, rank)
+    emit("started", rank=rank, pid=os.getpid(), host=socket.gethostname())
     try:
         result = run_training(
             spec,
