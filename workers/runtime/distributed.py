@@ -61,6 +61,16 @@ def _setting(name: str, default: Any) -> Any:
         return os.environ.get(name, default)
 
 
+def devices_here() -> tuple[str, int]:
+    """("cuda", GPUs this process sees) or ("cpu", the training processes one job may
+    start here: STUDIO_TRAIN_MAX_CPU_PROCESSES)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda", torch.cuda.device_count()
+    return "cpu", int(_setting("STUDIO_TRAIN_MAX_CPU_PROCESSES", 2))
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -801,7 +801,10 @@ def _load_quantized(directory: Path) -> tuple[Any, Any]:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(
-        directory, quantization_config=quantization, device_map={"": 0}, dtype=torch.bfloat16
+        directory,
+        quantization_config=quantization,
+        device_map={"": torch.cuda.current_device()},  # this process's GPU (set by accelerate)
+        dtype=torch.bfloat16,
     )
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False), tokenizer
 
