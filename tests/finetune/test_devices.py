@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.test import Client
 from django.utils import timezone
 
 from apps.audit.models import AuditEvent
@@ -17,7 +18,7 @@ from apps.core.queues import Queue
 from apps.finetune import jobs, preflight
 from apps.finetune.models import Adapter, FineTuneJob
 from apps.generation.targets import target_resolve
-from tests.factories import UserFactory, make_squad
+from tests.factories import PASSWORD, UserFactory, make_squad
 from tests.finetune import fake_training
 from tests.finetune.conftest import chat, jsonl, make_dataset, upload
 
@@ -201,3 +202,46 @@ def test_fair_share_charges_device_seconds(squad, version, script):
     FineTuneJob.objects.filter(pk=beta_next.pk).update(status="queued", started_at=None)
     FineTuneJob.objects.filter(squad=squad, devices=2).update(devices=1)  # 100 s < 150 s
     assert core_jobs.claim_next(Queue.GPU).job.pk == acme_next.pk
+
+
+def test_the_api_takes_devices_and_names_the_field_when_refused(squad, version, script, api_as):
+    engineer = api_as("engineer")
+    url = "/api/v1/squads/acme/finetune-jobs"
+
+    started = engineer.call("POST", url, {"dataset": "support-chat", "devices": 2})
+
+    assert started.status_code == 201, started.content
+    assert started.json()["devices"] == 2
+    assert engineer.call("GET", f"{url}/{started.json()['id']}").json()["devices"] == 2
+    for bad in (0, 3):
+        refused = engineer.call("POST", url, {"dataset": "support-chat", "devices": bad})
+        assert refused.status_code == 422 and refused.json()["field"] == "devices"
+    assert FineTuneJob.objects.count() == 1
+
+
+def test_the_start_form_takes_devices_shows_them_and_clones_them(squad, version, script):
+    client = Client()
+    assert client.login(username="engineer", password=PASSWORD)
+    form = {"dataset": "support-chat", "target": "local", "max_steps": "4"}
+
+    panel = client.post(
+        "/squads/acme/finetune/preflight", {**form, "devices": "2"}, headers={"HX-Request": "true"}
+    ).content.decode()
+    assert 'id="plan-devices">2 ' in panel and "MiB per device" in panel
+    refused = client.post("/squads/acme/finetune/", {**form, "devices": "3"})
+    body = refused.content.decode()
+    assert refused.status_code == 422 and "<code>devices</code>" in body
+    assert 'name="devices" min="1" value="3" aria-invalid="true"' in body
+    not_a_number = client.post("/squads/acme/finetune/", {**form, "devices": "two"})
+    assert not_a_number.status_code == 422
+    assert "Devices must be a number (got &#x27;two&#x27;)" in not_a_number.content.decode()
+    assert not FineTuneJob.objects.exists()
+
+    started = client.post("/squads/acme/finetune/", {**form, "devices": "2"})
+
+    job = FineTuneJob.objects.get()
+    assert started.status_code == 302 and job.devices == 2
+    detail = client.get(f"/squads/acme/finetune/jobs/{job.pk}/").content.decode()
+    assert 'id="job-devices">2 ' in detail
+    clone = client.get(f"/squads/acme/finetune/?clone={job.pk}").content.decode()
+    assert 'name="devices" min="1" value="2"' in clone
