@@ -230,8 +230,8 @@ def memory_plan(
 ) -> MemoryPlan | None:
     """The memory the job needs on each of its devices (None when the registry does not
     know the model's shape). With several devices each process holds its share of every
-    batch; under FSDP (STUDIO_TRAIN_STRATEGY) also its share of the base weights, else a
-    whole copy (DDP)."""
+    batch; under FSDP (STUDIO_TRAIN_STRATEGY, CUDA workers) also its share of the base
+    weights, else a whole copy (DDP)."""
     from workers.runtime.training import default_target_modules
 
     if not (base.parameters and base.hidden_size and base.num_layers and base.vocab_size):
@@ -243,7 +243,7 @@ def memory_plan(
             modules = default_target_modules(base.model_type)
         except ValueError:
             modules = ("q_proj", "k_proj", "v_proj", "o_proj")
-    sharded = devices > 1 and settings.STUDIO_TRAIN_STRATEGY == "fsdp"
+    sharded = devices > 1 and settings.STUDIO_TRAIN_STRATEGY == "fsdp" and device == "cuda"
     return memory.estimate(
         memory.ModelShape(
             parameters=math.ceil(base.parameters / devices) if sharded else base.parameters,

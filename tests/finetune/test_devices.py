@@ -163,13 +163,16 @@ def test_the_pre_flight_plans_memory_per_device(squad, version, script, settings
         one.memory["terms_mib"]["activations"] / 2, rel=0.01
     )
     assert two.memory["terms_mib"]["weights"] == one.memory["terms_mib"]["weights"]
-    settings.STUDIO_TRAIN_STRATEGY = "fsdp"  # the weights sharded as well
-    assert plan(2).memory["terms_mib"]["weights"] == pytest.approx(
-        one.memory["terms_mib"]["weights"] / 2, rel=0.01
-    )
     with pytest.raises(ValidationFailed) as info:
         plan(3)
     assert info.value.field == "devices"
+    settings.STUDIO_TRAIN_STRATEGY = "fsdp"  # accelerate shards on GPUs only
+    assert plan(2).memory["terms_mib"]["weights"] == one.memory["terms_mib"]["weights"]
+    settings.STUDIO_WORKER_DEVICE, settings.STUDIO_WORKER_DEVICES = "cuda", 2
+    cuda_one, cuda_fsdp = plan(1), plan(2)  # the weights sharded as well
+    assert cuda_fsdp.memory["terms_mib"]["weights"] == pytest.approx(
+        cuda_one.memory["terms_mib"]["weights"] / 2, rel=0.01
+    )
 
 
 def test_fair_share_charges_device_seconds(squad, version, script):

@@ -81,9 +81,9 @@ def launch_arguments(devices: int, *, cuda: bool, strategy: str, config_file: st
     """`accelerate launch`'s options for a run on `devices` processes of this machine
     under its torchrun launcher: DDP (`--multi_gpu`; on a CPU worker the environment
     adds ACCELERATE_USE_CPU, accelerate's multi-CPU mode: gloo, one process per "device",
-    the cores split between them) or FSDP (base weights sharded, each transformer block
-    wrapped, full state dicts for the adapter); or what an accelerate config file says
-    (multi-node)."""
+    the cores split between them) or, on GPUs, FSDP (base weights sharded, each
+    transformer block wrapped, full state dicts for the adapter); or what an accelerate
+    config file says (multi-node)."""
     if config_file:
         return ["--config_file", config_file, "--num_processes", str(devices)]
     args = ["--num_machines", "1", "--num_processes", str(devices)]
@@ -93,7 +93,7 @@ def launch_arguments(devices: int, *, cuda: bool, strategy: str, config_file: st
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
         threads = max(1, (cores or os.cpu_count() or 1) // devices)
         args += ["--num_cpu_threads_per_process", str(threads)]
-    if strategy == "fsdp":
+    if strategy == "fsdp" and cuda:  # accelerate shards on GPUs only
         return [
             *args,
             "--use_fsdp",
@@ -105,6 +105,12 @@ def launch_arguments(devices: int, *, cuda: bool, strategy: str, config_file: st
             "FULL_STATE_DICT",
             "--fsdp_use_orig_params",
             "true",
+            # every process loads the same weights and seeds LoRA alike: nothing to sync
+            # from the main one (and FSDP cannot sync on CPU)
+            "--fsdp_sync_module_states",
+            "false",
+            "--fsdp_cpu_ram_efficient_loading",
+            "false",
         ]
     return [*args, "--multi_gpu"]
 
@@ -147,7 +153,10 @@ def launch(
     events_path.write_text("")
     cuda = torch.cuda.is_available()
     command = launch_command(spec_path, devices, cuda=cuda)
-    log(f"launching {devices} training processes: {' '.join(command[3:])}")
+    if not cuda and _setting("STUDIO_TRAIN_STRATEGY", "ddp") == "fsdp":
+        log("STUDIO_TRAIN_STRATEGY=fsdp: accelerate shards on GPUs only; DDP on this CPU worker")
+    # as a person would type it (e.g. on the other machines of a multi-node run)
+    log(f"launching {devices} training processes: accelerate launch {' '.join(command[4:])}")
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
     env["PYTHONUNBUFFERED"] = "1"
     if not cuda:
