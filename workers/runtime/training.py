@@ -658,7 +658,9 @@ def run_training(
                     accelerator.backward(loss * (world / step_tokens))
             step_loss += loss.detach().double()
             run_tokens += sum(len(e.input_ids) for e in batch)
-        accelerator.clip_grad_norm_(params, MAX_GRAD_NORM)
+        # all the module's parameters (the frozen ones have no gradient): under FSDP
+        # accelerate then clips by the norm over every process's shard
+        accelerator.clip_grad_norm_(loss_module.parameters(), MAX_GRAD_NORM)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
