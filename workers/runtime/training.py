@@ -30,6 +30,11 @@ trains a LoRA adapter on the train split and writes it to `work_dir/adapter/` wi
   with the same `work_dir` resumes from the newest checkpoint: the step count goes on
   and the data order is the same, so the result matches an uninterrupted run up to
   float nondeterminism. A finished run (its adapter in place) is returned as is.
+- Several devices: the loop runs under accelerate's `Accelerator` (`run_training`), in
+  this process for one device, or in each of N processes that `accelerate launch`
+  starts (`train(devices=N)`, `workers.runtime.distributed`): DDP (or FSDP on GPUs),
+  each process taking its share of every global batch, so N devices train what one
+  trains, up to float rounding. Checkpoints keep each process's RNG state.
 - Threads: as for generation (`local.limit_cpu_threads`), one core is left to the web
   server and broker sharing the machine in the embedded setup; a dedicated worker sets
   OMP_NUM_THREADS to use every core.
