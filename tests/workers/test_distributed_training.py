@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.workers.conftest import TINY
 from tests.workers.test_training import FAST, ROWS, Recorder, adapter_weights, write_rows
 from workers.runtime.training import LoraSettings, TrainingError, train
 
@@ -202,3 +203,55 @@ def test_a_two_device_job_whose_process_is_killed_is_requeued_and_resumes(
     )
     assert adapter.base_model_sha256 == one.base_model_sha256
     _assert_same_adapter(Path(adapter.path), one.adapter_dir)
+
+
+def test_a_worker_killed_with_sigkill_leaves_no_training_process_behind(
+    tiny_data_dir, rows, tmp_path
+):
+    """The launcher dies with the worker (PR_SET_PDEATHSIG) and stops its processes: none
+    is left to race the job's next run in the same work directory."""
+    import json
+    import subprocess
+    import sys
+
+    work_dir = tmp_path / "job"
+    script = (
+        "import dataclasses, sys\n"
+        "from tests.workers.test_distributed_training import LORA, SETTINGS\n"
+        "from workers.runtime.training import train\n"
+        "train(base_model=sys.argv[1], rows_path=sys.argv[2], lora=LORA,\n"
+        "      train=dataclasses.replace(SETTINGS, max_steps=10_000), work_dir=sys.argv[3],\n"
+        "      on_progress=lambda p: None, should_cancel=lambda: False, log=print, devices=2)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    env["STUDIO_DATA_DIR"] = str(tiny_data_dir)
+    worker = subprocess.Popen(
+        [sys.executable, "-c", script, TINY, str(rows), str(work_dir)],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "worker.err", "wb"),  # noqa: SIM115
+    )
+    events = work_dir / "launch" / "events.jsonl"
+    pids: dict[int, int] = {}
+    deadline = time.monotonic() + 120
+    while len(pids) < 2 and time.monotonic() < deadline and worker.poll() is None:
+        if events.exists():
+            for line in events.read_text().splitlines():
+                event = json.loads(line)
+                if event["event"] == "started":
+                    pids[event["rank"]] = event["pid"]
+        time.sleep(0.2)
+    assert sorted(pids) == [0, 1], (tmp_path / "worker.err").read_text()[-3000:]
+
+    worker.kill()
+    worker.wait()
+
+    def left() -> list[int]:
+        ranks = [pid for pid in pids.values() if not _gone(pid)]
+        return ranks + _running_with(work_dir / "launch" / "spec.json")  # and the launcher
+
+    deadline = time.monotonic() + 30
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left()
