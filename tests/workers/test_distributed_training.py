@@ -152,7 +152,9 @@ def test_a_two_device_job_whose_process_is_killed_is_requeued_and_resumes(
         base_model="tiny-llama",
     )
     version = upload(make_dataset(squad), jsonl(*[chat(f"q {i}", f"a {i}") for i in range(8)]))
-    train_settings = {"max_steps": 6, "batch_size": 2, "max_seq_len": 128, "checkpoint_every": 2}
+    # enough steps that the processes are still training when the worker, which reads
+    # their progress a little behind them, kills one at step 3
+    train_settings = {"max_steps": 30, "batch_size": 2, "max_seq_len": 128, "checkpoint_every": 2}
     job = jobs.finetune_job_create(
         actor=UserFactory(username="engineer"),
         dataset_version=version,
@@ -185,8 +187,9 @@ def test_a_two_device_job_whose_process_is_killed_is_requeued_and_resumes(
 
     job.refresh_from_db()
     assert job.status == "succeeded" and job.attempts == 2, job.error
-    assert job.resumed_at_steps[0] == 0 and job.resumed_at_steps[1] in (2, 4)
-    assert job.step == 6 and [p[0] for p in job.points] == [1, 2, 3, 4, 5, 6]
+    assert job.resumed_at_steps[0] == 0, job.resumed_at_steps
+    assert 2 <= job.resumed_at_steps[1] < 30 and job.resumed_at_steps[1] % 2 == 0
+    assert job.step == 30 and [p[0] for p in job.points] == list(range(1, 31))
     adapter = Adapter.objects.get(job=job)
     assert adapter.metrics["devices"] == 2
     assert adapter.metrics["resumed_from_step"] == job.resumed_at_steps[1]
