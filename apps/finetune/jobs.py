@@ -425,11 +425,11 @@ def _run_finetune(lease: jobs.Lease) -> None:
         if job.devices > 1:
             from workers.runtime.distributed import devices_here
 
-            kind, here = devices_here()
+            offered_by, here = devices_here()
             if job.devices > here:
                 message = (
-                    f"This job asks for {job.devices} devices; this {kind} worker "
-                    f"({job.worker}) has {here}."
+                    f"This job asks for {job.devices} devices; {offered_by} ({job.worker}) "
+                    f"has {here}."
                 )
                 run.log(message)
                 lease.finish(FineTuneJob.Status.FAILED, message, failure_kind="invalid_settings")

@@ -258,3 +258,56 @@ def test_a_worker_killed_with_sigkill_leaves_no_training_process_behind(
     while left() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not left()
+
+
+# --- what is launched, and how a failure reads (no processes) ----------------------------
+
+
+def test_launch_arguments_per_worker_kind_and_strategy():
+    from workers.runtime.distributed import launch_arguments
+
+    cpu = launch_arguments(2, cuda=False, strategy="ddp", config_file="")
+    assert cpu[:4] == ["--num_machines", "1", "--num_processes", "2"]
+    assert "--multi_gpu" in cpu and "--num_cpu_threads_per_process" in cpu
+    assert "--use_fsdp" not in launch_arguments(2, cuda=False, strategy="fsdp", config_file="")
+    gpu = launch_arguments(4, cuda=True, strategy="ddp", config_file="")
+    assert "--multi_gpu" in gpu and "--num_cpu_threads_per_process" not in gpu
+    fsdp = launch_arguments(4, cuda=True, strategy="fsdp", config_file="")
+    assert "--use_fsdp" in fsdp and "--multi_gpu" not in fsdp
+    assert fsdp[fsdp.index("--fsdp_sharding_strategy") + 1] == "FULL_SHARD"
+    assert launch_arguments(8, cuda=True, strategy="ddp", config_file="/etc/a.yaml") == [
+        "--config_file",
+        "/etc/a.yaml",
+        "--num_processes",
+        "8",
+    ]
+
+
+def test_an_accelerate_config_says_how_many_devices_a_job_may_use(settings, tmp_path):
+    from workers.runtime.distributed import devices_here
+
+    assert devices_here() == ("this cpu worker", 2)
+    config = tmp_path / "node0.yaml"
+    config.write_text(
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nnum_machines: 2\n"
+        "num_processes: 8\nmachine_rank: 0\nmain_process_ip: 10.0.0.4\n"
+        "main_process_port: 29500\nmixed_precision: 'no'\n"
+    )
+    settings.STUDIO_ACCELERATE_CONFIG = str(config)
+    assert devices_here() == (f"the accelerate config {config}", 8)
+
+
+def test_the_elastic_agent_s_root_cause_names_the_lost_process(tmp_path):
+    from workers.runtime.distributed import LAUNCH_LOG, launcher_failures, lost_message
+
+    (tmp_path / LAUNCH_LOG).write_text(
+        "Failures:\n[1]:\n  rank      : 0 (local_rank: 0)\n  exitcode  : -15 (pid: 12)\n"
+        "-----\nRoot Cause (first observed failure):\n[0]:\n"
+        "  rank      : 1 (local_rank: 1)\n  exitcode  : -9 (pid: 13)  (SIGKILL)\n"
+    )
+    assert launcher_failures(tmp_path / LAUNCH_LOG) == [(1, -9), (0, -15)]
+    assert lost_message(1, [(1, -9)], tmp_path).startswith(
+        "training process 1 was killed by SIGKILL; the other processes were stopped."
+    )
+    assert "exited with status 3" in lost_message(1, [(0, 3)], tmp_path)
+    assert "the training launcher ended with signal 9" in lost_message(-9, [], tmp_path)

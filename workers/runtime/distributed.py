@@ -62,13 +62,22 @@ def _setting(name: str, default: Any) -> Any:
 
 
 def devices_here() -> tuple[str, int]:
-    """("cuda", GPUs this process sees) or ("cpu", the training processes one job may
-    start here: STUDIO_TRAIN_MAX_CPU_PROCESSES)."""
+    """(what offers them, the devices one job may use from this worker): the processes
+    of the accelerate config (STUDIO_ACCELERATE_CONFIG: all its machines), the GPUs this
+    process sees, or the training processes a CPU worker may start
+    (STUDIO_TRAIN_MAX_CPU_PROCESSES)."""
     import torch
 
+    config_file = str(_setting("STUDIO_ACCELERATE_CONFIG", "") or "")
+    if config_file:
+        from accelerate.commands.config.config_args import load_config_from_file
+
+        return f"the accelerate config {config_file}", int(
+            load_config_from_file(config_file).num_processes or 1
+        )
     if torch.cuda.is_available():
-        return "cuda", torch.cuda.device_count()
-    return "cpu", int(_setting("STUDIO_TRAIN_MAX_CPU_PROCESSES", 2))
+        return "this cuda worker", torch.cuda.device_count()
+    return "this cpu worker", int(_setting("STUDIO_TRAIN_MAX_CPU_PROCESSES", 2))
 
 
 def free_port() -> int:
@@ -317,8 +326,8 @@ def _die_with_parent(sig: int) -> None:
 class _Writer:
     """Appends events to the events file (one JSON object a line, O_APPEND writes)."""
 
-    def __init__(self, path: Path, rank: int) -> None:
-        self.path, self.rank = path, rank
+    def __init__(self, path: Path) -> None:
+        self.path = path
 
     def __call__(self, event: str, **data: Any) -> None:
         line = json.dumps({"event": event, **data}, default=str) + "\n"
@@ -336,7 +345,7 @@ def run_process(spec_path: Path) -> int:
 
     spec = RunSpec(**json.loads(Path(spec_path).read_text()))
     rank = int(os.environ.get("RANK", "0"))
-    emit = _Writer(Path(spec_path).parent / EVENTS_FILE, rank)
+    emit = _Writer(Path(spec_path).parent / EVENTS_FILE)
     emit("started", rank=rank, pid=os.getpid(), host=socket.gethostname())
     try:
         result = run_training(
