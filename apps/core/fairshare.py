@@ -4,8 +4,10 @@ When a worker is free it takes the oldest queued job of the squad with the least
 in the recent window (STUDIO_FAIR_SHARE_WINDOW_HOURS) divided by its share (GpuShare,
 default 1), among squads running fewer jobs than their limit. So one squad's hundred
 queued jobs do not starve another squad's one: the second squad has used less, and goes
-next. GPU time is each job's wall time since it started, running jobs included, clipped
-to the window; ties go to the oldest job.
+next. GPU time is counted in device-seconds: each job's wall time since it started,
+running jobs included, clipped to the window, times the devices it holds (a kind's
+`devices_field`, e.g. a fine-tune on 2 GPUs charges twice its seconds; one otherwise);
+ties go to the oldest job.
 
 `queue_position(job)` answers the same question for a waiting job: where it stands if
 the queue ran as it is now (each pick charged the window's mean job time), and why it
@@ -29,7 +31,7 @@ FALLBACK_JOB_SECONDS = 60.0
 
 @dataclass
 class _Squad:
-    used: float = 0.0  # seconds in the window
+    used: float = 0.0  # device-seconds in the window
     share: int = 1
     limit: int = 0  # 0: no limit
     running: int = 0
@@ -61,8 +63,8 @@ class Position:
 
 
 def _state(queue: str) -> tuple[dict[int, _Squad], list[Waiting], float]:
-    """Per squad: GPU seconds in the window, share, limit, running jobs; the queued jobs
-    oldest first; the mean seconds of a job in the window."""
+    """Per squad: device-seconds in the window, share, limit, running jobs; the queued
+    jobs oldest first; the mean device-seconds of a job in the window."""
     from apps.core.jobs import kinds_on
 
     now = timezone.now()
@@ -78,13 +80,15 @@ def _state(queue: str) -> tuple[dict[int, _Squad], list[Waiting], float]:
         recent = jobs.filter(started_at__isnull=False).filter(
             Q(finished_at__isnull=True) | Q(finished_at__gte=since)
         )
-        for squad_id, started, finished in recent.values_list(
-            "squad_id", "started_at", "finished_at"
-        ):
+        columns = ["squad_id", "started_at", "finished_at"]
+        if kind.devices_field:
+            columns.append(kind.devices_field)
+        for squad_id, started, finished, *held in recent.values_list(*columns):
+            devices = max(held[0] or 1, 1) if held else 1
             seconds = ((finished or now) - max(started, since)).total_seconds()
-            squads.setdefault(squad_id, _Squad()).used += max(seconds, 0.0)
+            squads.setdefault(squad_id, _Squad()).used += max(seconds, 0.0) * devices
             if finished is not None:
-                spans.append((finished - started).total_seconds())
+                spans.append((finished - started).total_seconds() * devices)
         running = jobs.filter(status=JobStatus.RUNNING).values("squad_id").annotate(n=Count("pk"))
         for row in running:
             squads.setdefault(row["squad_id"], _Squad()).running += row["n"]

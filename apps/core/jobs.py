@@ -21,7 +21,9 @@ and webhook label, and what it emits when it finishes. Then:
   transaction that ends the job;
 - `cancel` ends a queued job at once and asks a running one to stop;
 - `recover()` is one pass over every registered kind: a running job whose heartbeat is
-  stale is requeued, or failed with the reason once it has used its max attempts.
+  stale is requeued, or failed with the reason once it has used its max attempts;
+  `Lease.retry` does the same for a job whose work died under a live worker (a killed
+  training process).
 """
 
 import logging
@@ -75,6 +77,9 @@ class JobKind:
     related: tuple[str, ...] = ()
     # fields set on a job failed because its workers kept dying, e.g. a failure kind
     lost_fields: dict[str, Any] = field(default_factory=dict)
+    # the field holding how many devices a job occupies (fair share charges its wall
+    # seconds times that); None: one
+    devices_field: str | None = None
 
 
 KINDS: dict[str, JobKind] = {}
@@ -218,6 +223,35 @@ class Lease:
                 _close(self.kind, row, status, error, list(fields))
                 # Before commit: a heartbeat that waited on the row lock then finds the
                 # job finished, and must not take that for a lost lease.
+                self.closed = True
+        except LeaseLost:
+            return False
+        self.job = row
+        return True
+
+    def retry(self, reason: str, **fields: Any) -> bool:
+        """End this attempt without an outcome: its work died under a live worker (a
+        training process killed). As `recover()` does for a lost worker, the job is queued
+        again (and resumes from its checkpoints), or, once it has used its max attempts,
+        fails with `reason` and `fields` (default: the kind's lost_fields). False, with
+        nothing written, when the lease was lost."""
+        try:
+            with self.fenced() as row:
+                if row.attempts >= row.max_attempts:
+                    fields = {**self.kind.lost_fields, **fields}
+                    for name, value in fields.items():
+                        setattr(row, name, value)
+                    _close(self.kind, row, JobStatus.FAILED, reason, list(fields))
+                else:
+                    logger.warning(
+                        "%s %s: requeued (attempt %s of %s): %s",
+                        self.kind.name,
+                        row.pk,
+                        row.attempts,
+                        row.max_attempts,
+                        reason,
+                    )
+                    _requeue(self.kind, row)
                 self.closed = True
         except LeaseLost:
             return False
@@ -433,13 +467,19 @@ def recover() -> dict[str, tuple[list[int], list[int]]]:
                     _close(kind, job, JobStatus.FAILED, _gave_up(job), list(kind.lost_fields))
                     failed.append(job_id)
                 else:
-                    job.status, job.lease_token = JobStatus.QUEUED, ""
-                    job.save(update_fields=["status", "lease_token"])
-                    transaction.on_commit(lambda kind=kind, job_id=job_id: _send(kind, job_id))
+                    _requeue(kind, job)
                     requeued.append(job_id)
         if requeued or failed:
             out[kind.name] = (requeued, failed)
     return out
+
+
+def _requeue(kind: JobKind, job: Job) -> None:
+    """Queue a running job again (its claim void) and wake a worker at commit. Call with
+    the row locked."""
+    job.status, job.lease_token = JobStatus.QUEUED, ""
+    job.save(update_fields=["status", "lease_token"])
+    transaction.on_commit(lambda: _send(kind, job.pk))
 
 
 def _gave_up(job: Job) -> str:

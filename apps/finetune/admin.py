@@ -56,6 +56,7 @@ class FineTuneJobAdmin(ReadOnlyAdmin):
         "status",
         "dataset_version",
         "base_model",
+        "devices",
         "step",
         "total_steps",
         "smoothed_loss",

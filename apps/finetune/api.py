@@ -291,6 +291,7 @@ def job_out(job: FineTuneJob, positions: QueuePositions | None = None) -> dict[s
         "base_model": job.base_model,
         "lora": job.lora,
         "train": job.train,
+        "devices": job.devices,
         "step": job.step,
         "total_steps": job.total_steps,
         "epoch": job.epoch,
@@ -374,6 +375,7 @@ def finetune_job_create(request: HttpRequest, squad: str, payload: FineTuneJobCr
         base_model=payload.base_model,
         lora=payload.lora.dict(exclude_none=True),
         train=payload.train.dict(exclude_none=True),
+        devices=payload.devices,
         request=request,
     )
     return Status(201, job_out(job))

@@ -36,6 +36,7 @@ FORM_FIELDS = (
     "version",
     "target",
     "base_model",
+    "devices",
     "target_modules",
     *LORA_FIELDS,
     *TRAIN_FIELDS,
@@ -51,6 +52,7 @@ INTEGER_FIELDS = {
     "seed",
     "eval_every",
     "version",
+    "devices",
 }
 
 
@@ -61,10 +63,10 @@ def _value(form: dict[str, str], name: str) -> int | float | None:
     try:
         return int(raw) if name in INTEGER_FIELDS else float(raw)
     except ValueError:
-        section = "lora" if name in LORA_FIELDS else "train"
+        section = "lora." if name in LORA_FIELDS else "train." if name in TRAIN_FIELDS else ""
         raise ValidationFailed(
             f"{name.replace('_', ' ').capitalize()} must be a number (got '{raw}').",
-            field=f"{section}.{name}",
+            field=f"{section}{name}",
         ) from None
 
 
@@ -127,6 +129,7 @@ def _create(request: HttpRequest, squad: Squad, form: dict[str, str]) -> FineTun
         base_model=form.get("base_model") or None,
         lora=lora,
         train=train,
+        devices=_value(form, "devices"),
         request=request,
     )
 
@@ -146,6 +149,7 @@ def _plan(
             base_model=form.get("base_model") or None,
             lora=lora,
             train=train,
+            devices=_value(form, "devices"),
         )
     except ApplicationError as exc:
         return None, form_error(exc)
@@ -175,6 +179,8 @@ def _form_from_job(job: FineTuneJob) -> dict[str, str]:
         form["base_model"] = job.base_model
     if form.get("gradient_checkpointing") == "False":
         form["gradient_checkpointing"] = ""
+    if job.devices != 1:
+        form["devices"] = str(job.devices)
     return form | {
         "dataset": job.dataset_version.dataset.slug,
         "version": str(job.dataset_version.number),

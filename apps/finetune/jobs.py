@@ -12,7 +12,10 @@ the work dir's last checkpoint. Each step's progress is stored through the lease
 worker that lost it stops at its next step and writes nothing); the lease's own thread
 beats while a step or the model load takes long. A killed worker leaves a stale
 heartbeat: the lifecycle's recovery requeues the job, or fails it as `worker_lost`
-after its max attempts.
+after its max attempts. A job on several devices runs under `accelerate launch`
+(workers.runtime.distributed) while this process holds the lease; one of its training
+processes killed ends the launch as `process_lost`, and the job is requeued the same
+way (`Lease.retry`), or fails as `process_lost` after its max attempts.
 """
 
 import dataclasses
@@ -188,16 +191,21 @@ def finetune_job_create(
     base_model: str | None = None,
     lora: dict[str, Any] | None = None,
     train: dict[str, Any] | None = None,
+    devices: int | None = None,
     request: HttpRequest | None = None,
 ) -> FineTuneJob:
     """Validate and queue a LoRA fine-tune on a dataset version (its train rows; its eval
     rows for the eval loss) of a registered base model: `base_model`, else the local
-    target's. The memory plan (apps.finetune.preflight) refuses what cannot fit."""
+    target's, on `devices` devices (default 1; more than the workers have is refused).
+    The memory plan (apps.finetune.preflight) refuses what cannot fit one device."""
+    from apps.finetune.preflight import check_memory, check_runnable, clean_devices
+
     dataset = dataset_version.dataset
     squad = dataset.squad
     require_squad_permission(actor, squad, RUN_FINETUNE)
     target = _local_target(squad.pk, target_name)
     base = job_base_model(target, base_model)
+    devices = clean_devices(devices)
     lora_clean, train_clean = clean_settings(
         lora or {}, train or {}, context_length=job_context(target, base)
     )
@@ -208,17 +216,13 @@ def finetune_job_create(
         )
     # The pre-flight's refusals (max_seq_len too short for the rows, eval asked of a
     # version without eval rows): refused here, not by the worker after queuing.
-    from apps.finetune.preflight import check_runnable
-
     check_runnable(
         dataset_version=dataset_version,
         base_model=base.model.name,
         train=train_clean,
         asked=train or {},
     )
-    from apps.finetune.preflight import check_memory
-
-    check_memory(base=base, lora=lora_clean, train=train_clean)
+    check_memory(base=base, lora=lora_clean, train=train_clean, devices=devices)
     problems = settings_problems(base.model.name, lora_clean, train_clean)
     if problems:
         raise ValidationFailed(
@@ -233,6 +237,7 @@ def finetune_job_create(
         base_model=base.model.name,
         lora=lora_clean,
         train=train_clean,
+        devices=devices,
         created_by=actor,
     )
     job.work_dir = str(_job_dir(job))
@@ -252,6 +257,7 @@ def finetune_job_create(
             "base_model_sha256": base.manifest_sha256,
             "lora": lora_clean,
             "train": train_clean,
+            "devices": devices,
         },
         request=request,
     )
@@ -416,6 +422,18 @@ def _run_finetune(lease: jobs.Lease) -> None:
             lease.finish(FineTuneJob.Status.FAILED, exc.message, failure_kind="invalid_settings")
             return
         lora, train = _runtime_settings(job.lora, job.train)
+        if job.devices > 1:
+            from workers.runtime.distributed import devices_here
+
+            offered_by, here = devices_here()
+            if job.devices > here:
+                message = (
+                    f"This job asks for {job.devices} devices; {offered_by} ({job.worker}) "
+                    f"has {here}."
+                )
+                run.log(message)
+                lease.finish(FineTuneJob.Status.FAILED, message, failure_kind="invalid_settings")
+                return
         result = training.train(
             base_model_sha256=base.manifest_sha256,
             base_model=job.base_model,
@@ -426,6 +444,7 @@ def _run_finetune(lease: jobs.Lease) -> None:
             on_progress=run.on_progress,
             should_cancel=lease.should_stop,
             log=run.log,
+            devices=job.devices,
         )
     except ModelFilesChanged as exc:
         run.log(f"stopped: {exc}")
@@ -434,7 +453,11 @@ def _run_finetune(lease: jobs.Lease) -> None:
         return
     except training.TrainingError as exc:
         run.log(f"stopped: {exc.kind}: {exc}")
-        if exc.kind != "cancelled":
+        if exc.kind == "process_lost":
+            # As for a killed worker: run again from the last checkpoint, or fail once
+            # the job has used its attempts.
+            lease.retry(str(exc), failure_kind="process_lost")
+        elif exc.kind != "cancelled":
             lease.finish(FineTuneJob.Status.FAILED, str(exc), failure_kind=exc.kind)
         return  # cancelled, or the lease lost: the lifecycle records which
     except Exception as exc:
@@ -474,6 +497,7 @@ FINETUNE = jobs.register(
         ),
         related=("squad", "created_by", "dataset_version__dataset__prompt_version"),
         lost_fields={"failure_kind": "worker_lost"},
+        devices_field="devices",
     )
 )
 

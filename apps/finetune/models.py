@@ -112,6 +112,10 @@ class FineTuneJob(Job):
     # workers.runtime.training.LoraSettings / TrainSettings as dicts (target_modules a list)
     lora = models.JSONField(default=dict)
     train = models.JSONField(default=dict)
+    # Training processes: GPUs on a CUDA worker, processes on a CPU worker. Above 1 the
+    # worker launches the run with accelerate (workers/runtime/distributed.py); fair share
+    # charges wall seconds times devices.
+    devices = models.PositiveSmallIntegerField(default=1)
     # live progress (the worker's last workers.runtime.training.Progress)
     step = models.PositiveIntegerField(default=0)
     total_steps = models.PositiveIntegerField(null=True, blank=True)
@@ -134,6 +138,11 @@ class FineTuneJob(Job):
         ordering = ["-created_at"]
         indexes = [
             models.Index(fields=["status", "heartbeat_at"], name="finetune_status_heartbeat")
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(devices__gte=1), name="finetune_job_devices_min_1"
+            )
         ]
 
     def __str__(self) -> str:

@@ -83,8 +83,9 @@ class Plan:
     longest_answer: int
     truncated_rows: int
     warnings: list[dict[str, str]] = field(default_factory=list)
-    # apps.basemodels.memory.MemoryPlan.as_dict() of the job on the workers' device
+    # apps.basemodels.memory.MemoryPlan.as_dict() of the job on each of its devices
     memory: dict[str, Any] | None = None
+    devices: int = 1
 
     @property
     def approximate_counts(self) -> bool:
@@ -181,6 +182,42 @@ def _refusals(
         )
 
 
+MAX_DEVICES = 64
+
+
+def worker_devices() -> tuple[str, int, str]:
+    """(device kind, devices one job may use on a worker, the setting that says so): the
+    GPUs of a CUDA worker (STUDIO_WORKER_DEVICES), or the training processes a CPU worker
+    may start, a CPU "device" being one process (STUDIO_TRAIN_MAX_CPU_PROCESSES)."""
+    if settings.STUDIO_WORKER_DEVICE == "cuda":
+        return "cuda", settings.STUDIO_WORKER_DEVICES, "STUDIO_WORKER_DEVICES"
+    return "cpu", settings.STUDIO_TRAIN_MAX_CPU_PROCESSES, "STUDIO_TRAIN_MAX_CPU_PROCESSES"
+
+
+def clean_devices(devices: Any) -> int:
+    """The devices a job asks for: 1 when not given; ValidationFailed on `devices` for a
+    number out of range or more than the workers have."""
+    if devices is None:
+        return 1
+    from apps.core.validation import clean_number
+
+    devices = clean_number(devices, field="devices", kind=int, low=1, high=MAX_DEVICES)
+    kind, available, setting = worker_devices()
+    if devices > available:
+        what = (
+            f"{available} GPU{'s' if available != 1 else ''} a job may use"
+            if kind == "cuda"
+            else f"{available} training process{'es' if available != 1 else ''} a job may "
+            'start (on a CPU worker a "device" is one process)'
+        )
+        raise ValidationFailed(
+            f"This job asks for {devices} devices; the {kind} workers here have {what} "
+            f"({setting}). Ask for at most {available}.",
+            field="devices",
+        )
+    return devices
+
+
 def worker_budget() -> tuple[str, int]:
     """(device, bytes) the pre-flight plans a job against: STUDIO_WORKER_DEVICE and
     STUDIO_WORKER_MEMORY_MB (else STUDIO_WORKER_MEMORY_DEFAULT_MB)."""
@@ -189,10 +226,12 @@ def worker_budget() -> tuple[str, int]:
 
 
 def memory_plan(
-    *, base: BaseModelVersion, lora: dict[str, Any], train: dict[str, Any]
+    *, base: BaseModelVersion, lora: dict[str, Any], train: dict[str, Any], devices: int = 1
 ) -> MemoryPlan | None:
-    """The memory the job needs on the workers' device (None when the registry does not
-    know the model's shape)."""
+    """The memory the job needs on each of its devices (None when the registry does not
+    know the model's shape). With several devices each process holds its share of every
+    batch; under FSDP (STUDIO_TRAIN_STRATEGY, CUDA workers) also its share of the base
+    weights, else a whole copy (DDP)."""
     from workers.runtime.training import default_target_modules
 
     if not (base.parameters and base.hidden_size and base.num_layers and base.vocab_size):
@@ -204,9 +243,10 @@ def memory_plan(
             modules = default_target_modules(base.model_type)
         except ValueError:
             modules = ("q_proj", "k_proj", "v_proj", "o_proj")
+    sharded = devices > 1 and settings.STUDIO_TRAIN_STRATEGY == "fsdp" and device == "cuda"
     return memory.estimate(
         memory.ModelShape(
-            parameters=base.parameters,
+            parameters=math.ceil(base.parameters / devices) if sharded else base.parameters,
             hidden_size=base.hidden_size,
             num_layers=base.num_layers,
             vocab_size=base.vocab_size,
@@ -216,7 +256,7 @@ def memory_plan(
         budget_bytes=budget,
         r=lora.get("r") or 8,
         target_modules=max(len(modules), 1),
-        batch_size=train["batch_size"],
+        batch_size=math.ceil(train["batch_size"] / devices),
         max_seq_len=train["max_seq_len"],
         gradient_checkpointing=bool(train.get("gradient_checkpointing")),
         qlora=bool(train.get("qlora")),
@@ -224,22 +264,24 @@ def memory_plan(
 
 
 def check_memory(
-    *, base: BaseModelVersion, lora: dict[str, Any], train: dict[str, Any]
+    *, base: BaseModelVersion, lora: dict[str, Any], train: dict[str, Any], devices: int = 1
 ) -> MemoryPlan | None:
-    """Refuse QLoRA on a CPU worker, and a job whose memory estimate exceeds the worker's
-    budget, naming the setting that would make it fit."""
+    """Refuse QLoRA on a CPU worker, and a job whose memory estimate per device exceeds
+    the worker's budget, naming the setting that would make it fit."""
     device, _ = worker_budget()
     if train.get("qlora") and device != "cuda":
         raise ValidationFailed(
             "QLoRA needs a CUDA GPU; the workers here run on the CPU. Turn train.qlora off.",
             field="train.qlora",
         )
-    plan = memory_plan(base=base, lora=lora, train=train)
+    plan = memory_plan(base=base, lora=lora, train=train, devices=devices)
     if plan is not None and not plan.fits:
         first = plan.advice[0]
+        each = f" per device ({devices} devices)" if devices > 1 else ""
         raise ValidationFailed(
             f"Fine-tuning '{base.model.name}' needs about {plan.total_bytes / memory.MIB:,.0f} "
-            f"MiB on the {device} worker, which has {plan.budget_bytes / memory.MIB:,.0f} MiB: "
+            f"MiB{each} on the {device} worker, which has "
+            f"{plan.budget_bytes / memory.MIB:,.0f} MiB: "
             f"it cannot fit. To make it fit, {first['message']}.",
             field=first["field"],
             extra={"memory": plan.as_dict()},
@@ -340,6 +382,7 @@ def finetune_plan(
     base_model: str | None = None,
     lora: dict[str, Any] | None = None,
     train: dict[str, Any] | None = None,
+    devices: int | None = None,
 ) -> Plan:
     """The pre-flight of the job `finetune_job_create` would queue with these arguments:
     the same permission and checks, nothing written. A job that cannot fit the worker's
@@ -353,6 +396,7 @@ def finetune_plan(
             field="target",
         )
     base = jobs.job_base_model(target, base_model)
+    devices_clean = clean_devices(devices)
     lora_clean, train_clean = jobs.clean_settings(
         lora or {}, train or {}, context_length=jobs.job_context(target, base)
     )
@@ -368,6 +412,7 @@ def finetune_plan(
         train=train_clean,
         asked=train or {},
     )
-    estimate = check_memory(base=base, lora=lora_clean, train=train_clean)
+    estimate = check_memory(base=base, lora=lora_clean, train=train_clean, devices=devices_clean)
     plan.memory = estimate.as_dict() if estimate is not None else None
+    plan.devices = devices_clean
     return plan

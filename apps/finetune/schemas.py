@@ -128,6 +128,12 @@ class FineTuneJobCreateIn(Schema):
     )
     lora: LoraIn = Field(default_factory=LoraIn)
     train: TrainIn = Field(default_factory=TrainIn)
+    devices: int | None = Field(
+        None,
+        description="Devices to train on (default 1): GPUs on a CUDA worker, training "
+        "processes on a CPU worker; above 1 the run is launched with accelerate (DDP, or "
+        "FSDP), with the same global batch. At most what the workers have.",
+    )
 
 
 class FineTuneJobOut(Schema):
@@ -139,6 +145,7 @@ class FineTuneJobOut(Schema):
     base_model: str
     lora: dict[str, Any]
     train: dict[str, Any]
+    devices: int
     step: int
     total_steps: int | None
     epoch: float

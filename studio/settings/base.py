@@ -269,6 +269,16 @@ STUDIO_MODELS_DIR = env.str("STUDIO_MODELS_DIR", default=str(DATA_DIR / "models-
 STUDIO_WORKER_MEMORY_MB = env.int("STUDIO_WORKER_MEMORY_MB", default=0)
 STUDIO_WORKER_MEMORY_DEFAULT_MB = env.int("STUDIO_WORKER_MEMORY_DEFAULT_MB", default=8192)
 STUDIO_WORKER_DEVICE = env.str("STUDIO_WORKER_DEVICE", default="cpu")
+# Multi-device fine-tuning (a job's `devices` above 1: workers/runtime/distributed.py runs
+# it under `accelerate launch`): the GPUs one job may use on a CUDA worker; the training
+# processes one job may start on a CPU worker (a CPU "device" is one process); DDP
+# (replicas, the default) or FSDP (base weights sharded across the devices, for a model
+# that does not fit one; CUDA workers); an accelerate config file for the launch (e.g.
+# multi-node: num_machines, machine_rank, main_process_ip; README "Multi-device training").
+STUDIO_WORKER_DEVICES = env.int("STUDIO_WORKER_DEVICES", default=1)
+STUDIO_TRAIN_MAX_CPU_PROCESSES = env.int("STUDIO_TRAIN_MAX_CPU_PROCESSES", default=2)
+STUDIO_TRAIN_STRATEGY = env.str("STUDIO_TRAIN_STRATEGY", default="ddp")
+STUDIO_ACCELERATE_CONFIG = env.str("STUDIO_ACCELERATE_CONFIG", default="")
 # Webhook targets: in production (studio.settings.production) private, loopback and
 # link-local addresses are refused unless this allow-list (host names, IPs, CIDRs) names
 # them; checked when a URL is saved and again at each delivery (apps/webhooks/targets.py).

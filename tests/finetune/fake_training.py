@@ -79,6 +79,11 @@ class Script:
     fail_kind: str | None = None
     fail_at: int | None = None
     die_at: int | None = None  # raise SystemExit, as if the process died mid-step
+    # raise TrainingError(process_lost) at this step, as a killed training process of a
+    # multi-device run does, on the first `lose_times` runs
+    lose_at: int | None = None
+    lose_times: int = 1
+    devices: list[int] = field(default_factory=list)  # each call's devices
     on_step: Callable[[int], None] | None = None
     calls: list[int] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)
@@ -121,8 +126,10 @@ def make_module(script: Script) -> types.ModuleType:
         should_cancel,
         log=print,
         base_model_sha256="",
+        devices=1,
     ):
         script.rows = [json.loads(line) for line in Path(rows_path).read_text().splitlines()]
+        script.devices.append(devices)
         ckpt = Path(work_dir) / "checkpoint"
         start = int(ckpt.read_text()) if ckpt.exists() else 0
         script.calls.append(start)
@@ -133,6 +140,13 @@ def make_module(script: Script) -> types.ModuleType:
                 raise TrainingError("cancelled", "cancelled")
             if script.die_at == step:
                 raise SystemExit("killed")
+            if script.lose_at == step and script.lose_times > 0:
+                script.lose_times -= 1
+                raise TrainingError(
+                    "training process 1 was killed by SIGKILL; the other processes were "
+                    "stopped. The job resumes from its last checkpoint when it runs again.",
+                    "process_lost",
+                )
             if script.fail_at == step:
                 message = {
                     "out_of_memory": "CUDA out of memory at batch size 4; lower batch_size",

@@ -57,3 +57,22 @@ def store(settings, tmp_path):
     settings.STUDIO_MODELS_DIR = str(tmp_path / "store")
     (tmp_path / "store").mkdir()
     return tmp_path / "store"
+
+
+TINY = "tiny-llama"
+
+
+@pytest.fixture(scope="module")
+def tiny_data_dir(tiny_model, tmp_path_factory):
+    """A data dir holding the tiny random Llama as a converted model named TINY."""
+    from workers.runtime.local import save_converted
+
+    data_dir = tmp_path_factory.mktemp("data")
+    save_converted(tiny_model.model, tiny_model.tokenizer, data_dir / "models" / TINY)
+    return data_dir
+
+
+@pytest.fixture
+def tiny(settings, tiny_data_dir):
+    settings.DATA_DIR = tiny_data_dir
+    return TINY

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.workers.conftest import TINY
 from workers.runtime import GenerationParams
-from workers.runtime.local import model_dir, save_converted
+from workers.runtime.local import model_dir
 from workers.runtime.training import (
     LoraSettings,
     TrainingError,
@@ -26,7 +27,7 @@ from workers.runtime.training import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = "tiny-llama"
+
 FAST = TrainSettings(
     learning_rate=1e-2,
     max_steps=6,
@@ -62,20 +63,6 @@ ROWS = [chat(q, f"Answer {i}: ok.") for i, q in enumerate(QUESTIONS)] + [
 def write_rows(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
-
-
-@pytest.fixture(scope="module")
-def tiny_data_dir(tiny_model, tmp_path_factory):
-    """A data dir holding the tiny random Llama as a converted model named TINY."""
-    data_dir = tmp_path_factory.mktemp("data")
-    save_converted(tiny_model.model, tiny_model.tokenizer, data_dir / "models" / TINY)
-    return data_dir
-
-
-@pytest.fixture
-def tiny(settings, tiny_data_dir):
-    settings.DATA_DIR = tiny_data_dir
-    return TINY
 
 
 @pytest.fixture

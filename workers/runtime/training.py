@@ -30,6 +30,11 @@ trains a LoRA adapter on the train split and writes it to `work_dir/adapter/` wi
   with the same `work_dir` resumes from the newest checkpoint: the step count goes on
   and the data order is the same, so the result matches an uninterrupted run up to
   float nondeterminism. A finished run (its adapter in place) is returned as is.
+- Several devices: the loop runs under accelerate's `Accelerator` (`run_training`), in
+  this process for one device, or in each of N processes that `accelerate launch`
+  starts (`train(devices=N)`, `workers.runtime.distributed`): DDP (or FSDP on GPUs),
+  each process taking its share of every global batch, so N devices train what one
+  trains, up to float rounding. Checkpoints keep each process's RNG state.
 - Threads: as for generation (`local.limit_cpu_threads`), one core is left to the web
   server and broker sharing the machine in the embedded setup; a dedicated worker sets
   OMP_NUM_THREADS to use every core.
@@ -53,7 +58,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,7 +162,8 @@ class TrainResult:
 class TrainingError(Exception):
     """Training stopped for a reason a person can act on; `kind` is one of KINDS."""
 
-    KINDS = ("bad_data", "out_of_memory", "cancelled", "invalid_settings")
+    # process_lost: one of a multi-device run's processes died (killed, or crashed)
+    KINDS = ("bad_data", "out_of_memory", "cancelled", "invalid_settings", "process_lost")
 
     def __init__(self, message: str, *, kind: str) -> None:
         assert kind in self.KINDS, kind
@@ -413,6 +419,31 @@ class _State:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run as its processes need it (JSON-safe, no torch): what `train()`
+    resolved and checked before the loop starts, so that each of a multi-device run's
+    processes starts from the same facts without hashing the base model again."""
+
+    base_model: str
+    directory: str  # the model's safetensors directory
+    base_model_sha256: str
+    rows_path: str
+    work_dir: str
+    run: str  # fingerprint of base model, rows and settings
+    lora: dict
+    train: dict
+
+    @property
+    def lora_settings(self) -> LoraSettings:
+        modules = self.lora.get("target_modules")
+        return LoraSettings(**{**self.lora, "target_modules": tuple(modules) if modules else None})
+
+    @property
+    def train_settings(self) -> TrainSettings:
+        return TrainSettings(**self.train)
+
+
 def train(
     *,
     base_model: str,
@@ -424,12 +455,19 @@ def train(
     should_cancel: Callable[[], bool],
     log: Callable[[str], None] = print,
     base_model_sha256: str = "",
+    devices: int = 1,
 ) -> TrainResult:
     """Train a LoRA adapter of `base_model` on the rows at `rows_path`; see the module
     docstring. `on_progress` is called after every optimizer step; `should_cancel` before
     every micro-batch (TrainingError(cancelled) when it says so). Resumes from
     `work_dir`'s newest checkpoint; returns the stored result if `work_dir` holds a
-    finished adapter of the same run."""
+    finished adapter of the same run.
+
+    `devices` above 1: the run is launched with accelerate on that many processes (one
+    per GPU, or per CPU "device"; `workers.runtime.distributed.launch`), each global
+    batch split between them, so the result is a one-process run's up to float rounding.
+    A killed process ends the launch: TrainingError(process_lost); the checkpoints stay,
+    and the next call resumes from them."""
     work_dir = Path(work_dir)
     rows_path = Path(rows_path)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -442,13 +480,60 @@ def train(
     if finished is not None:
         log(f"adapter already trained in {finished.adapter_dir}")
         return finished
+    spec = RunSpec(
+        base_model=base_model,
+        directory=str(directory),
+        base_model_sha256=base_model_sha256 or _registration_sha256(base_model, directory),
+        rows_path=str(rows_path),
+        work_dir=str(work_dir),
+        run=run,
+        lora={**asdict(lora), "target_modules": list(lora.target_modules or ()) or None},
+        train=asdict(train),
+    )
+    if devices > 1:
+        from workers.runtime.distributed import launch
 
+        return launch(
+            spec, devices=devices, on_progress=on_progress, should_cancel=should_cancel, log=log
+        )
+    return run_training(spec, on_progress=on_progress, should_cancel=should_cancel, log=log)
+
+
+def run_training(
+    spec: RunSpec,
+    *,
+    on_progress: Callable[[Progress], None],
+    should_cancel: Callable[[], bool],
+    log: Callable[[str], None],
+) -> TrainResult:
+    """The training loop of `spec` in this process: the only one, or one of the processes
+    `accelerate launch` started (its environment says which; `Accelerator` reads it).
+
+    accelerate's `Accelerator` sets up the process group (gloo on CPU, nccl on CUDA) and
+    wraps the loss module for data parallelism (DDP, or FSDP when launched so); with one
+    process it wraps nothing. Every process reads every row and walks the same batches;
+    each takes its share of every micro-batch (rows rank, rank + N, ...; a process whose
+    share is empty runs the batch's first row with weight 0, so that all take part in
+    every gradient reduction). Each scales its summed loss by N / the step's answer
+    tokens, so the averaged gradient is exactly the one-process gradient. accelerate's
+    DataLoader sharding is not used: it gives each process its own batch (N times the
+    global batch) or pads an uneven batch with repeated rows, and either would change
+    the result against one process. Only the main process reports progress, writes
+    checkpoints and the adapter; each process keeps its own RNG state in them."""
     import torch
+    from accelerate import Accelerator
     from peft import LoraConfig, get_peft_model
     from transformers import get_linear_schedule_with_warmup
 
     from workers.runtime.local import load_directory
 
+    lora, train = spec.lora_settings, spec.train_settings
+    directory, work_dir = Path(spec.directory), Path(spec.work_dir)
+    accelerator = Accelerator()
+    rank, world = accelerator.process_index, accelerator.num_processes
+    main = accelerator.is_main_process
+    if not main:
+        log = _quiet
     if train.qlora:
         model, tokenizer = _load_quantized(directory)
     else:
@@ -457,7 +542,7 @@ def train(
     if train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    train_rows, eval_rows = read_examples(rows_path, tokenizer, train.max_seq_len)
+    train_rows, eval_rows = read_examples(Path(spec.rows_path), tokenizer, train.max_seq_len)
     truncated = sum(e.truncated for e in train_rows + eval_rows)
     log(
         f"{len(train_rows)} train / {len(eval_rows)} eval rows"
@@ -466,11 +551,12 @@ def train(
             if truncated
             else ""
         )
+        + (f"; {world} processes ({accelerator.distributed_type.value})" if world > 1 else "")
     )
 
     config = json.loads((directory / "config.json").read_text())
     targets = lora.target_modules or default_target_modules(config["model_type"])
-    torch.manual_seed(train.seed)
+    torch.manual_seed(train.seed)  # the same LoRA initialisation in every process
     peft_config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
@@ -483,7 +569,9 @@ def train(
         peft_model = get_peft_model(model, peft_config)
     except ValueError as exc:
         raise TrainingError(f"lora.target_modules: {exc}", kind="invalid_settings") from exc
-    peft_model.peft_config["default"].base_model_name_or_path = base_model
+    peft_model.peft_config["default"].base_model_name_or_path = spec.base_model
+    if world > 1:
+        torch.manual_seed(train.seed * 1_000_003 + rank)  # each process its own dropout
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=train.learning_rate, weight_decay=0.0)
 
@@ -491,25 +579,39 @@ def train(
     total_steps = train.max_steps or max(
         1, math.ceil(train.epochs * batches_per_epoch / train.grad_accum)
     )
-    scheduler = get_linear_schedule_with_warmup(optimizer, train.warmup_steps, total_steps)
-
     checkpoints = work_dir / "checkpoints"
-    state = _State(run=run)
-    latest = _latest_checkpoint(checkpoints)
+    latest = _latest_checkpoint(checkpoints) if main else None
+    latest = _broadcast(accelerator, latest)
+    if latest is not None:  # the adapter weights before wrapping, the rest after
+        _restore_weights(latest, peft_model, spec.run)
+    loss_module = _loss_module(peft_model, torch)
+    # The model is on its device already (load_directory: this process's GPU, or the
+    # CPU); the scheduler is not prepared, since accelerate would step it once per
+    # process and the learning rate must follow the one-process schedule.
+    loss_module, optimizer = accelerator.prepare(
+        loss_module, optimizer, device_placement=[False, False]
+    )
+    scheduler = get_linear_schedule_with_warmup(optimizer, train.warmup_steps, total_steps)
+    state = _State(run=spec.run)
     resumed_from = 0
     if latest is not None:
-        state = _restore(latest, peft_model, optimizer, scheduler, run)
+        state = _restore(latest, accelerator, optimizer, scheduler, spec.run)
         resumed_from = state.step
         log(f"resuming from checkpoint {latest.name} (step {state.step} of {total_steps})")
     else:
         state.epoch_batches = _epoch_batches(train_rows, train.batch_size, train.seed, 0)
 
-    loss_of = _loss_function(peft_model, torch)
     device = peft_model.get_base_model().device
     pad_id = tokenizer.pad_token_id
 
-    def collate(examples: list[Example]):
-        return _collate(examples, pad_id, device, torch)
+    def share(batch: list[Example]) -> tuple[list[Example], float]:
+        """This process's rows of a global batch, and their weight (0: a stand-in)."""
+        mine = batch[rank::world]
+        return (mine, 1.0) if mine else (batch[:1], 0.0)
+
+    def loss_sum(batch: list[Example]):
+        ids, mask, labels = _collate(batch, pad_id, device, torch)
+        return loss_module(ids, mask, labels)
 
     def next_batch() -> list[Example]:
         position = state.micro - state.epoch * batches_per_epoch
@@ -525,12 +627,20 @@ def train(
     def evaluate() -> float | None:
         if not eval_rows:
             return None
-        peft_model.eval()
-        total, count = _loss_sum(eval_rows, train.batch_size, loss_of, collate, device, torch)
-        peft_model.train()
+        loss_module.eval()
+        order = sorted(eval_rows, key=lambda e: len(e.input_ids))
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        with torch.no_grad():
+            for start in range(0, len(order), train.batch_size):
+                rows, weight = share(order[start : start + train.batch_size])
+                with _out_of_memory_as_error(rows, device, "evaluating"):
+                    total += float(loss_sum(rows)) * weight
+        loss_module.train()
+        count = sum(e.trainable for e in eval_rows)
+        total = float(accelerator.reduce(total, "sum")) if world > 1 else float(total)
         return total / count if count else None
 
-    peft_model.train()
+    loss_module.train()
     run_start = time.perf_counter()
     run_tokens = 0
     seconds_before = state.seconds
@@ -538,22 +648,31 @@ def train(
         micro_batches = [next_batch() for _ in range(train.grad_accum)]
         step_tokens = sum(e.trainable for batch in micro_batches for e in batch)
         learning_rate = scheduler.get_last_lr()[0]
-        step_loss = 0.0
-        for batch in micro_batches:
+        step_loss = torch.zeros((), dtype=torch.float64, device=device)
+        for index, batch in enumerate(micro_batches):
             if should_cancel():
                 raise TrainingError(f"cancelled at step {state.step + 1}", kind="cancelled")
-            with _out_of_memory_as_error(batch, device, f"at step {state.step + 1}"):
-                loss_sum, _ = loss_of(*collate(batch))
+            rows, weight = share(batch)
+            # Gradients are reduced between processes once per step, on its last
+            # micro-batch.
+            last = index == len(micro_batches) - 1
+            sync = nullcontext() if last else accelerator.no_sync(loss_module)
+            with sync, _out_of_memory_as_error(rows, device, f"at step {state.step + 1}"):
+                loss = loss_sum(rows) * weight
                 if step_tokens:
-                    (loss_sum / step_tokens).backward()
-            step_loss += loss_sum.item()
+                    accelerator.backward(loss * (world / step_tokens))
+            step_loss += loss.detach().double()
             run_tokens += sum(len(e.input_ids) for e in batch)
-        torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+        # all the module's parameters (the frozen ones have no gradient): under FSDP
+        # accelerate then clips by the norm over every process's shard
+        accelerator.clip_grad_norm_(loss_module.parameters(), MAX_GRAD_NORM)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
-        loss = step_loss / step_tokens if step_tokens else 0.0
+        if world > 1:
+            step_loss = accelerator.reduce(step_loss, "sum")
+        loss = float(step_loss) / step_tokens if step_tokens else 0.0
         state.last_loss = loss
         if state.first_loss is None:
             state.first_loss = loss
@@ -567,22 +686,25 @@ def train(
         state.seconds = seconds_before + elapsed
         state.tokens += sum(len(e.input_ids) for batch in micro_batches for e in batch)
         if state.step % train.checkpoint_every == 0 and state.step < total_steps:
-            _save_checkpoint(checkpoints, peft_model, optimizer, scheduler, state)
+            _save_checkpoint(
+                checkpoints, accelerator, loss_module, peft_model, optimizer, scheduler, state
+            )
             log(f"checkpoint step-{state.step}")
         done_here = state.step - resumed_from
-        on_progress(
-            Progress(
-                step=state.step,
-                total_steps=total_steps,
-                epoch=state.micro / batches_per_epoch,
-                loss=loss,
-                smoothed_loss=state.ema / (1 - SMOOTHING**state.ema_count),
-                eval_loss=state.eval_loss,
-                tokens_per_second=run_tokens / elapsed if elapsed > 0 else 0.0,
-                eta_seconds=(total_steps - state.step) * elapsed / done_here,
-                learning_rate=learning_rate,
+        if main:
+            on_progress(
+                Progress(
+                    step=state.step,
+                    total_steps=total_steps,
+                    epoch=state.micro / batches_per_epoch,
+                    loss=loss,
+                    smoothed_loss=state.ema / (1 - SMOOTHING**state.ema_count),
+                    eval_loss=state.eval_loss,
+                    tokens_per_second=run_tokens / elapsed if elapsed > 0 else 0.0,
+                    eta_seconds=(total_steps - state.step) * elapsed / done_here,
+                    learning_rate=learning_rate,
+                )
             )
-        )
 
     metrics = {
         "train_loss": state.ema / (1 - SMOOTHING**state.ema_count),
@@ -597,14 +719,72 @@ def train(
         "train_rows": len(train_rows),
         "eval_rows": len(eval_rows),
         "trainable_parameters": sum(p.numel() for p in params),
+        "devices": world,
     }
-    base_sha256 = base_model_sha256 or _registration_sha256(base_model, directory)
-    result = _save_adapter(
-        work_dir, peft_model, base_model, base_sha256, lora, targets, metrics, run
-    )
-    shutil.rmtree(checkpoints, ignore_errors=True)
-    log(f"adapter saved: {result.adapter_dir} ({result.size_bytes} bytes)")
-    return result
+    weights = _adapter_state(accelerator, loss_module)
+    result = None
+    if main:
+        result = _save_adapter(
+            work_dir,
+            peft_model,
+            spec.base_model,
+            spec.base_model_sha256,
+            lora,
+            targets,
+            metrics,
+            spec.run,
+            weights,
+        )
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        log(f"adapter saved: {result.adapter_dir} ({result.size_bytes} bytes)")
+    accelerator.wait_for_everyone()
+    return result if result is not None else _finished(work_dir, spec.run)
+
+
+def _quiet(line: str) -> None:
+    """The log of a process other than the main one: its lines repeat the main's."""
+
+
+def _broadcast(accelerator: Any, value: Any) -> Any:
+    """The main process's `value` in every process (a picklable object)."""
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value])[0]
+
+
+def _loss_module(peft_model: Any, torch: Any) -> Any:
+    """`peft_model` with `_loss_function` as its forward, (ids, mask, labels) -> summed
+    answer-token loss: the module accelerate wraps (DDP's gradient hooks and FSDP's
+    gathering need the forward to run through the wrapper)."""
+    loss_of = _loss_function(peft_model, torch)
+
+    class LossModule(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.peft_model = peft_model
+
+        def forward(self, ids, mask, labels):
+            return loss_of(ids, mask, labels)[0]
+
+    return LossModule()
+
+
+def _is_fsdp(accelerator: Any) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def _adapter_state(accelerator: Any, loss_module: Any) -> dict | None:
+    """Under FSDP, the whole model's state dict gathered on the main process (every
+    process must call this); None otherwise (the main process's peft model holds the
+    weights, the same in every process)."""
+    if not _is_fsdp(accelerator):
+        return None
+    full = accelerator.get_state_dict(loss_module)
+    return {k.removeprefix("peft_model."): v for k, v in full.items()}
 
 
 def _load_quantized(directory: Path) -> tuple[Any, Any]:
@@ -628,7 +808,10 @@ def _load_quantized(directory: Path) -> tuple[Any, Any]:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(
-        directory, quantization_config=quantization, device_map={"": 0}, dtype=torch.bfloat16
+        directory,
+        quantization_config=quantization,
+        device_map={"": torch.cuda.current_device()},  # this process's GPU (set by accelerate)
+        dtype=torch.bfloat16,
     )
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False), tokenizer
 
@@ -863,28 +1046,50 @@ def _latest_checkpoint(checkpoints: Path) -> Path | None:
     return max(complete)[1] if complete else None
 
 
-def _save_checkpoint(checkpoints: Path, peft_model, optimizer, scheduler, state: _State) -> None:
+def _rank_file(name: str, rank: int, suffix: str) -> str:
+    """`rng.pt` for the main process (the one-process name), `rng-1.pt` for process 1."""
+    return f"{name}{suffix}" if rank == 0 else f"{name}-{rank}{suffix}"
+
+
+def _save_checkpoint(
+    checkpoints: Path, accelerator, loss_module, peft_model, optimizer, scheduler, state: _State
+) -> None:
+    """Every process calls this at the same step. The main process writes the adapter,
+    scheduler and data position into `.step-N/`; each process its RNG state (and, under
+    FSDP, its shard of the optimizer state; else the main's is every process's); then
+    the main renames the directory into place and keeps the last KEEP_CHECKPOINTS."""
     import numpy as np
     import torch
 
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".step-{state.step}-", dir=checkpoints))
-    try:
-        peft_model.save_pretrained(staging / "adapter", **_SAVE)
-        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
-        torch.save(scheduler.state_dict(), staging / "scheduler.pt")
-        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-        torch.save({"torch": torch.get_rng_state(), "cuda": cuda}, staging / "rng.pt")
-        name, keys, pos, has_gauss, cached = np.random.get_state()
-        rng = {"python": random.getstate(), "numpy": [name, keys.tolist(), pos, has_gauss, cached]}
-        (staging / "rng.json").write_text(json.dumps(rng))
-        (staging / "state.json").write_text(json.dumps(asdict(state)))
-        target = checkpoints / f"step-{state.step}"
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
+    rank, main = accelerator.process_index, accelerator.is_main_process
+    fsdp = _is_fsdp(accelerator)
+    weights = _adapter_state(accelerator, loss_module)
+    staging = checkpoints / f".step-{state.step}"
+    if main:
+        checkpoints.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        extra = {"state_dict": weights} if weights is not None else {}
+        peft_model.save_pretrained(staging / "adapter", **_SAVE, **extra)
+        torch.save(scheduler.state_dict(), staging / "scheduler.pt")
+        (staging / "state.json").write_text(json.dumps(asdict(state)))
+    accelerator.wait_for_everyone()
+    if main or fsdp:
+        torch.save(optimizer.state_dict(), staging / _rank_file("optimizer", rank, ".pt"))
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    torch.save(
+        {"torch": torch.get_rng_state(), "cuda": cuda}, staging / _rank_file("rng", rank, ".pt")
+    )
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    rng = {"python": random.getstate(), "numpy": [name, keys.tolist(), pos, has_gauss, cached]}
+    (staging / _rank_file("rng", rank, ".json")).write_text(json.dumps(rng))
+    accelerator.wait_for_everyone()
+    if not main:
+        return
+    target = checkpoints / f"step-{state.step}"
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
     steps = sorted(
         int(p.name.removeprefix("step-"))
         for p in checkpoints.iterdir()
@@ -894,14 +1099,14 @@ def _save_checkpoint(checkpoints: Path, peft_model, optimizer, scheduler, state:
         shutil.rmtree(checkpoints / f"step-{old}", ignore_errors=True)
 
 
-def _restore(path: Path, peft_model, optimizer, scheduler, run: str) -> _State:
-    import numpy as np
-    import torch
+def _restore_weights(path: Path, peft_model, run: str) -> None:
+    """The checkpoint's adapter weights into `peft_model` (before accelerate wraps it);
+    TrainingError(invalid_settings) for a checkpoint of another run."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    state = _State(**json.loads((path / "state.json").read_text()))
-    if state.run != run:
+    state = json.loads((path / "state.json").read_text())
+    if state["run"] != run:
         raise TrainingError(
             f"{path.parent.parent} holds checkpoints of a run with other rows or settings; "
             "use a new work directory",
@@ -909,13 +1114,31 @@ def _restore(path: Path, peft_model, optimizer, scheduler, run: str) -> _State:
         )
     weights = load_file(path / "adapter" / "adapter_model.safetensors")
     set_peft_model_state_dict(peft_model, weights)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+
+
+def _restore(path: Path, accelerator, optimizer, scheduler, run: str) -> _State:
+    """The optimizer, scheduler and this process's RNG state from checkpoint `path`, and
+    the data position. A process without its own RNG file (the run had fewer processes
+    then) takes the main's."""
+    import numpy as np
+    import torch
+
+    rank = accelerator.process_index
+    state = _State(**json.loads((path / "state.json").read_text()))
+    own = path / _rank_file("optimizer", rank, ".pt")
+    if not _is_fsdp(accelerator) or not own.exists():
+        own = path / "optimizer.pt"
+    optimizer.load_state_dict(torch.load(own, weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    rng = torch.load(path / "rng.pt", weights_only=True)
+    rng_pt = path / _rank_file("rng", rank, ".pt")
+    rng_json = path / _rank_file("rng", rank, ".json")
+    if not (rng_pt.exists() and rng_json.exists()):
+        rng_pt, rng_json = path / "rng.pt", path / "rng.json"
+    rng = torch.load(rng_pt, weights_only=True)
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    states = json.loads((path / "rng.json").read_text())
+    states = json.loads(rng_json.read_text())
     version, internal, gauss = states["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = states["numpy"]
@@ -924,14 +1147,25 @@ def _restore(path: Path, peft_model, optimizer, scheduler, run: str) -> _State:
 
 
 def _save_adapter(
-    work_dir: Path, peft_model, base_model: str, base_sha256: str, lora, targets, metrics, run
+    work_dir: Path,
+    peft_model,
+    base_model: str,
+    base_sha256: str,
+    lora,
+    targets,
+    metrics,
+    run,
+    weights: dict | None = None,
 ) -> TrainResult:
+    """The adapter (`weights`: the full model's state dict when the peft model's own
+    parameters are shards, under FSDP) and its record, renamed into work_dir/adapter."""
     import peft
 
     staging = Path(tempfile.mkdtemp(prefix=".adapter-", dir=work_dir))
     target = work_dir / "adapter"
     try:
-        peft_model.save_pretrained(staging, **_SAVE)
+        extra = {"state_dict": weights} if weights is not None else {}
+        peft_model.save_pretrained(staging, **_SAVE, **extra)
         (staging / "README.md").unlink(missing_ok=True)  # peft's empty model card
         record = {
             "run": run,
