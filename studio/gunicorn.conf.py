@@ -11,6 +11,10 @@ import os
 from apps.telemetry.logconfig import gunicorn_logconfig
 
 accesslog = None
+# gunicorn 24+ opens a control socket at one path shared by every instance of a user
+# (~/.gunicorn/gunicorn.ctl): a second server, a test's, would take it over or remove
+# it. Studio does not use it.
+control_socket_disable = True
 logconfig_dict = gunicorn_logconfig(
     log_format=os.environ.get("STUDIO_LOG_FORMAT", "json"),
     level=os.environ.get("LOG_LEVEL", "INFO"),

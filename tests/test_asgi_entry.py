@@ -54,8 +54,15 @@ def test_a_failing_request_gives_its_place_back():
     asyncio.run(main())
 
 
-def _route(body: bytes, *, path: str = "/v1/chat/completions", chunks: int = 1, limit: int = 1000):
-    """Which app StreamsApart chose, and the body that app read."""
+def _route(
+    body: bytes,
+    *,
+    path: str = "/v1/chat/completions",
+    chunks: int = 1,
+    limit: int = 1000,
+    max_body: int = 100_000,
+):
+    """Which app StreamsApart chose, the body it read and the Content-Length it saw."""
     from apps.core.asgi import StreamsApart
 
     chosen: dict = {}
@@ -67,7 +74,8 @@ def _route(body: bytes, *, path: str = "/v1/chat/completions", chunks: int = 1, 
                 message = await receive()
                 data += message.get("body", b"")
                 more = message.get("more_body", False)
-            chosen.update(app=name, body=data)
+            length = dict(scope["headers"]).get(b"content-length")
+            chosen.update(app=name, body=data, length=length)
 
         return read
 
@@ -80,9 +88,23 @@ def _route(body: bytes, *, path: str = "/v1/chat/completions", chunks: int = 1, 
     async def receive():
         return messages.pop(0)
 
-    router = StreamsApart(pages=app("pages"), streams=app("streams"), peek_limit=limit)
-    scope = {"type": "http", "method": "POST", "path": path}
-    asyncio.run(router(scope, receive, _ignore))
+    sent: list = []
+
+    async def send(message):
+        sent.append(message)
+
+    router = StreamsApart(
+        pages=app("pages"),
+        gateway=app("gateway"),
+        streams=app("streams"),
+        peek_limit=limit,
+        max_body=max_body,
+    )
+    scope = {"type": "http", "method": "POST", "path": path, "headers": []}
+    asyncio.run(router(scope, receive, send))
+    if not chosen:
+        return sent[0]["status"], sent[1]["body"]
+    assert chosen["length"] == str(len(body)).encode()  # whole, with its length
     return chosen["app"], chosen["body"]
 
 
@@ -90,10 +112,78 @@ def test_only_completion_calls_that_stream_take_the_async_path():
     streaming = b'{"model": "m", "messages": [], "stream": true}'
     assert _route(streaming) == ("streams", streaming)
     assert _route(streaming, chunks=2) == ("streams", streaming)  # body in two messages
-    assert _route(b'{"model": "m", "stream": false}')[0] == "pages"
-    assert _route(b'{"model": "m"}')[0] == "pages"
-    assert _route(b'{"stream": true')[0] == "pages"  # bad JSON: the view answers 400
-    assert _route(b'["stream"]')[0] == "pages"
+    escaped = rb'{"model": "m", "\u0073tream": true}'
+    assert _route(escaped)[0] == "streams"  # parsed, not searched
+    assert _route('{"stream": true}'.encode("utf-16"))[0] == "streams"
+    assert _route(b'{"model": "m", "stream": false}')[0] == "gateway"
+    assert _route(b'{"model": "m"}')[0] == "gateway"
+    assert _route(b'{"stream": true')[0] == "gateway"  # bad JSON: the view answers 400
+    assert _route(b'{"stream": true, "x": ' + b"[" * 5000 + b"]" * 5000 + b"}")[0] == "gateway"
+    assert _route(b'["stream"]')[0] == "gateway"
+    assert _route(streaming, path="/v1/models")[0] == "gateway"
     assert _route(streaming, path="/api/v1/squads")[0] == "pages"
     big = b'{"stream": true, "pad": "' + b"x" * 2000 + b'"}'
-    assert _route(big, chunks=2, limit=1000) == ("pages", big)  # over the peek: replayed whole
+    assert _route(big, chunks=2, limit=1000) == ("gateway", big)  # over the peek: replayed
+    status, message = _route(big, max_body=1000)
+    assert status == 413 and b"over 1000 bytes" in message
+
+
+def test_a_body_sent_too_slowly_is_a_408_without_a_thread(monkeypatch):
+    from apps.core.asgi import StreamsApart
+
+    monkeypatch.setattr(StreamsApart, "GRACE", 0.2)
+    called = []
+
+    async def app(scope, receive, send):
+        called.append(scope)
+
+    async def receive():
+        await asyncio.sleep(0.15)  # one byte at a time, never faster
+        return {"type": "http.request", "body": b"x", "more_body": True}
+
+    sent: list = []
+
+    async def send(message):
+        sent.append(message)
+
+    router = StreamsApart(pages=app, gateway=app, streams=app, peek_limit=10, max_body=10**6)
+    scope = {"type": "http", "method": "POST", "path": "/login/", "headers": []}
+    asyncio.run(asyncio.wait_for(router(scope, receive, send), 10))
+    assert not called
+    assert sent[0]["status"] == 408 and b"too slowly" in sent[1]["body"]
+
+
+def test_a_stream_whose_client_left_early_still_gets_its_response_closed():
+    """Django cancels a request when its client disconnects; for a stream the
+    disconnect is held until the response has started, so the view's response is
+    closed (the call recorded, its quota settled) instead of dropped."""
+    from apps.core.asgi import StreamsApart
+
+    events: list[str] = []
+
+    async def streams(scope, receive, send):
+        await receive()  # the body
+        listener = asyncio.create_task(receive())  # Django's listen_for_disconnect
+        await asyncio.sleep(0.05)  # the view's synchronous work
+        events.append("disconnect seen early" if listener.done() else "view finished")
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await listener
+        events.append("disconnect after start")
+
+    incoming = [
+        {"type": "http.request", "body": b'{"stream": true}', "more_body": False},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive():
+        return incoming.pop(0)
+
+    async def send(message):
+        pass
+
+    router = StreamsApart(
+        pages=None, gateway=None, streams=streams, peek_limit=1000, max_body=10**6
+    )
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": []}
+    asyncio.run(asyncio.wait_for(router(scope, receive, send), 5))
+    assert events == ["view finished", "disconnect after start"]

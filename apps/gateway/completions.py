@@ -35,7 +35,7 @@ from apps.gateway.protocol import ChatRequest, GatewayError, bad, provenance_hea
 from apps.gateway.services import KeyGrant
 from apps.generation import pipeline
 from apps.generation.models import Generation, ModelTarget
-from apps.generation.targets import target_resolve
+from apps.generation.targets import clean_default_params, target_resolve
 from apps.governance.models import PolicyVersion
 from apps.governance.selectors import policy_version_current, rules_of
 from apps.prompts.contracts import RenderFailed
@@ -147,7 +147,7 @@ def _prompt_overrides(version: PromptVersion, req: ChatRequest) -> dict[str, Any
 def _call_version(squad_id: int, target: ModelTarget, req: ChatRequest) -> PromptVersion:
     """An unsaved version standing for a call that names a target: no messages of its own,
     the caller's response_format as its output contract, the caller's parameters."""
-    defaults = target.default_params or {}
+    defaults = clean_default_params(target.default_params)  # one saved before the rules
     settings = {
         "target": target.name,
         "max_new_tokens": req.max_tokens or int(defaults.get("max_new_tokens", DEFAULT_MAX_TOKENS)),

@@ -167,7 +167,13 @@ class StreamSession:
         self.rules = rules_of(call.policy)
         self.guard = OutputGuard(self.rules)
         self.id, self.created = f"chatcmpl-{call.generation.pk}", int(time.time())
-        self.state: dict[str, Any] = {"finish": "stop", "in": None, "out": None, "pieces": 0}
+        self.state: dict[str, Any] = {
+            "finish": "stop",
+            "ended": False,  # the upstream said how the answer ended
+            "in": None,
+            "out": None,
+            "pieces": 0,
+        }
         # Until the stream reaches its end, a stop is a client that went away.
         self.outcome: str = Generation.Status.CANCELLED
         self.error: tuple[str, str] | None = None
@@ -212,6 +218,7 @@ class StreamSession:
             state["pieces"] += 1
         if delta.finish_reason:
             state["finish"] = "length" if delta.finish_reason == "length" else "stop"
+            state["ended"] = True
         if delta.input_tokens is not None:
             state["in"], state["out"] = delta.input_tokens, delta.output_tokens
         text = self.guard.feed(delta.text) if delta.text else ""
@@ -226,6 +233,12 @@ class StreamSession:
         """The upstream has ended (or a rule stopped it): settle the outcome; the events
         to send before the record is written."""
         if self.outcome == Generation.Status.FAILED:
+            return []
+        if not self.stopped and not self.state["ended"]:
+            # The connection closed before a finish reason: a cut answer, not a whole one.
+            self.failed(
+                RuntimeError("the upstream stream ended before the answer did (no finish reason)")
+            )
             return []
         if self.stopped:
             self.outcome = Generation.Status.BLOCKED
@@ -255,7 +268,9 @@ class StreamSession:
         """The last events, sent after the record is written: a client that has read
         [DONE] finds it."""
         if self.error is not None:
-            return [_error_event(*self.error)]
+            message, code = self.error
+            kind = "api_error" if code == "upstream_error" else "invalid_request_error"
+            return [_error_event(message, code, kind)]
         events = [self.chunk({}, self.state["finish"])]
         if self.call.request.include_usage:
             events.append(self.chunk(None, usage=protocol.usage(*_usage(self.call, self.state))))

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.db import OperationalError
 from django.db.models import Q
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -17,7 +19,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from apps.core.exceptions import ApplicationError, AuthenticationFailed, ValidationFailed
 from apps.core.validation import parse_json
-from apps.gateway import completions, protocol
+from apps.gateway import completions, protocol, quotas
 from apps.gateway.protocol import GatewayError
 from apps.gateway.services import KeyGrant, service_key_authenticate
 from apps.generation.models import Generation, ModelTarget
@@ -134,12 +136,15 @@ def models(request: HttpRequest, grant: KeyGrant) -> HttpResponse:
 
 
 def _body(request: HttpRequest) -> Any:
-    if len(request.body) > MAX_BODY:
-        raise GatewayError(
-            f"The body is over {MAX_BODY} bytes.", status=413, code="request_too_large"
-        )
     try:
-        return parse_json(request.body, field="body")
+        body = request.body  # Django refuses past DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MiB)
+    except RequestDataTooBig:
+        body = None
+    if body is None or len(body) > MAX_BODY:
+        limit = min(MAX_BODY, settings.DATA_UPLOAD_MAX_MEMORY_SIZE or MAX_BODY)
+        raise GatewayError(f"The body is over {limit} bytes.", status=413, code="request_too_large")
+    try:
+        return parse_json(body, field="body")
     except ValidationFailed as exc:
         raise protocol.bad(
             f"We could not parse the JSON body of your request: {exc.message}", None, "invalid_json"
@@ -151,6 +156,19 @@ def chat_completions(request: HttpRequest, grant: KeyGrant) -> HttpResponse:
     req = protocol.parse_chat_request(_body(request))
     call = completions.prepare_call(grant=grant, req=req, request=request)
     completions.reserve(call, streaming=req.stream)
+    try:
+        return _answer(request, call, req)
+    except BaseException:
+        # Whatever stopped the call (a database error, a bug): its reservation goes back
+        # unless the call already settled it (settle and release happen once).
+        if call.reservation is not None:
+            quotas.release(call.reservation)
+        raise
+
+
+def _answer(
+    request: HttpRequest, call: completions.Call, req: protocol.ChatRequest
+) -> HttpResponse:
     if call.prepared.blocked:
         completions.record_blocked(call)
         raise completions.blocked_error(call)

@@ -16,10 +16,10 @@ from typing import Any
 from django.utils import timezone
 
 from apps.basemodels.selectors import DEFAULT_BASE_MODEL
-from apps.core.exceptions import ApplicationError
+from apps.core.exceptions import ApplicationError, ValidationFailed
 from apps.generation import structured
 from apps.generation.models import Generation, ModelTarget
-from apps.generation.targets import target_resolve
+from apps.generation.targets import target_resolve, token_env_allowed, token_env_refusal
 from apps.governance import checks as governance
 from apps.governance import provenance
 from apps.governance.models import PolicyVersion
@@ -38,6 +38,9 @@ def target_spec(target: ModelTarget):  # -> TargetSpec (imported lazily: workers
     base_sha256 = ""
     if target.kind == ModelTarget.Kind.LOCAL:
         base_sha256 = base_model_ready(target.base_model or DEFAULT_BASE_MODEL).manifest_sha256
+    if target.token_env and not token_env_allowed(target.token_env):
+        # A target saved before the rule, or under another setting: its token stays home.
+        raise ValidationFailed(token_env_refusal(target.token_env), field="token_env")
     return TargetSpec(
         name=target.name,
         kind=target.kind,

@@ -1,9 +1,12 @@
 """Model target resolution and validation."""
 
+import fnmatch
 import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import urlparse
+
+from django.conf import settings
 
 from apps.basemodels.selectors import DEFAULT_BASE_MODEL, base_model_ready
 from apps.core.exceptions import NotFound, ValidationFailed
@@ -19,6 +22,23 @@ TEXT_LIMITS = {
     "adapter_id": 200,
 }
 PRICE_LIMIT = Decimal(1_000_000)  # the column holds 12 digits, 6 after the point
+
+
+def token_env_allowed(name: str) -> bool:
+    """Whether a target may name this environment variable as its token: only those
+    the operator set aside for targets (STUDIO_TARGET_TOKEN_ENVS, patterns such as
+    `STUDIO_TARGET_TOKEN_*`). Any other name would let a squad owner send the server's
+    own secrets (SECRET_KEY, DATABASE_URL, cloud credentials) to a URL they choose."""
+    patterns = [p.strip() for p in settings.STUDIO_TARGET_TOKEN_ENVS.split(",") if p.strip()]
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def token_env_refusal(name: str) -> str:
+    return (
+        f"token_env '{name[:100]}' is not one of the variables set aside for target tokens "
+        f"(STUDIO_TARGET_TOKEN_ENVS: {settings.STUDIO_TARGET_TOKEN_ENVS or 'none'}); ask "
+        "the operator to put the token in such a variable."
+    )
 
 
 def target_resolve(*, squad_id: int, name: str) -> ModelTarget:
@@ -68,10 +88,12 @@ def clean_target_fields(data: dict[str, Any]) -> dict[str, Any]:
         token_env = data.get("token_env") or ""
         if token_env and not ENV_NAME.match(token_env):
             raise ValidationFailed(
-                "token_env is the NAME of an environment variable (like HF_TOKEN), "
-                "never the token itself.",
+                "token_env is the NAME of an environment variable (like "
+                "STUDIO_TARGET_TOKEN_TGI), never the token itself.",
                 field="token_env",
             )
+        if token_env and not token_env_allowed(token_env):
+            raise ValidationFailed(token_env_refusal(token_env), field="token_env")
     for field in ("price_input_per_1k", "price_output_per_1k"):
         try:
             value = Decimal(str(data.get(field) or 0).strip())
@@ -97,6 +119,36 @@ def clean_target_fields(data: dict[str, Any]) -> dict[str, Any]:
             field="context_length",
         )
     data["context_length"] = context_length
-    if not isinstance(data.get("default_params") or {}, dict):
-        raise ValidationFailed("default_params must be an object.", field="default_params")
+    data["default_params"] = clean_default_params(data.get("default_params"))
     return data
+
+
+DEFAULT_PARAM_KEYS = ("temperature", "top_p", "max_new_tokens", "stop", "seed")
+
+
+def clean_default_params(params: Any) -> dict[str, Any]:
+    """A target's default generation parameters: a subset of a prompt version's model
+    settings, each checked by the same rules (apps.prompts.services)."""
+    from apps.prompts import contracts
+    from apps.prompts.services import clean_model_settings
+
+    params = params or {}
+    if not isinstance(params, dict):
+        raise ValidationFailed("default_params must be an object.", field="default_params")
+    unknown = sorted(set(params) - set(DEFAULT_PARAM_KEYS))
+    if unknown:
+        raise ValidationFailed(
+            f"default_params: unknown parameter(s) {', '.join(k[:40] for k in unknown[:5])}; "
+            f"a target's defaults may set {', '.join(DEFAULT_PARAM_KEYS)}.",
+            field="default_params",
+        )
+    report = contracts.ContractReport()
+    clean_model_settings({**params, "target": "default"}, report)
+    if report.errors:
+        first = report.errors[0]
+        where = first["where"].removeprefix("model.")
+        raise ValidationFailed(
+            f"default_params.{where} {first['message'].removeprefix(first['where'] + ' ')}",
+            field="default_params",
+        )
+    return params

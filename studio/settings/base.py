@@ -118,6 +118,13 @@ if env.bool("STUDIO_ASGI", default=False) and "postgresql" in DATABASES["default
 # synchronous part (up to the first byte) at once; a stream past that point is not
 # counted. 0 leaves the streams unbounded (pages keep 16 threads).
 STUDIO_ASGI_SYNC_CONCURRENCY = env.int("STUDIO_ASGI_SYNC_CONCURRENCY", default=16)
+# Environment variables a remote model target may name as its token (`token_env`):
+# comma-separated patterns. Only these: any other name would let a squad owner send the
+# server's own secrets to a URL of their choosing.
+STUDIO_TARGET_TOKEN_ENVS = env.str("STUDIO_TARGET_TOKEN_ENVS", default="STUDIO_TARGET_TOKEN_*")
+# Under studio.asgi: the largest request body the server reads (uploads are up to 50 MiB
+# of file plus the form around it); past it, 413 before any view runs.
+STUDIO_MAX_REQUEST_BODY = env.int("STUDIO_MAX_REQUEST_BODY", default=64 * 1024 * 1024)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the web server and the worker read while the other writes;
     # IMMEDIATE transactions take the write lock up front instead of failing

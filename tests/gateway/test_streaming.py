@@ -112,6 +112,18 @@ def test_failed_upstream_stream_is_an_error_chunk_and_refunds(squad):
     assert Generation.objects.get().status == "failed"
 
 
+@pytest.mark.django_db
+def test_an_upstream_stream_cut_before_its_finish_is_a_failure_not_an_answer(squad):
+    with FakeOpenAI(scripted(["one ", "two ", "three ", "four"]), cut_after=2) as server:
+        remote_target(squad, server.url)
+        response = _stream(V1(make_key(squad)))
+        events = _events(response)
+    assert "[DONE]" not in events
+    assert events[-1]["error"]["code"] == "upstream_error"
+    assert events[-1]["error"]["type"] == "api_error"
+    assert Generation.objects.get().status == "failed"
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("server", ["gateway_server", "asgi_server"])
 def test_client_disconnect_cancels_upstream_and_records_cancelled(squad, server, request):

@@ -324,3 +324,37 @@ def test_database_unavailable_is_a_503_with_retry_after(squad, upstream, monkeyp
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "service_unavailable"
     assert response["Retry-After"] == "2"
+
+
+def test_a_database_error_after_the_reservation_gives_it_back(squad, upstream, monkeypatch):
+    from django.db import OperationalError
+
+    from apps.gateway import streaming
+    from apps.gateway.models import ServiceKey
+
+    remote_target(squad, upstream.url)
+    client = V1(make_key(squad))
+    key = ServiceKey.objects.get()
+    gateway.quota_set(
+        actor=UserFactory(username="owner"), squad=squad, key=key, tokens_per_minute=100_000
+    )
+
+    def locked(call, request):
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(streaming, "stream_response", locked)
+    body = {"model": "fake", "messages": [{"role": "user", "content": "x"}], "stream": True}
+    response = client.chat(body)
+    assert response.status_code == 503
+    assert quotas.usage(squad.pk, key.pk)["tokens"] == 0
+
+
+def test_a_body_over_the_limit_is_an_openai_413(squad, upstream):
+    remote_target(squad, upstream.url)
+    client = V1(make_key(squad))
+    big = json.dumps(
+        {"model": "fake", "messages": [{"role": "user", "content": "x" * (3 * 1024 * 1024)}]}
+    )
+    response = client.chat(big)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"

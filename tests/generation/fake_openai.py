@@ -32,6 +32,7 @@ class FakeOpenAI:
         delay: float = 0.0,
         chunk_delay: float = 0.0,
         hold: threading.Event | None = None,
+        cut_after: int | None = None,
     ) -> None:
         self.responder = responder
         self.delay = delay
@@ -39,6 +40,8 @@ class FakeOpenAI:
         self.chunk_delay = chunk_delay
         # When set: every stream sends its first piece, then waits for this event.
         self.hold = hold
+        # When set: a stream closes after this many pieces, without a finish or [DONE].
+        self.cut_after = cut_after
         self.chunks_sent = 0
         self.disconnects = 0
         # Streams being sent right now, and the most at once.
@@ -115,7 +118,9 @@ class FakeOpenAI:
                     "model": body.get("model") or "fake",
                 }
                 try:
-                    for piece in pieces:
+                    for sent, piece in enumerate(pieces):
+                        if outer.cut_after is not None and sent >= outer.cut_after:
+                            return
                         event(
                             {
                                 **base,

@@ -141,7 +141,15 @@ def test_generation_run_is_idempotent(squad, fake_server):
             {"kind": "remote", "base_url": "http://h", "token_env": "hf_abcdefSECRET123"},
             "token_env",
         ),
+        # Only variables set aside for target tokens: never the server's own secrets.
+        ({"kind": "remote", "base_url": "http://h", "token_env": "PATH"}, "token_env"),
+        ({"kind": "remote", "base_url": "http://h", "token_env": "SECRET_KEY"}, "token_env"),
+        ({"kind": "remote", "base_url": "http://h", "token_env": "DATABASE_URL"}, "token_env"),
         ({"kind": "local", "base_model": "gpt-9"}, "base_model"),
+        ({"kind": "local", "default_params": {"temperature": "hot"}}, "default_params"),
+        ({"kind": "local", "default_params": {"max_new_tokens": -5}}, "default_params"),
+        ({"kind": "local", "default_params": {"top_p": [1]}}, "default_params"),
+        ({"kind": "local", "default_params": {"logit_bias": {}}}, "default_params"),
         ({"kind": "local", "base_url": "http://h"}, "base_url"),
         ({"kind": "gpu"}, "kind"),
         ({"kind": "local", "price_input_per_1k": "-1"}, "price_input_per_1k"),
@@ -153,6 +161,27 @@ def test_target_validation(squad, fields, field):
             actor=UserFactory(username="owner"), squad=squad, name="t", **fields
         )
     assert info.value.field == field
+
+
+def test_a_target_token_comes_only_from_variables_set_aside_for_it(squad, fake_server, settings):
+    owner = UserFactory(username="owner")
+    target = services.model_target_create(
+        actor=owner,
+        squad=squad,
+        name="t",
+        kind="remote",
+        base_url=fake_server.url,
+        token_env="STUDIO_TARGET_TOKEN_TGI",
+    )
+    assert target.token_env == "STUDIO_TARGET_TOKEN_TGI"
+    # A target saved under a wider setting is refused at call time once it narrows: the
+    # token is never read, let alone sent.
+    settings.STUDIO_TARGET_TOKEN_ENVS = "OTHER_*"
+    from apps.generation.pipeline import target_spec
+
+    with pytest.raises(ValidationFailed) as info:
+        target_spec(target)
+    assert info.value.field == "token_env" and "STUDIO_TARGET_TOKEN_ENVS" in info.value.message
 
 
 def test_squad_target_shadows_the_global_one(squad, fake_server):
