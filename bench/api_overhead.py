@@ -374,16 +374,21 @@ def median_or_none(values: list[float | None]) -> float | None:
     return statistics.median(present) if present else None
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
+def add_server_argument(parser: argparse.ArgumentParser, *, wsgi: str) -> None:
+    """--server: what a server benchmark runs Studio under."""
     parser.add_argument(
         "--server",
         choices=("asgi", "wsgi"),
         default="asgi",
         help="asgi: uvicorn workers over studio.asgi, as `make run` serves (default); "
-        "wsgi: gunicorn's sync workers",
+        f"wsgi: {wsgi}",
     )
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
+    add_server_argument(parser, wsgi="gunicorn's sync workers")
     parser.add_argument(
         "--duration", type=int, default=10, help="seconds per measured run (default 10)"
     )

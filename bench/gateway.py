@@ -237,13 +237,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument(
-        "--server",
-        choices=("asgi", "wsgi"),
-        default="asgi",
-        help="asgi: uvicorn workers over studio.asgi, as `make run` serves (default); "
-        "wsgi: gthread workers with 8 threads each",
-    )
+    common.add_server_argument(parser, wsgi="gthread workers with 8 threads each")
     parser.add_argument("--litellm", help="path of the litellm executable")
     # With --num_workers 2 the proxy's worker processes died at start on this machine (the
     # server never answered); one uvicorn worker is LiteLLM's default.

@@ -29,13 +29,12 @@ import asyncio
 import contextlib
 import json
 import secrets
-import socket
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,13 +62,9 @@ class Upstream:
         self.lock = threading.Lock()
         outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def setup(self) -> None:
-                super().setup()
-                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-            def log_message(self, *args: object) -> None:
-                pass
+        class Handler(gateway.Mock):
+            # A stream ends when the connection closes (no length, no chunked encoding).
+            protocol_version = "HTTP/1.0"
 
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))

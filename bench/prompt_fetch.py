@@ -47,6 +47,7 @@ from api_overhead import (
     HOST,
     BenchError,
     _wrk_ms,
+    add_server_argument,
     describe_database,
     ensure_postgres_database,
     free_port,
@@ -309,13 +310,7 @@ def run_wrk(
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2)")
-    parser.add_argument(
-        "--server",
-        choices=("asgi", "wsgi"),
-        default="asgi",
-        help="asgi: uvicorn workers over studio.asgi, as `make run` serves (default); "
-        "wsgi: gunicorn's sync workers",
-    )
+    add_server_argument(parser, wsgi="gunicorn's sync workers")
     parser.add_argument(
         "--duration", type=int, default=10, help="seconds per measured run (default 10)"
     )

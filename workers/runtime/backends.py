@@ -188,14 +188,19 @@ def local_server_refusal(outcome: Outcome) -> Outcome:
     )
 
 
+def _raise_refusal(exc: BackendError) -> None:
+    """Re-raise a failed local stream, as ModelFilesChanged when it was that refusal."""
+    mapped = local_server_refusal(exc)
+    if mapped is exc:
+        raise exc
+    raise mapped from exc
+
+
 def _refusals_mapped(deltas: Iterator[StreamDelta]) -> Iterator[StreamDelta]:
     try:
         yield from deltas
     except BackendError as exc:
-        mapped = local_server_refusal(exc)
-        if mapped is exc:
-            raise
-        raise mapped from exc
+        _raise_refusal(exc)
     finally:
         deltas.close()
 
@@ -205,10 +210,7 @@ async def _arefusals_mapped(deltas: AsyncIterator[StreamDelta]) -> AsyncIterator
         async for delta in deltas:
             yield delta
     except BackendError as exc:
-        mapped = local_server_refusal(exc)
-        if mapped is exc:
-            raise
-        raise mapped from exc
+        _raise_refusal(exc)
     finally:
         await deltas.aclose()  # type: ignore[attr-defined]
 
