@@ -178,3 +178,83 @@ def test_stream_governance_on_the_async_path(squad, asgi_server, case):
         assert spent == 0, "the failed call's reservation was not released"
     else:
         assert spent == generation.input_tokens + generation.output_tokens > 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_pages_forms_and_chunked_bodies_through_the_server(squad, asgi_server):
+    """What is not a stream goes through the WSGI pool behind the body reader: a sign-in
+    form with its CSRF cookie, and a chunked request body (no Content-Length) that
+    arrives whole."""
+    UserFactory(username="walker", password="walk-the-walk-1")
+    with httpx.Client(base_url=asgi_server, timeout=30) as client:
+        page = client.get("/login/")
+        assert page.status_code == 200
+        token = client.cookies["csrftoken"]
+        signed_in = client.post(
+            "/login/",
+            data={
+                "username": "walker",
+                "password": "walk-the-walk-1",
+                "csrfmiddlewaretoken": token,
+            },
+            headers={"Referer": f"{asgi_server}/login/"},
+        )
+        assert signed_in.status_code == 302, signed_in.text[:300]
+        assert client.get(signed_in.headers["location"]).status_code == 200
+
+    with FakeOpenAI() as upstream:
+        remote_target(squad, upstream.url)
+        secret = make_key(squad)
+        body = json.dumps({"model": "fake", "messages": [{"role": "user", "content": "chunky"}]})
+
+        def pieces():
+            for i in range(0, len(body), 7):
+                yield body[i : i + 7].encode()
+
+        response = httpx.post(
+            f"{asgi_server}/v1/chat/completions",
+            content=pieces(),  # sent chunked
+            headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/json"},
+            timeout=30,
+        )
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"] == "echo: chunky"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_streams_whose_clients_leave_at_once_are_all_recorded_and_settled(squad, asgi_server):
+    """Clients that close their socket right after sending a stream request (before any
+    byte of the answer): every call still ends in a final state, none stays `running`,
+    and the quota counts only what the records say."""
+    import socket
+    import time
+    from urllib.parse import urlparse
+
+    with FakeOpenAI(scripted(PIECES), chunk_delay=0.05) as upstream:
+        remote_target(squad, upstream.url)
+        secret = make_key(squad)
+        key = ServiceKey.objects.get()
+        gateway.quota_set(
+            actor=UserFactory(username="owner"), squad=squad, key=key, tokens_per_minute=10**6
+        )
+        body = json.dumps(
+            {"model": "fake", "messages": [{"role": "user", "content": "x"}], "stream": True}
+        ).encode()
+        url = urlparse(asgi_server)
+        request = (
+            f"POST /v1/chat/completions HTTP/1.1\r\nHost: {url.netloc}\r\n"
+            f"Authorization: Bearer {secret}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        for _ in range(12):
+            with socket.create_connection((url.hostname, url.port)) as sock:
+                sock.sendall(request)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            statuses = list(Generation.objects.values_list("status", flat=True))
+            if len(statuses) == 12 and "running" not in statuses:
+                break
+            time.sleep(0.2)
+    assert len(statuses) == 12 and "running" not in statuses, statuses
+    recorded = sum(g.input_tokens + g.output_tokens for g in Generation.objects.all())
+    assert quotas.usage(squad.pk, key.pk)["tokens"] == recorded
