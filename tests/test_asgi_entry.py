@@ -100,7 +100,12 @@ def _route(
         peek_limit=limit,
         max_body=max_body,
     )
-    scope = {"type": "http", "method": "POST", "path": path, "headers": []}
+    announced = (
+        (b"transfer-encoding", b"chunked")
+        if chunks == 2
+        else (b"content-length", b"%d" % len(body))
+    )
+    scope = {"type": "http", "method": "POST", "path": path, "headers": [announced]}
     asyncio.run(router(scope, receive, send))
     if not chosen:
         return sent[0]["status"], sent[1]["body"]
@@ -147,7 +152,12 @@ def test_a_body_sent_too_slowly_is_a_408_without_a_thread(monkeypatch):
         sent.append(message)
 
     router = StreamsApart(pages=app, gateway=app, streams=app, peek_limit=10, max_body=10**6)
-    scope = {"type": "http", "method": "POST", "path": "/login/", "headers": []}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/login/",
+        "headers": [(b"content-length", b"100000")],
+    }
     asyncio.run(asyncio.wait_for(router(scope, receive, send), 10))
     assert not called
     assert sent[0]["status"] == 408 and b"too slowly" in sent[1]["body"]
@@ -184,6 +194,35 @@ def test_a_stream_whose_client_left_early_still_gets_its_response_closed():
     router = StreamsApart(
         pages=None, gateway=None, streams=streams, peek_limit=1000, max_body=10**6
     )
-    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": []}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "headers": [(b"content-length", b"16")],
+    }
     asyncio.run(asyncio.wait_for(router(scope, receive, send), 5))
     assert events == ["view finished", "disconnect after start"]
+
+
+def test_a_request_without_a_body_goes_straight_through():
+    from apps.core.asgi import StreamsApart
+
+    seen: list[str] = []
+
+    def app(name):
+        async def handle(scope, receive, send):
+            seen.append(name)
+
+        return handle
+
+    router = StreamsApart(
+        pages=app("pages"), gateway=app("gateway"), streams=None, peek_limit=10, max_body=10
+    )
+
+    async def never():  # nothing is read before the app runs
+        raise AssertionError("the body reader ran for a request without a body")
+
+    for path in ("/squads/", "/v1/models"):
+        scope = {"type": "http", "method": "GET", "path": path, "headers": []}
+        asyncio.run(router(scope, never, _ignore))
+    assert seen == ["pages", "gateway"]

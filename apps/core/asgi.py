@@ -83,6 +83,10 @@ class StreamsApart:
         if scope["type"] != "http":
             await self.pages(scope, receive, send)
             return
+        if not _has_body(scope):  # most requests: nothing to read, nothing to decide
+            gateway = scope["path"].startswith(self.GATEWAY_PREFIX)
+            await (self.gateway if gateway else self.pages)(scope, receive, send)
+            return
         body = tempfile.SpooledTemporaryFile(max_size=self.SPOOL)  # noqa: SIM115
         try:
             status = await self._read_body(receive, body)
@@ -152,6 +156,15 @@ class StreamsApart:
             await send(message)
 
         await self.streams(scope, receive_held, send_marking)
+
+
+def _has_body(scope: Scope) -> bool:
+    """Whether the request announces a body (a length above 0, or chunked)."""
+    for name, value in scope.get("headers", []):
+        name = name.lower()
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
 
 
 def _with_length(scope: Scope, size: int) -> Scope:
