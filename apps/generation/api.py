@@ -54,6 +54,7 @@ def target_out(t: ModelTarget) -> dict[str, Any]:
         "remote_model": t.remote_model,
         "token_env": t.token_env,
         "adapter_id": t.adapter_id,
+        "adapter": t.lora_adapter_id,
         "default_params": t.default_params,
         "context_length": t.context_length,
         "price_input_per_1k": t.price_input_per_1k,
@@ -125,30 +126,40 @@ def target_create(request: HttpRequest, squad: str, payload: TargetCreateIn) -> 
     squad_obj = squad_get_for_user(user=request.auth, slug=squad)
     data = payload.dict()
     is_global = data.pop("global_target")
+    adapter = _adapter(request, squad_obj, data.pop("adapter"))
     target = services.model_target_create(
-        actor=request.auth, squad=None if is_global else squad_obj, request=request, **data
+        actor=request.auth,
+        squad=None if is_global else squad_obj,
+        adapter=adapter,
+        request=request,
+        **data,
     )
     return Status(201, target_out(target))
+
+
+def _adapter(request: HttpRequest, squad: Any, adapter_id: int | None) -> Any:
+    """The squad's adapter a target names (404 on `adapter`), or None."""
+    from apps.finetune import selectors as finetune_selectors
+
+    if adapter_id is None:
+        return None
+    try:
+        return finetune_selectors.adapter_get_for_user(
+            user=request.auth, squad=squad, adapter_id=adapter_id
+        )
+    except NotFound as exc:
+        raise NotFound(exc.message, field="adapter") from exc
 
 
 @router.put("/squads/{squad}/targets/{name}", response=TargetOut)
 def target_update(request: HttpRequest, squad: str, name: str, payload: TargetUpdateIn) -> dict:
     """Change one of the squad's own targets (the same service as the target form): a
     base model its adapter was not trained on is refused (422 on `adapter`)."""
-    from apps.finetune import selectors as finetune_selectors
-
     squad_obj = squad_get_for_user(user=request.auth, slug=squad)
     target = selectors.model_target_get_for_user(user=request.auth, squad=squad_obj, name=name)
     data = payload.dict()
-    adapter_id, enabled = data.pop("adapter"), data.pop("enabled")
-    adapter = None
-    if adapter_id is not None:
-        try:
-            adapter = finetune_selectors.adapter_get_for_user(
-                user=request.auth, squad=squad_obj, adapter_id=adapter_id
-            )
-        except NotFound as exc:
-            raise NotFound(exc.message, field="adapter") from exc
+    enabled = data.pop("enabled")
+    adapter = _adapter(request, squad_obj, data.pop("adapter"))
     target = services.model_target_update(
         actor=request.auth,
         target=target,

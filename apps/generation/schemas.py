@@ -1,9 +1,10 @@
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from ninja import Field, Schema
 
+from apps.core.http import BoundedInt
 from apps.core.schemas import QueuePositionOut
 
 
@@ -18,6 +19,10 @@ class TargetCreateIn(Schema):
     remote_model: str = ""
     token_env: str = Field("", description="NAME of the environment variable with the token")
     adapter_id: str = ""
+    adapter: Annotated[BoundedInt, Field(strict=True)] | None = Field(
+        None,
+        description="local: an approved adapter's id trained on the base model; null: none",
+    )
     default_params: dict[str, Any] = {}
     context_length: int | None = Field(
         None, description="Default: the base model's context (local), else 8192"
@@ -32,7 +37,7 @@ class TargetUpdateIn(Schema):
 
     description: str = Field("", max_length=500)
     base_model: str = Field("", description="local: a registered base model; default SmolLM2")
-    adapter: int | None = Field(
+    adapter: Annotated[BoundedInt, Field(strict=True)] | None = Field(
         None,
         description="local: an approved adapter's id trained on the base model; null: none",
     )
@@ -59,6 +64,7 @@ class TargetOut(Schema):
     remote_model: str
     token_env: str
     adapter_id: str
+    adapter: int | None = Field(description="the attached approved adapter's id, if any")
     default_params: dict[str, Any]
     context_length: int
     price_input_per_1k: Decimal

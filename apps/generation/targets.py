@@ -109,8 +109,14 @@ def clean_target_fields(data: dict[str, Any]) -> dict[str, Any]:
                 field=field,
             )
         data[field] = value
-    context_length = data.get("context_length") or model_context or 8192
-    if not isinstance(context_length, int) or not 256 <= context_length <= 1_048_576:
+    context_length = data.get("context_length")
+    if context_length is None:  # 0 is a value, and refused below
+        context_length = model_context or 8192
+    if (
+        isinstance(context_length, bool)
+        or not isinstance(context_length, int)
+        or not 256 <= context_length <= 1_048_576
+    ):
         raise ValidationFailed("context_length must be 256 to 1048576.", field="context_length")
     if model_context and context_length > model_context:
         raise ValidationFailed(

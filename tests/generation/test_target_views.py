@@ -2,6 +2,8 @@
 create and edit form of those who manage targets, with the base model chosen from the
 registry and an adapter offered only when trained on that base's registration."""
 
+import json
+
 import pytest
 from django.test import Client
 from django.utils import timezone
@@ -223,3 +225,25 @@ def test_the_api_changes_a_target_through_the_same_service(squad, api_as):
         response = owner.call("PUT", url, body)
         assert 400 <= response.status_code < 500 and response.json()["field"] == field, body
     assert owner.call("PUT", "/api/v1/squads/acme/targets/local", {}).status_code == 404
+
+
+def test_the_api_attaches_an_adapter_at_creation_and_shows_it(squad, api_as):
+    tuned = adapter_on(squad, DEFAULT)
+    owner = api_as("owner")
+    url = "/api/v1/squads/acme/targets"
+    body = {"name": "tuned", "kind": "local", "base_model": DEFAULT, "adapter": tuned.pk}
+    response = owner.call("POST", url, body)
+    assert response.status_code == 201, response.content
+    assert response.json()["adapter"] == tuned.pk
+    assert ModelTarget.objects.get(name="tuned").lora_adapter_id == tuned.pk
+    listed = {t["name"]: t for t in owner.call("GET", url).json()}
+    assert listed["tuned"]["adapter"] == tuned.pk and listed["local"]["adapter"] is None
+    for bad, field in (
+        ({"name": "b1", "adapter": True}, "adapter"),  # not read as adapter 1
+        ({"name": "b2", "adapter": 999999}, "adapter"),
+        ({"name": "b3", "context_length": 0}, "context_length"),  # not the default
+    ):
+        response = owner.call("POST", url, {"kind": "local", **bad})
+        assert 400 <= response.status_code < 500, (bad, response.content)
+        assert field in json.dumps(response.json()), (bad, response.json())
+        assert not ModelTarget.objects.filter(name=bad["name"]).exists()
