@@ -256,6 +256,12 @@ def parse_chat_request(body: Any) -> ChatRequest:
         raise bad("'stream' must be true or false.", "stream")
     request.stream = bool(stream)
     options = body.get("stream_options")
+    if options is not None and not request.stream:
+        # As OpenAI answers: the options of a stream need a stream.
+        raise bad(
+            "The 'stream_options' parameter is only allowed when 'stream' is true.",
+            "stream_options",
+        )
     if options is not None:
         if not isinstance(options, dict) or not isinstance(
             options.get("include_usage", False), bool

@@ -358,3 +358,17 @@ def test_a_body_over_the_limit_is_an_openai_413(squad, upstream):
     response = client.chat(big)
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
+
+
+def test_stream_options_without_a_stream_is_refused_on_the_parameter(squad, upstream):
+    remote_target(squad, upstream.url)
+    client = V1(make_key(squad))
+    body = {
+        "model": "fake",
+        "messages": [{"role": "user", "content": "x"}],
+        "stream_options": {"include_usage": True},
+    }
+    response = client.chat(body)
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "stream_options"
+    assert not Generation.objects.exists()
