@@ -107,6 +107,19 @@ class Mock(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+def bench_squad(env: dict[str, str], upstream: str) -> tuple[str, str]:
+    """Migrate, then a squad of its own with the target `mock` at `upstream`, quotas and
+    a service key (SETUP_CODE): (the key's secret, the squad's slug)."""
+    common.run_checked([sys.executable, "manage.py", "migrate", "--noinput"], env, 300)
+    suffix = secrets.token_hex(4)
+    slug = f"bench-{suffix}"
+    code = SETUP_CODE.format(
+        username=f"bench-{suffix}", name=f"Bench {suffix}", slug=slug, upstream=upstream
+    )
+    out = common.run_checked([sys.executable, "manage.py", "shell", "-c", code], env, 120)
+    return json.loads(out.split("BENCH-SETUP ", 1)[1].splitlines()[0])["key"], slug
+
+
 class _MockServer(ThreadingHTTPServer):
     # The listen backlog is set when the server is made (socketserver's default of 5
     # resets a burst of connections); a class attribute, not one set afterwards.
@@ -292,16 +305,7 @@ def main() -> None:
                 "litellm", f"http://{HOST}:{port}/v1/chat/completions", "sk-bench", args
             )
         # Studio
-        common.run_checked([sys.executable, "manage.py", "migrate", "--noinput"], env, 300)
-        suffix = secrets.token_hex(4)
-        code = SETUP_CODE.format(
-            username=f"bench-{suffix}",
-            name=f"Bench {suffix}",
-            slug=f"bench-{suffix}",
-            upstream=upstream,
-        )
-        out = common.run_checked([sys.executable, "manage.py", "shell", "-c", code], env, 120)
-        key = json.loads(out.split("BENCH-SETUP ", 1)[1].splitlines()[0])["key"]
+        key, _ = bench_squad(env, upstream)
         port = common.free_port()
         studio_args = [
             *common.server_command(args.server),

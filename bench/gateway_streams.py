@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import secrets
 import sys
 import tempfile
 import threading
@@ -271,18 +270,10 @@ def main() -> None:
         f"{args.chunk_delay} s apart (about {args.chunks * args.chunk_delay:.1f} s)",
         flush=True,
     )
-    common.run_checked([sys.executable, "manage.py", "migrate", "--noinput"], env, 300)
-    suffix = secrets.token_hex(4)
-    code = gateway.SETUP_CODE.format(
-        username=f"bench-{suffix}",
-        name=f"Bench {suffix}",
-        slug=f"bench-{suffix}",
-        upstream="http://127.0.0.1:9",  # pointed at each run's upstream before it starts
-    )
-    out = common.run_checked([sys.executable, "manage.py", "shell", "-c", code], env, 120)
-    key = json.loads(out.split("BENCH-SETUP ", 1)[1].splitlines()[0])["key"]
-    asgi = serve(args, env, data_dir, key, f"bench-{suffix}", "asgi")
-    gthread = serve(args, env, data_dir, key, f"bench-{suffix}", "gthread")
+    # The target is pointed at each run's upstream before that run starts.
+    key, slug = gateway.bench_squad(env, "http://127.0.0.1:9")
+    asgi = serve(args, env, data_dir, key, slug, "asgi")
+    gthread = serve(args, env, data_dir, key, slug, "gthread")
     print(f"ratio={gthread['wall'] / asgi['wall']:.3f}")
 
 
