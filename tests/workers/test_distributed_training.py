@@ -61,8 +61,11 @@ def _gone(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    with open(f"/proc/{pid}/stat") as stat:  # a zombie is gone for our purpose
-        return stat.read().split(")")[-1].split()[0] == "Z"
+    try:
+        with open(f"/proc/{pid}/stat") as stat:  # a zombie is gone for our purpose
+            return stat.read().split(")")[-1].split()[0] == "Z"
+    except FileNotFoundError:  # it ended between the two looks
+        return True
 
 
 def _assert_same_adapter(got: Path, expected: Path) -> None:
