@@ -220,7 +220,9 @@ def _finish_registration(
     version_id: int, *, facts: Any = None, refused: Exception | None = None
 ) -> BaseModelVersion:
     version = (
-        BaseModelVersion.objects.select_for_update().select_related("model").get(pk=version_id)
+        BaseModelVersion.objects.select_for_update(of=("self",))
+        .select_related("model")
+        .get(pk=version_id)
     )
     if version.status != BaseModelVersion.Status.PENDING:
         return version

@@ -511,7 +511,11 @@ def adapter_approve(
 ) -> Adapter:
     """Approve an adapter for use on model targets. Whoever started its job cannot."""
     require_squad_permission(actor, adapter.squad, APPROVE_ADAPTERS)
-    adapter = Adapter.objects.select_for_update().select_related("squad", "job").get(pk=adapter.pk)
+    adapter = (
+        Adapter.objects.select_for_update(of=("self",))
+        .select_related("squad", "job")
+        .get(pk=adapter.pk)
+    )
     if adapter.approved:
         raise Conflict(f"Adapter {adapter.pk} is already approved.", field="adapter")
     if adapter.job.created_by_id == actor.pk:

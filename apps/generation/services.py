@@ -134,7 +134,11 @@ def model_target_update(
             f"Target '{target.name}' is global; staff change it in the admin.", field="target"
         )
     require_squad_permission(actor, target.squad, MANAGE_TARGETS)
-    target = ModelTarget.objects.select_for_update().select_related("squad").get(pk=target.pk)
+    target = (
+        ModelTarget.objects.select_for_update(of=("self",))
+        .select_related("squad")
+        .get(pk=target.pk)
+    )
     unknown = sorted(set(fields) - set(TARGET_FIELDS))
     if unknown:
         raise ValidationFailed(f"Unknown target field '{unknown[0]}'.", field=unknown[0])

@@ -152,7 +152,9 @@ def webhook_update(
 ) -> Webhook:
     """Change what is given (None leaves a field as it is)."""
     require_squad_permission(actor, webhook.squad, MANAGE_WEBHOOKS)
-    webhook = Webhook.objects.select_for_update().select_related("squad").get(pk=webhook.pk)
+    webhook = (
+        Webhook.objects.select_for_update(of=("self",)).select_related("squad").get(pk=webhook.pk)
+    )
     before, before_masked = _facts(webhook, masked=False), _facts(webhook)
     if url is not None:
         webhook.url = clean_url(url)
@@ -190,7 +192,9 @@ def webhook_secret_rotate(
     """Replace the signing secret at once (deliveries still owed are signed with the new
     one); returns the new secret, shown once."""
     require_squad_permission(actor, webhook.squad, MANAGE_WEBHOOKS)
-    webhook = Webhook.objects.select_for_update().select_related("squad").get(pk=webhook.pk)
+    webhook = (
+        Webhook.objects.select_for_update(of=("self",)).select_related("squad").get(pk=webhook.pk)
+    )
     secret = secret_generate()
     webhook.secret = secret
     webhook.secret_rotated_at = webhook.updated_at = timezone.now()
