@@ -7,7 +7,8 @@ import copy
 import pytest
 
 from workers.runtime import BackendError, GenerationParams
-from workers.runtime.engine import Engine, Sequence
+from workers.runtime import engine as engine_module
+from workers.runtime.engine import PREFIX_MIN_TOKENS, Engine, Sequence
 from workers.runtime.local import LocalModel
 
 from .test_local_runtime import CONVERSATIONS
@@ -25,7 +26,9 @@ def alone(model: LocalModel, conversation, params: GenerationParams, adapter=Non
 
 @pytest.fixture
 def forward_rows(tiny_model, monkeypatch):
-    """The number of rows of every forward pass."""
+    """The number of rows of every forward pass (every prompt prefilled whole: no
+    shared-start forwards in between)."""
+    monkeypatch.setattr(engine_module, "PREFIX_MIN_TOKENS", 10**9)
     forward = tiny_model.model.forward
     rows: list[int] = []
 
@@ -191,3 +194,41 @@ def test_the_kv_budget_setting(tiny_model, monkeypatch):
     monkeypatch.setenv("STUDIO_LOCAL_KV_BUDGET_MB", "1.5")
 
     assert Engine(tiny_model).kv_budget == 1.5 * 2**20
+
+
+def test_a_shared_prompt_start_is_prefilled_once_and_changes_no_output(
+    tiny_model, forward_rows, monkeypatch
+):
+    """Prompts that start alike (the chat template's system prompt here) prefill that
+    start once; what each row generates is what it generates with every prompt prefilled
+    whole, and the rows' prefill forward runs only the rest of each prompt."""
+    system = "You answer in French, briefly and politely, in full sentences, without lists."
+    questions = ("Apples or pears?", "Bread: how?", "Cheese from where?", "Dates, why?")
+    conversations = [
+        [{"role": "system", "content": system}, {"role": "user", "content": question}]
+        for question in questions
+    ]
+    prompts = [tiny_model.prompt_ids(conv) for conv in conversations]
+    shared = min(engine_module._common_length(prompts[0], p, 10**6) for p in prompts[1:])
+    assert shared >= PREFIX_MIN_TOKENS
+    whole = Engine(tiny_model).run([Sequence(p, greedy(6)) for p in prompts])  # no sharing
+    monkeypatch.setattr(engine_module, "PREFIX_MIN_TOKENS", PREFIX_MIN_TOKENS)
+    forward_rows.clear()
+
+    engine = Engine(tiny_model)
+    outcomes = engine.run([Sequence(p, greedy(6)) for p in prompts])
+
+    assert outcomes == whole
+    assert engine.prefix_hits == 4
+    assert len(engine.prefixes) == 1
+    [(adapter, start)] = engine.prefixes
+    assert adapter is None and len(start) == shared
+    # the start alone (1 row), then the four rows prefilled from it, then decoding
+    assert forward_rows[:2] == [1, 4] and set(forward_rows[2:]) <= {1, 2, 3, 4}
+
+    # a later prompt with the same start reuses the kept KV: no batch-of-one forward
+    forward_rows.clear()
+    [again] = engine.run([Sequence(prompts[2], greedy(6))])
+    assert again == whole[2]
+    assert forward_rows[0] == 1 and engine.prefix_hits == 5
+    assert len(forward_rows) == 6  # prefill + 5 decode steps: the start was not recomputed

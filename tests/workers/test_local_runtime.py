@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from workers.runtime import BackendError, GenerationParams
+from workers.runtime import engine as engine_module
 from workers.runtime.local import (
     gguf_path,
     load_local_model,
@@ -114,6 +115,7 @@ def test_a_row_that_hit_its_stop_string_leaves_the_batch_at_once(tiny_model, mon
         return forward(**kwargs)
 
     monkeypatch.setattr(tiny_model.model, "forward", spy)
+    monkeypatch.setattr(engine_module, "PREFIX_MIN_TOKENS", 10**9)  # no shared-start forward
     hit, other = tiny_model.generate(
         conversations, GenerationParams(max_new_tokens=12, temperature=0, stop=(stop,))
     )
@@ -322,7 +324,7 @@ def test_real_model_output_is_cut_at_a_stop_sequence(smollm2):
     assert result.output_tokens < plain.output_tokens
 
 
-@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16", "int8", "q4"])
 def test_precision_setting_loads_the_weights_as_asked(
     precision, tiny_model, settings, tmp_path, monkeypatch
 ):
@@ -347,6 +349,10 @@ def test_precision_setting_loads_the_weights_as_asked(
     if expected == "int8":
         assert isinstance(linear, torch.ao.nn.quantized.dynamic.Linear)
         assert isinstance(loaded.model.lm_head, torch.ao.nn.quantized.dynamic.Linear)
+    elif expected == "q4":
+        from workers.runtime.quantized import Q4Head, Q4Linear
+
+        assert isinstance(linear, Q4Linear) and isinstance(loaded.model.lm_head, Q4Head)
     else:
         dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
         assert linear.weight.dtype == dtypes[expected]

@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from workers.runtime import BackendError, GenerationParams
+from workers.runtime import engine as engine_module
 from workers.runtime.backends import TargetSpec, run_conversations
 
 from .test_local_runtime import CONVERSATIONS
@@ -35,6 +36,7 @@ def test_in_process_rows_share_one_batch_whatever_the_batch_size(tiny_dir, monke
         return forward(**kwargs)
 
     monkeypatch.setattr(tiny_dir.model, "forward", spy)
+    monkeypatch.setattr(engine_module, "PREFIX_MIN_TOKENS", 10**9)  # no shared-start forward
     done = []
 
     outcomes = run_conversations(SPEC, CONVERSATIONS, GREEDY, batch_size=2, on_progress=done.append)

@@ -15,6 +15,13 @@ left-padded to the batch's width (or the batch to theirs), leaving rows are drop
 Positions come from each row's own length, so a row sees what it would see alone (up to
 float rounding of padded batches, which could flip a near-tie between two tokens).
 
+Prompt starts shared between requests (a chat template's system prompt, a prompt
+version's fixed instructions) are prefilled once: the engine remembers recent prompts,
+and when a joining prompt starts with at least PREFIX_MIN_TOKENS tokens that another one
+started with, the KV of that start is computed once (per adapter) and kept (LRU,
+PREFIX_ENTRIES); rows that start with it copy it and prefill only the rest. Their cache
+row is [shared start][padding][rest]: positions still count real tokens only.
+
 Per request: temperature (0 = greedy), top_p, seed (a private torch.Generator, so a seeded
 row draws the same tokens whatever else shares its batch), stop strings (checked on the
 generated text only) and, on a peft model, the LoRA adapter (peft's mixed-adapter batches:
@@ -33,7 +40,7 @@ import os
 import queue
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +51,9 @@ logger = logging.getLogger(__name__)
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
 DEFAULT_MAX_ROWS = {"cpu": 64, "cuda": 256}
 PREFILL_TOKENS_PER_STEP = 2048  # joining prompts prefilled in one step, at most
+PREFIX_MIN_TOKENS = 16  # a shared prompt start shorter than this is prefilled with each row
+PREFIX_ENTRIES = 16  # prompt starts whose KV the engine keeps (least recently used goes)
+RECENT_PROMPTS = 64  # prompts remembered to find a shared start in
 
 
 @dataclass
@@ -118,6 +128,12 @@ class Engine:
         # Adapters loaded here run per row (peft's adapter_names). A model that arrives
         # already wrapped in peft (load it with its adapter active) runs as it is.
         self.mixed_adapters = False
+        # (adapter, prompt start) -> the start's KV per layer (batch of one), LRU order
+        self.prefixes: OrderedDict[tuple[str | None, tuple[int, ...]], list[tuple[Any, Any]]] = (
+            OrderedDict()
+        )
+        self.recent: deque[tuple[str | None, list[int]]] = deque(maxlen=RECENT_PROMPTS)
+        self.prefix_hits = 0  # rows that skipped a shared start (tests, metrics)
 
     # -- admission ----------------------------------------------------------------------
 
@@ -243,10 +259,11 @@ class Engine:
                     self._decode()
                 # Rows that just finished freed their room: waiting rows join now.
                 joining = self._admit()
+                for group, start in self._by_prefix(joining):
+                    logits = self._prefill(group, start)
+                    self._next_tokens(group, logits)
+                    self.running.extend(group)
                 if joining:
-                    logits = self._prefill(joining)
-                    self._next_tokens(joining, logits)
-                    self.running.extend(joining)
                     self._retire()
             except Exception as exc:
                 # Every row of this step fails: none is left waiting on a broken batch.
@@ -282,24 +299,94 @@ class Engine:
         )
         return output.logits[:, -1, :], output.cache
 
-    def _prefill(self, joining: list[Sequence]):
-        """Run the joining prompts (left-padded among themselves), then merge their cache
-        into the batch's. Returns their next-token logits."""
+    def _by_prefix(self, joining: list[Sequence]) -> list[tuple[list[Sequence], tuple[int, ...]]]:
+        """`joining` in groups that share a known prompt start (the empty start: none),
+        in the order they are prefilled and join the batch."""
+        groups: dict[tuple[str | None, tuple[int, ...]], list[Sequence]] = {}
+        for row in joining:
+            start = self._known_start(row, joining)
+            groups.setdefault((row.adapter, start), []).append(row)
+            self.recent.append((row.adapter, row.prompt))
+        return [(rows, start) for (_, start), rows in groups.items()]
+
+    def _known_start(self, row: Sequence, joining: list[Sequence]) -> tuple[int, ...]:
+        """The longest prompt start of `row` whose KV is kept, or which it shares with a
+        recent or joining prompt of the same adapter (then kept from now on); () if none
+        is PREFIX_MIN_TOKENS long. At least one token of the prompt is left to prefill."""
+        prompt, limit = row.prompt, len(row.prompt) - 1
+        best: tuple[int, ...] = ()
+        for adapter, start in self.prefixes:
+            if (
+                adapter == row.adapter
+                and len(best) < len(start) <= limit
+                and tuple(prompt[: len(start)]) == start
+            ):
+                best = start
+        if best:
+            self.prefixes.move_to_end((row.adapter, best))
+            return best
+        shared = 0
+        others = [(other.adapter, other.prompt) for other in joining if other is not row]
+        for adapter, other in [*self.recent, *others]:
+            if adapter != row.adapter or other is prompt:
+                continue
+            length = _common_length(prompt, other, limit)
+            shared = max(shared, length)
+        if shared < PREFIX_MIN_TOKENS:
+            return ()
+        start = tuple(prompt[:shared])
+        if len(start) * self.bytes_per_token > self.kv_budget // (2 * PREFIX_ENTRIES):
+            return ()  # too long to keep: prefilled with each row
+        self.prefixes[(row.adapter, start)] = []  # computed when its group is prefilled
+        while len(self.prefixes) > PREFIX_ENTRIES:
+            self.prefixes.popitem(last=False)
+        return start
+
+    def _start_cache(self, rows: list[Sequence], start: tuple[int, ...]):
+        """A cache holding the KV of `start` for every row of `rows` (computing and
+        keeping it, batch of one, the first time)."""
+        import torch
+        from transformers import DynamicCache
+
+        key = (rows[0].adapter, start)
+        kept = self.prefixes.get(key)
+        if not kept:
+            ids = torch.tensor([list(start)], device=self.device)
+            mask = torch.ones_like(ids)
+            positions = torch.arange(len(start), device=self.device)[None, :]
+            _, cache = self._forward(ids, mask, positions, None, rows[:1])
+            kept = [(layer.keys, layer.values) for layer in cache.layers]
+            self.prefixes[key] = kept
+        cache = DynamicCache(config=self.model.config)
+        for index, (keys, values) in enumerate(kept):
+            shape = (len(rows), *keys.shape[1:])
+            cache.update(keys.expand(shape).contiguous(), values.expand(shape).contiguous(), index)
+        return cache
+
+    def _prefill(self, joining: list[Sequence], start: tuple[int, ...] = ()):
+        """Run the joining prompts (left-padded among themselves, after their shared
+        `start` whose KV is copied in), then merge their cache into the batch's. Returns
+        their next-token logits."""
         import torch
         import torch.nn.functional as F
 
-        width = max(len(row.prompt) for row in joining)
+        skip = len(start)
+        rests = [row.prompt[skip:] for row in joining]
+        width = max(len(rest) for rest in rests)
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor(
-            [[pad] * (width - len(row.prompt)) + row.prompt for row in joining],
-            device=self.device,
+            [[pad] * (width - len(rest)) + rest for rest in rests], device=self.device
         )
         mask = torch.tensor(
-            [[0] * (width - len(row.prompt)) + [1] * len(row.prompt) for row in joining],
+            [[1] * skip + [0] * (width - len(rest)) + [1] * len(rest) for rest in rests],
             device=self.device,
         )
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits, cache = self._forward(ids, mask, positions, None, joining)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, skip:]
+        cache = self._start_cache(joining, start) if start else None
+        logits, cache = self._forward(ids, mask, positions, cache, joining)
+        if start:
+            self.prefix_hits += len(joining)
+        width += skip
         if self.cache is None:
             self.cache, self.mask = cache, mask
             return logits
@@ -444,6 +531,9 @@ class Engine:
                 )
             self.model.eval()
             self.mixed_adapters = True
+            self.prefixes = OrderedDict(
+                (key, kv) for key, kv in self.prefixes.items() if key[0] != name
+            )
 
 
 def default_kv_budget(device: Any) -> int:
@@ -481,6 +571,16 @@ def _sample(logits, row: Sequence, torch) -> int:
         keep[0] = True
         probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
     return int(torch.multinomial(probs, 1, generator=row.generator).item())
+
+
+def _common_length(a: list[int], b: list[int], limit: int) -> int:
+    """How many leading tokens `a` and `b` share, at most `limit`."""
+    length = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y or length >= limit:
+            break
+        length += 1
+    return length
 
 
 def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
