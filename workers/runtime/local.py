@@ -101,7 +101,7 @@ def unload_local_model(model: LocalModel) -> None:
             del _models[key]
 
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "q4")
 DEFAULT_CPU_PRECISION = "fp32"
 
 
@@ -167,7 +167,7 @@ def load_directory(directory: Path, precision: str | None = None) -> LocalModel:
         dtype = _half_dtype(precision) or dtype  # loaded as such: no fp32 copy at the peak
     tokenizer = AutoTokenizer.from_pretrained(directory)
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).to(device)
-    if device == "cpu" and precision == "int8":
+    if device == "cpu" and precision in ("int8", "q4"):
         model = with_precision(model, precision)
     return LocalModel(model, tokenizer)
 
@@ -177,7 +177,9 @@ def with_precision(model: Any, precision: str) -> Any:
     CPU has that arithmetic, else left fp32), or with every nn.Linear (the output head
     included) replaced by a dynamically quantized int8 one (int8; embeddings, norms and
     attention stay fp32). LoRA adapters cannot be loaded on an int8 model (peft wraps
-    nn.Linear)."""
+    nn.Linear). Or q4: the decoder's linear layers decode on 4-bit weights with bf16
+    activations (workers.runtime.quantized; adapters load on it; fp32 where torch lacks
+    the kernel)."""
     import torch
 
     half = _half_dtype(precision)
@@ -188,15 +190,20 @@ def with_precision(model: Any, precision: str) -> Any:
             model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True
         )
         model.studio_precision = "int8"
+    if precision == "q4":
+        from workers.runtime.quantized import q4_supported, to_q4
+
+        if q4_supported():
+            model = to_q4(model)
     return model
 
 
 def precision_of(model: Any) -> str:
-    """What `load_directory` made of the weights: fp32, bf16 or int8."""
+    """What `load_directory` made of the weights: fp32, fp16, bf16, int8 or q4."""
     import torch
 
-    if getattr(model, "studio_precision", None) == "int8":
-        return "int8"
+    if getattr(model, "studio_precision", None) in ("int8", "q4"):
+        return model.studio_precision
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(model.dtype, "fp32")
 
 

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-rows", type=int, default=None, help="cap on rows per batch")
     parser.add_argument(
         "--precision",
-        choices=("fp32", "fp16", "bf16", "int8"),
+        choices=("fp32", "fp16", "bf16", "int8", "q4"),
         default=None,
         help="weights on a CPU (default: STUDIO_LOCAL_PRECISION, else fp32)",
     )

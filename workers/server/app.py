@@ -59,7 +59,7 @@ MAX_BODY_BYTES = 4 * 2**20
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 BUSY_RETRY_AFTER_S = 2
 # bytes a parameter takes in memory, by the weights' precision (workers.runtime.local)
-PRECISION_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
+PRECISION_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "q4": 4.5}  # q4 keeps fp32 too
 
 
 class InferenceService:
@@ -83,7 +83,10 @@ class InferenceService:
         self.engine = Engine(local, **engine_options)
         self.adapter_names: dict[str, str] = {}  # adapter_id -> peft adapter name
         self.adapter_lock = threading.Lock()
-        self.weight_bytes = sum(p.numel() * p.element_size() for p in local.model.parameters())
+        model = local.model
+        self.weight_bytes = sum(
+            t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]
+        )
         self.in_use = 0  # requests holding it (ModelPool)
         self.last_used = time.monotonic()
 
@@ -330,7 +333,7 @@ class ModelPool:
         from workers.runtime.local import cpu_precision
         from workers.runtime.registry import parameter_count
 
-        return parameter_count(name) * PRECISION_BYTES.get(cpu_precision(), 4)
+        return int(parameter_count(name) * PRECISION_BYTES.get(cpu_precision(), 4))
 
     def used_bytes(self, *, but: str = "") -> int:
         with self.lock:
