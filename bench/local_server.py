@@ -2,7 +2,7 @@
 against llama.cpp's OpenAI-compatible server, on the same prompts, model family and CPU.
 
     .venv/bin/python bench/local_server.py [--max-tokens 32] [--levels 1,8,32]
-        [--requests-per-client 2] [--threads 1,2]
+        [--requests-per-client 2] [--threads 1,2] [--precision fp32|q4|...]
 
 Both servers are started here (tests/workers/local_server.py and
 tests/workers/llama_server.py: SmolLM2-135M-Instruct; ours runs the float32 weights
@@ -11,9 +11,10 @@ False` — by default llama-cpp-python's server cuts a running stream short when
 request arrives, which would make it look fast at 8 and 32 clients). Each side runs once
 per thread count in --threads (OMP_NUM_THREADS for ours, --n_threads for llama.cpp) and keeps
 the count with the best throughput at 8 clients, as its users would configure it on this
-machine. Each is warmed up with one request, then, per concurrency level c, c client threads send streaming chat completions
-(greedy, the same `max_tokens`, `stream_options.include_usage`) one after another until
-c x requests-per-client are answered. Measured per level:
+machine. Each is warmed up with one request, then, per concurrency level c, c client
+threads send streaming chat completions (greedy, the same `max_tokens`,
+`stream_options.include_usage`) one after another until c x requests-per-client are
+answered. Measured per level:
 
     throughput   completion tokens of all requests / wall time
     TTFT         time from sending a request to its first content chunk (p50, p99)
@@ -159,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", default="1,2", help="thread counts tried on each side (default 1,2)"
     )
+    parser.add_argument(
+        "--precision", default=None, help="our server's --precision (default: its default)"
+    )
     args = parser.parse_args(argv)
     args.levels = [int(x) for x in args.levels.split(",")]
     prompts = build_prompts(max(args.levels) * args.requests_per_client)
@@ -180,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     ours_runs, theirs_runs = {}, {}
     for threads in thread_counts:
         env = {"OMP_NUM_THREADS": str(threads)}
-        with local_server(env=env) as (base_url, _):
+        options = ("--precision", args.precision) if args.precision else ()
+        with local_server(*options, env=env) as (base_url, _):
             ours_runs[threads] = bench_server(f"local/{threads}t", base_url, model, prompts, args)
     # llama-cpp-python's server ends a running stream when another request arrives
     # (interrupt_requests, on by default): a server meant for concurrent clients turns it off.

@@ -35,6 +35,77 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 
+def demo_cases() -> list[tuple[str, list[dict], list[dict]]]:
+    """The demo squad's eval cases (apps/squads seed_demo) on its prompt "summarise" v1:
+    (name, rendered messages, assertions)."""
+    import re
+
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "studio.settings.base")
+    import django
+
+    django.setup()
+    from apps.squads.management.commands.seed_demo import DEMO_CASES, DEMO_MESSAGES
+
+    cases = []
+    for case in DEMO_CASES:
+        variables = case["variables"]
+        messages = [
+            {
+                "role": m["role"],
+                "content": re.sub(
+                    r"\{\{\s*(\w+)\s*\}\}", lambda g, v=variables: str(v[g[1]]), m["content"]
+                ),
+            }
+            for m in DEMO_MESSAGES
+        ]
+        cases.append((case["name"], messages, case["assertions"]))
+    return cases
+
+
+def demo_passes(outputs: list[tuple[str, int]]) -> list[bool]:
+    """Whether each demo case's output (text, tokens) passes all its assertions."""
+    from apps.evals.assertions import Observed, check
+
+    passes = []
+    for (_, _, assertions), (text, tokens) in zip(demo_cases(), outputs, strict=True):
+        seen = Observed(text, 0, tokens, None, {})
+        passes.append(all(check(i, a, seen)["passed"] for i, a in enumerate(assertions)))
+    return passes
+
+
+def llama_child(args: argparse.Namespace) -> dict:
+    """llama.cpp (the portable build, Q4_1 GGUF, greedy) on the same prompts: how far the
+    4-bit runtime squads would otherwise pick lands from fp32."""
+    from batch_generation import build_prompts
+    from llama_cpp import Llama
+    from transformers import AutoTokenizer
+
+    from workers.runtime.local import gguf_path, model_dir
+
+    llm = Llama(model_path=str(gguf_path()), n_ctx=2048, n_threads=2, verbose=False)
+    encode = AutoTokenizer.from_pretrained(model_dir())
+
+    def answer(messages, max_tokens):
+        out = llm.create_chat_completion(messages=messages, max_tokens=max_tokens, temperature=0)
+        return out["choices"][0]["message"]["content"] or "", out["usage"]["completion_tokens"]
+
+    start = time.perf_counter()
+    answers = [answer(p, args.max_new_tokens) for p in build_prompts(args.prompts)]
+    wall = time.perf_counter() - start
+    demo = [answer(messages, 96) for _, messages, _ in demo_cases()]
+    return {
+        "precision": "Q4_1",
+        "batched_tokens": sum(n for _, n in answers),
+        "batched_s": wall,
+        "single_tokens": sum(n for _, n in answers[:4]),
+        "single_s": wall * 4 / len(answers),
+        "texts": [t for t, _ in answers],
+        "token_ids": [encode(t, add_special_tokens=False)["input_ids"] for t, _ in answers],
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "demo_passes": demo_passes(demo),
+    }
+
+
 def child(args: argparse.Namespace) -> dict:
     import torch  # noqa: F401
     from batch_generation import build_prompts
@@ -54,7 +125,12 @@ def child(args: argparse.Namespace) -> dict:
     single = local.generate(prompts[:4], greedy, batch_size=1)
     single_s = time.perf_counter() - start
     encode = local.tokenizer
+    demo = local.generate(
+        [messages for _, messages, _ in demo_cases()],
+        GenerationParams(max_new_tokens=96, temperature=0),
+    )
     return {
+        "demo_passes": demo_passes([(r.text, r.output_tokens) for r in demo]),
         "precision": precision_of(local.model),
         "batched_tokens": sum(r.output_tokens for r in batched),
         "batched_s": batched_s,
@@ -83,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print("BENCH-RESULT " + json.dumps(child(args)))
+        run = llama_child if args.child == "llama.cpp" else child
+        print("BENCH-RESULT " + json.dumps(run(args)))
         return 0
 
     from workers.runtime.local import bf16_supported, fp16_supported, load_local_model
@@ -119,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     reference = results["fp32"]
     print(
         f"{'precision':<10} {'ran as':<7} {'batched tok/s':>14} {'batch-1 tok/s':>14} "
-        f"{'peak RSS MiB':>13} {'identical':>10} {'prefix':>7}"
+        f"{'peak RSS MiB':>13} {'identical':>10} {'prefix':>7} {'demo cases':>10}"
     )
     agreeing = []
     for name, r in results.items():
@@ -131,9 +208,10 @@ def main(argv: list[str] | None = None) -> int:
         single = r["single_tokens"] / r["single_s"]
         print(
             f"{name:<10} {r['precision']:<7} {r['tps']:>14.1f} {single:>14.1f} "
-            f"{r['peak_rss_mib']:>13.0f} {same:>4}/{len(r['texts']):<5} {prefix:>7.1%}"
+            f"{r['peak_rss_mib']:>13.0f} {same:>4}/{len(r['texts']):<5} {prefix:>7.1%} "
+            f"{sum(r['demo_passes']):>6}/{len(r['demo_passes'])}"
         )
-        if same == len(r["texts"]):
+        if same == len(r["texts"]) and name != "llama.cpp":
             agreeing.append(name)
     best = max(agreeing, key=lambda name: results[name]["tps"])
     print(f"fastest with identical outputs: {best}")

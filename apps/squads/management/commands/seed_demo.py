@@ -71,6 +71,16 @@ class Command(BaseCommand):
         self.stdout.write(f"  {ADMIN_USER:<8} staff superuser (admin console at /admin/)")
 
 
+# The demo prompt "summarise" v1 (bench/precision.py renders it for its demo-case eval).
+DEMO_MESSAGES = [
+    {"role": "system", "content": "You write short, faithful summaries."},
+    {
+        "role": "user",
+        "content": "Summarise for {{ audience }} in at most {{ words }} words:\n\n{{ text }}",
+    },
+]
+
+
 def _seed_prompt(squad: Squad, users: dict[str, object]) -> None:
     """A demo prompt whose version 1, written by priya and approved by sam (SME) and carmen
     (compliance), is on the production label (only when the prompt is missing)."""
@@ -87,14 +97,7 @@ def _seed_prompt(squad: Squad, users: dict[str, object]) -> None:
         description="Summarise a text for a given audience.",
         tags=["demo"],
         first_version={
-            "messages": [
-                {"role": "system", "content": "You write short, faithful summaries."},
-                {
-                    "role": "user",
-                    "content": "Summarise for {{ audience }} in at most {{ words }} words:\n\n"
-                    "{{ text }}",
-                },
-            ],
+            "messages": DEMO_MESSAGES,
             "input_schema": {
                 "type": "object",
                 "properties": {
