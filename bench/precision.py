@@ -1,19 +1,26 @@
-"""Reduced precision on the CPU: the local runtime with fp32, fp16, bf16 and dynamic int8 weights,
-same prompts, same decode loop, in the same run.
+"""Reduced precision on the CPU: the local runtime with fp32, fp16, bf16, dynamic int8 and q4
+weights, same prompts, same decode loop, in the same run; llama.cpp on the same prompts for
+reference.
 
     .venv/bin/python bench/precision.py [--prompts 16] [--max-new-tokens 32]
-        [--precisions fp32,bf16,int8]
+        [--precisions fp32,fp16,bf16,int8,q4,llama.cpp]
 
 Each precision runs in its own child process (so its peak resident memory is its own):
 `workers.runtime.local.load_directory(directory, precision=...)` — fp32 as converted;
 fp16 and bf16 (loaded in that dtype, only when the CPU has the arithmetic: AVX512-FP16,
 AVX512-BF16 or AMX); int8 (`torch.ao.quantization.quantize_dynamic` over every nn.Linear,
-the output head included). Then, after a short warm-up, greedy (temperature 0) generation of the
-benchmark prompts of `bench/batch_generation.py` through the continuous-batching loop:
-all prompts together (up to 64 rows), and the first four one at a time (batch 1).
+the output head included); q4 (workers.runtime.quantized: 4-bit decoder weights with bf16
+activations for decode steps, fp32 prefill, a greedy head equal to fp32's). Then, after a
+short warm-up, greedy (temperature 0) generation of the benchmark prompts of
+`bench/batch_generation.py` through the continuous-batching loop: all prompts together
+(up to 64 rows), and the first four one at a time (batch 1). `llama.cpp` runs the Q4_1
+GGUF with llama-cpp-python (2 threads), one prompt after another (both speed columns are
+that sequential speed).
 
 Agreement: the share of prompts whose output is identical to fp32's, and the mean share
-of each output's tokens that match fp32's before the first difference. The default
+of each output's tokens that match fp32's before the first difference. Quality: the demo
+squad's eval cases (seed_demo: prompt "summarise" v1, its three cases and assertions),
+generated greedily with 96 new tokens and judged by apps.evals.assertions. The default
 precision is the fastest one with every output identical to fp32's; the last line is
 `ratio=<that precision's batched tok/s / fp32's>` (1.0 when only fp32 agrees).
 """

@@ -18,15 +18,15 @@ The products use torch's CPU kernel for 4-bit packed weights
 (`aten._weight_int4pack_mm_for_cpu`, the one torchao's int4 weight-only layout calls),
 which is fast only with bf16 activations (with fp32 ones it is 20-50x slower than fp32's
 matmul). Measured on this 2-core machine, over one token's 30 layers: 5.6 ms against
-36 ms for fp32 at 1 row, 13 against 44 at 8 rows, 86 against 102 at 64. Decode steps
-(one token per row) run on it. Prefill (a forward over several tokens per row) runs on
-the fp32 weight, which every layer keeps: the prompt's KV is then fp32's, which keeps
-more greedy outputs equal to fp32's (51 of 64 benchmark prompts against 40 with 4-bit
-prefill; 4-bit prefill was as fast as fp32 only up to about 128 tokens), and a row's path
-never depends on what else shares its batch. The fp32 weight also serves products with
-gradients (training) or on another device, and lets peft wrap the layer for LoRA
-adapters. Memory is therefore fp32's plus about a quarter (the packed weights and the
-head's bf16 copy); the gain is in the bytes read per decode step.
+36 ms for fp32 at 1 row, 13 against 44 at 8 rows, 86 against 102 at 64; for a prompt's
+prefill, faster than fp32 up to about 128 tokens and within 15 % of it up to 512 (2
+threads; faster at every size on 1). So every product in inference runs on it, prefill
+included, and a row's result never depends on what else shares its batch. (Prefill on
+the fp32 weights kept 43 of 64 benchmark outputs equal to fp32's against 40, and made a
+server's joins slower: docs/benchmarks.md.) Each layer keeps its fp32 weight too: for
+products with gradients (training) or on another device, and so that peft can wrap the
+layer for LoRA adapters. Memory is therefore fp32's plus about a quarter (the packed
+weights and the head's bf16 copy); the gain is in the bytes read per step.
 """
 
 from __future__ import annotations
@@ -59,8 +59,7 @@ class Q4Linear(torch.nn.Linear):
         self.pack_error = error
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        prefill = x.dim() == 3 and x.shape[1] > 1  # [rows, tokens > 1, features]
-        if prefill or x.device.type != "cpu" or torch.is_grad_enabled():
+        if x.device.type != "cpu" or torch.is_grad_enabled():
             return torch.nn.functional.linear(x, self.weight, self.bias)
         flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(
