@@ -58,8 +58,9 @@ logger = logging.getLogger("workers.server")
 MAX_BODY_BYTES = 4 * 2**20
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 BUSY_RETRY_AFTER_S = 2
-# bytes a parameter takes in memory, by the weights' precision (workers.runtime.local)
-PRECISION_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "q4": 4.5}  # q4 keeps fp32 too
+# bytes a parameter takes in memory, by the weights' precision (workers.runtime.local); q4
+# keeps the fp32 weights beside the packed 4-bit ones and the head's bf16 copy
+PRECISION_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "q4": 4.75}
 
 
 class InferenceService:
