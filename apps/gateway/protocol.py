@@ -235,6 +235,13 @@ def _response_format(value: Any) -> tuple[str, dict[str, Any] | None]:
         raise bad(
             f"Not a valid JSON Schema: {exc.message}", "response_format.json_schema.schema"
         ) from None
+    from apps.generation.structured import broken_ref
+
+    found = broken_ref(schema)
+    if found:
+        path, reason = found
+        where = f"response_format.json_schema.schema{path[1:]}"
+        raise bad(f"Not a usable JSON Schema at {where}: {reason}.", where)
     return kind, schema
 
 

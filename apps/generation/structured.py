@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 import jsonschema
+from referencing.exceptions import Unresolvable
 
 from apps.core.exceptions import ValidationFailed
 from apps.core.validation import parse_json
@@ -47,8 +48,63 @@ def check_output(text: str, schema: dict[str, Any] | None) -> tuple[Any, list[di
     if schema is None:
         return value, []
     validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
+    try:
+        errors = sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
+    except Unresolvable:  # a schema stored before refs were checked at save time
+        found = broken_ref(schema)
+        reason = found[1] if found else "a $ref does not resolve"
+        return value, [{"path": "$", "message": f"the output schema is unusable: {reason}"}]
     return value, [{"path": e.json_path, "message": e.message} for e in errors]
+
+
+# Keywords whose values are data, not subschemas: a "$ref" key inside them is not a ref.
+_DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
+
+
+def broken_ref(schema: dict[str, Any]) -> tuple[str, str] | None:
+    """(JSON path, reason) of the first `$ref` in `schema` that does not resolve within
+    the schema itself (a missing `$defs` entry, a bad pointer, any remote URL: schemas are
+    never fetched), or None. check_schema accepts such refs; validating would fail later."""
+    from referencing import Registry
+    from referencing.exceptions import PointerToNowhere
+    from referencing.jsonschema import DRAFT202012
+
+    def walk(node: Any, resolver: Any, path: str) -> tuple[str, str] | None:
+        if isinstance(node, list):
+            for index, item in enumerate(node):
+                found = walk(item, resolver, f"{path}[{index}]")
+                if found:
+                    return found
+            return None
+        if not isinstance(node, dict):
+            return None
+        if isinstance(node.get("$id"), str) and path != "$":
+            resolver = resolver.in_subresource(DRAFT202012.create_resource(node))
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            try:
+                resolver.lookup(ref)
+            except PointerToNowhere:
+                return f"{path}.$ref", f"$ref {ref[:200]!r} points to nothing in the schema"
+            except Unresolvable:
+                return (
+                    f"{path}.$ref",
+                    f"$ref {ref[:200]!r} cannot be resolved: refs must point inside the "
+                    "schema (other schemas are never fetched)",
+                )
+        for key, child in node.items():
+            if key not in _DATA_KEYWORDS:
+                found = walk(child, resolver, f"{path}.{key}")
+                if found:
+                    return found
+        return None
+
+    resource = DRAFT202012.create_resource(schema)
+    root = Registry().with_resource(uri=schema.get("$id", ""), resource=resource)
+    try:
+        return walk(schema, root.resolver(base_uri=schema.get("$id", "")), "$")
+    except RecursionError:
+        return "$", "the schema is nested too deeply"
 
 
 def repair_conversation(

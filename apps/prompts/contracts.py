@@ -18,6 +18,7 @@ import jsonschema
 from jinja2 import TemplateError, TemplateSyntaxError, meta
 
 from apps.core.exceptions import ValidationFailed
+from apps.generation.structured import broken_ref
 from apps.prompts import sandbox
 from apps.prompts.sandbox import TemplateTooExpensive
 
@@ -86,6 +87,10 @@ def check_json_schema(schema: Any, where: str, report: ContractReport) -> bool:
     except jsonschema.SchemaError as exc:
         path = "".join(f"[{p!r}]" if isinstance(p, int) else f".{p}" for p in exc.path)
         report.error(f"{where}{path}", f"invalid JSON Schema: {exc.message}")
+        return False
+    found = broken_ref(schema)
+    if found:
+        report.error(f"{where}{found[0][1:]}", f"invalid JSON Schema: {found[1]}")
         return False
     return True
 

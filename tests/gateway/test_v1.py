@@ -160,6 +160,22 @@ def test_json_schema_output_is_validated_and_repaired(squad):
         )
         assert bad_schema.status_code == 400
         assert bad_schema.json()["error"]["param"] == "response_format.json_schema.schema"
+        broken = {"type": "object", "properties": {"n": {"$ref": "#/$defs/n"}}}
+        dangling = client.chat(
+            {
+                "model": "fake",
+                "messages": [{"role": "user", "content": "x"}],
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": broken},
+                },
+            }
+        )
+        assert dangling.status_code == 400, dangling.content
+        error = dangling.json()["error"]
+        assert error["param"] == "response_format.json_schema.schema.properties.n.$ref"
+        assert "points to nothing" in error["message"]
+        assert len(server.requests) == 2  # refused before any upstream call
     with FakeOpenAI(scripted("not json at all")) as server:
         remote_target(squad, server.url, name="prose")
         response = client.chat(

@@ -45,3 +45,18 @@ def test_repair_conversation_feeds_the_errors_back():
     repaired = repair_conversation(messages, "eggs", [{"path": "$", "message": "bad"}], SCHEMA)
     assert repaired[:2] == [*messages, {"role": "assistant", "content": "eggs"}]
     assert "- $: bad" in repaired[2]["content"] and '"required"' in repaired[2]["content"]
+
+
+def test_a_stored_schema_with_a_broken_ref_is_an_output_error_not_a_crash():
+    """Versions saved before refs were checked still run: the output fails its contract
+    with the reason instead of raising."""
+    schema = {"type": "object", "properties": {"label": {"$ref": "#/$defs/missing"}}}
+    value, errors = check_output('{"label": "spam"}', schema)
+    assert value == {"label": "spam"}
+    assert errors == [
+        {
+            "path": "$",
+            "message": "the output schema is unusable: $ref '#/$defs/missing' points to "
+            "nothing in the schema",
+        }
+    ]

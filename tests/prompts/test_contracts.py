@@ -184,3 +184,34 @@ def test_errors_point_at_the_original_message_position():
     messages = [{"role": "user", "content": ""}, {"role": "user", "content": "{{ x"}]
     _, report = check_content(messages=messages, input_schema={"type": "object"})
     assert [e["where"] for e in report.errors] == ["messages[0].content", "messages[1].content"]
+
+
+def test_a_ref_that_resolves_nowhere_is_refused_with_its_path():
+    """check_schema accepts a $ref to a missing $defs entry or to another document; the
+    first validation would fail. Both are refused at save time, where they are."""
+    messages = [{"role": "user", "content": "Classify {{ q }}"}]
+    schema = {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}
+    output = {
+        "type": "object",
+        "$defs": {"label": {"enum": ["spam", "ham"]}},
+        "properties": {"label": {"$ref": "#/$defs/lable"}, "ok": {"$ref": "#/$defs/label"}},
+    }
+    _, report = check_content(
+        messages=messages, input_schema=schema, output_schema=output, output_format="json"
+    )
+    assert report.errors == [
+        {
+            "where": "output_schema.properties.label.$ref",
+            "message": "invalid JSON Schema: $ref '#/$defs/lable' points to nothing in the schema",
+        }
+    ]
+    remote = {**schema, "properties": {"q": {"$ref": "https://example.com/q.json"}}}
+    _, report = check_content(messages=messages, input_schema=remote)
+    assert report.errors[0]["where"] == "input_schema.properties.q.$ref"
+    assert "never fetched" in report.errors[0]["message"]
+    # refs that resolve, and "$ref" keys inside data keywords, are fine
+    fine = {**output, "properties": {"ok": {"$ref": "#/$defs/label", "default": {"$ref": 1}}}}
+    _, report = check_content(
+        messages=messages, input_schema=schema, output_schema=fine, output_format="json"
+    )
+    assert report.errors == []
