@@ -133,16 +133,21 @@ def test_a_cancelled_row_leaves_the_batch(tiny_model, forward_rows):
     assert forward_rows == [2, 1, 1, 1, 1, 1]
 
 
-def test_rows_with_and_without_an_adapter_share_a_batch(tiny_model, tmp_path):
+def save_random_lora(model: LocalModel, directory) -> None:
+    """A LoRA adapter (r 4 on q_proj and v_proj, random, seeded) for `model` in `directory`."""
     import torch
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(1)
     lora = get_peft_model(
-        copy.deepcopy(tiny_model.model),
+        copy.deepcopy(model.model),
         LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
     )
-    lora.save_pretrained(tmp_path / "adapter")
+    lora.save_pretrained(directory)
+
+
+def test_rows_with_and_without_an_adapter_share_a_batch(tiny_model, tmp_path):
+    save_random_lora(tiny_model, tmp_path / "adapter")
     model = LocalModel(copy.deepcopy(tiny_model.model), tiny_model.tokenizer)
     engine = Engine(model)
     engine.load_adapter("a1", tmp_path / "adapter")

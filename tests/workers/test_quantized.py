@@ -9,6 +9,7 @@ from workers.runtime import GenerationParams
 from workers.runtime.engine import Engine, Sequence
 from workers.runtime.local import LocalModel
 
+from .test_engine import save_random_lora
 from .test_local_runtime import CONVERSATIONS
 
 torch = pytest.importorskip("torch")
@@ -97,16 +98,9 @@ def test_the_head_picks_what_fp32_logits_pick():
 
 
 def test_q4_decodes_and_serves_an_adapter(tiny_model, tmp_path):
-    from peft import LoraConfig, get_peft_model
-
     from workers.runtime.local import precision_of, with_precision
 
-    torch.manual_seed(1)
-    lora = get_peft_model(
-        copy.deepcopy(tiny_model.model),
-        LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
-    )
-    lora.save_pretrained(tmp_path / "adapter")
+    save_random_lora(tiny_model, tmp_path / "adapter")
     model = LocalModel(with_precision(copy.deepcopy(tiny_model.model), "q4"), tiny_model.tokenizer)
     assert precision_of(model.model) == "q4"
     assert isinstance(model.model.model.layers[0].mlp.down_proj, quantized.Q4Linear)
