@@ -25,7 +25,7 @@ from apps.core.exceptions import ValidationFailed
 
 MASK = "***"
 # A path segment that looks like a credential: long, and letters mixed with digits
-# (Slack's .../T0000/B0000/XXXXXXXXXXXXXXXXXXXXXXXX, Discord's .../<id>/<token>), or
+# (Slack's .../T0000/B0000/<24-character secret>, Discord's .../<id>/<token>), or
 # just very long.
 _TOKENISH = re.compile(r"^[A-Za-z0-9_\-.~+=%]{16,}$")
 

@@ -135,42 +135,27 @@ def test_json_schema_output_is_validated_and_repaired(squad):
     with FakeOpenAI(scripted('{"n": "three"}', '{"n": 3}')) as server:
         remote_target(squad, server.url)
         client = V1(make_key(squad))
-        response = client.chat(
-            {
-                "model": "fake",
-                "messages": [{"role": "user", "content": "count"}],
-                "response_format": {
-                    "type": "json_schema",
-                    "json_schema": {"name": "count", "schema": schema},
-                },
-            }
-        )
+
+        def ask(content: str, schema: dict):
+            return client.chat(
+                {
+                    "model": "fake",
+                    "messages": [{"role": "user", "content": content}],
+                    "response_format": {
+                        "type": "json_schema",
+                        "json_schema": {"name": "x", "schema": schema},
+                    },
+                }
+            )
+
+        response = ask("count", schema)
         assert response.status_code == 200, response.content
         assert json.loads(response.json()["choices"][0]["message"]["content"]) == {"n": 3}
         assert len(server.requests) == 2  # the first answer and one repair
-        bad_schema = client.chat(
-            {
-                "model": "fake",
-                "messages": [{"role": "user", "content": "x"}],
-                "response_format": {
-                    "type": "json_schema",
-                    "json_schema": {"name": "x", "schema": {"type": "nope"}},
-                },
-            }
-        )
+        bad_schema = ask("x", {"type": "nope"})
         assert bad_schema.status_code == 400
         assert bad_schema.json()["error"]["param"] == "response_format.json_schema.schema"
-        broken = {"type": "object", "properties": {"n": {"$ref": "#/$defs/n"}}}
-        dangling = client.chat(
-            {
-                "model": "fake",
-                "messages": [{"role": "user", "content": "x"}],
-                "response_format": {
-                    "type": "json_schema",
-                    "json_schema": {"name": "x", "schema": broken},
-                },
-            }
-        )
+        dangling = ask("x", {"type": "object", "properties": {"n": {"$ref": "#/$defs/n"}}})
         assert dangling.status_code == 400, dangling.content
         error = dangling.json()["error"]
         assert error["param"] == "response_format.json_schema.schema.properties.n.$ref"
